@@ -1,0 +1,301 @@
+//! The owner's write path: staging, the two-phase commit, and applying
+//! records restored from a changelog.
+//!
+//! Invariants: versions are assigned densely (`latest + 1`, `latest + 2`, …)
+//! at prepare; commit time is `max(now, last commit time)`, so it never goes
+//! backwards even if the clock does; one store write carries a commit's
+//! values, history, version log, time index and checkpoint.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use crate::changelog::ChangeRecord;
+use crate::layout::{self, Entry, EntryKind, VersionRecord, meta};
+use crate::store::{Cf, KvBatch, KvStore};
+use crate::types::{ChangelogPosition, InputOffset, Lineage, Offset, Timestamp, Version, VersionFlags};
+use crate::{Error, Result};
+
+use super::TablePartition;
+use super::read::Versioned;
+use super::stage::Staged;
+
+/// A commit whose versions are fixed, waiting for its changelog records to
+/// be acknowledged.
+#[derive(Debug)]
+#[must_use = "a prepared commit must be applied or discarded"]
+pub struct PreparedCommit {
+    records: Vec<ChangeRecord>,
+    time: Timestamp,
+}
+
+impl PreparedCommit {
+    /// The records to replicate, in version order.
+    pub fn records(&self) -> &[ChangeRecord] {
+        &self.records
+    }
+
+    /// The commit time shared by all its versions.
+    pub fn time(&self) -> Timestamp {
+        self.time
+    }
+
+    /// The versions the commit will create (empty when nothing was staged).
+    pub fn versions(&self) -> std::ops::RangeInclusive<Version> {
+        match (self.records.first(), self.records.last()) {
+            (Some(a), Some(b)) => a.version..=b.version,
+            _ => Version(1)..=Version::ZERO,
+        }
+    }
+}
+
+/// What a commit wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// Versions created (none for an empty commit).
+    pub versions: std::ops::RangeInclusive<Version>,
+    /// The commit time.
+    pub time: Timestamp,
+}
+
+/// What one call to [`TablePartition::restore`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStep {
+    /// Records applied.
+    pub applied: usize,
+    /// Records skipped because the partition already had their version.
+    pub skipped: usize,
+}
+
+impl<S: KvStore> TablePartition<S> {
+    /// Stages `key = value`.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lineage: Option<Lineage>) {
+        self.stage(key, Some(value), lineage, VersionFlags::NONE);
+    }
+
+    /// Stages the deletion of `key`.
+    pub fn delete(&mut self, key: &[u8], lineage: Option<Lineage>) {
+        self.stage(key, None, lineage, VersionFlags::NONE);
+    }
+
+    /// Stages a mutation with explicit flags (e.g. a replayed record).
+    pub fn stage(&mut self, key: &[u8], value: Option<&[u8]>, lineage: Option<Lineage>, flags: VersionFlags) {
+        self.staging.stage(Staged { key: key.to_vec(), value: value.map(<[u8]>::to_vec), lineage, flags });
+    }
+
+    /// Number of staged mutations.
+    pub fn staged_len(&self) -> usize {
+        self.staging.len()
+    }
+
+    /// Whether enough is staged that the owner should commit now.
+    pub fn is_full(&self) -> bool {
+        self.staging.len() >= self.config.max_staged
+    }
+
+    /// The owner's view of `key`: its staged value if any, else its latest
+    /// committed value (read-your-writes). `Ok(None)` when absent or deleted.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(s) = self.staging.get(key) {
+            return Ok(s.value.clone());
+        }
+        Ok(self.reader().get(key)?.map(|v| v.value))
+    }
+
+    /// The latest committed version of `key`, ignoring staged mutations.
+    pub fn get_committed(&self, key: &[u8]) -> Result<Option<Versioned>> {
+        self.reader().get(key)
+    }
+
+    /// Drops everything staged.
+    pub fn discard_staged(&mut self) {
+        self.staging.clear();
+    }
+
+    /// Fixes versions and a commit time for everything staged.
+    pub fn prepare(&mut self, now: Timestamp) -> Result<PreparedCommit> {
+        if let Some(first) = self.prepared {
+            return Err(Error::Protocol {
+                location: self.shared.loc(),
+                reason: format!("a commit starting at {first} is already prepared; apply or discard it first"),
+            });
+        }
+        let time = now.max(self.checkpoint.time);
+        let mut next = self.checkpoint.version;
+        let records: Vec<ChangeRecord> = self
+            .staging
+            .take()
+            .into_iter()
+            .map(|s| {
+                next = next.next();
+                ChangeRecord { key: s.key, version: next, time, flags: s.flags, lineage: s.lineage, value: s.value }
+            })
+            .collect();
+        if let Some(r) = records.first() {
+            self.prepared = Some(r.version);
+        }
+        Ok(PreparedCommit { records, time })
+    }
+
+    /// Abandons a prepared commit: its mutations are lost and the next
+    /// prepare reuses its versions. Use when the changelog write failed and
+    /// the owner will reprocess its input from the checkpoint.
+    pub fn discard(&mut self, prepared: PreparedCommit) {
+        drop(prepared);
+        self.prepared = None;
+    }
+
+    /// Writes a prepared commit. `changelog` gives the changelog offset of
+    /// each record (same order), or is empty when there is no changelog.
+    pub fn apply(&mut self, prepared: PreparedCommit, changelog: &[Offset], inputs: &[InputOffset]) -> Result<CommitSummary> {
+        let expected = prepared.records.first().map(|r| r.version);
+        if expected != self.prepared {
+            return Err(Error::Protocol {
+                location: self.shared.loc(),
+                reason: format!("apply of a commit starting at {expected:?} that was not the one prepared ({:?})", self.prepared),
+            });
+        }
+        if !changelog.is_empty() && changelog.len() != prepared.records.len() {
+            return Err(Error::Protocol {
+                location: self.shared.loc(),
+                reason: format!("{} changelog offsets for {} records", changelog.len(), prepared.records.len()),
+            });
+        }
+        let versions = prepared.versions();
+        let time = prepared.time;
+        self.write_records(&prepared.records, changelog, inputs)?;
+        self.prepared = None;
+        if self.checkpoint.time < time {
+            // An empty commit still advances the commit clock.
+            self.checkpoint.time = time;
+        }
+        Ok(CommitSummary { versions, time })
+    }
+
+    /// Prepares and applies in one step, without a changelog.
+    pub fn commit(&mut self, now: Timestamp, inputs: &[InputOffset]) -> Result<CommitSummary> {
+        let p = self.prepare(now)?;
+        self.apply(p, &[], inputs)
+    }
+
+    /// Applies records read back from the changelog, in order. Records at or
+    /// below the latest version are skipped (a changelog may repeat records
+    /// after a retried produce); a gap in versions is an error.
+    pub fn restore(&mut self, records: &[(Offset, ChangeRecord)]) -> Result<RestoreStep> {
+        if !self.staging.is_empty() || self.prepared.is_some() {
+            return Err(Error::Protocol {
+                location: self.shared.loc(),
+                reason: "restore while mutations are staged or a commit is prepared".into(),
+            });
+        }
+        let mut step = RestoreStep::default();
+        let mut latest = self.checkpoint.version;
+        let mut fresh: Vec<ChangeRecord> = Vec::with_capacity(records.len());
+        let mut offsets: Vec<Offset> = Vec::with_capacity(records.len());
+        for (off, r) in records {
+            if r.version <= latest {
+                step.skipped += 1;
+                continue;
+            }
+            if r.version != latest.next() {
+                return Err(Error::Changelog {
+                    location: self.shared.loc(),
+                    message: format!(
+                        "record at offset {} has {} but {} was expected: versions are missing from the changelog \
+                         (truncated, or written by two owners); rebuild the table from its inputs",
+                        off.0,
+                        r.version,
+                        latest.next()
+                    ),
+                    source: None,
+                });
+            }
+            latest = r.version;
+            fresh.push(r.clone());
+            offsets.push(*off);
+        }
+        // Input positions implied by the restored records' lineage.
+        let mut inputs: BTreeMap<(String, u32), u64> = self
+            .checkpoint
+            .inputs
+            .iter()
+            .map(|i| ((i.topic.clone(), i.partition.0), i.next.0))
+            .collect();
+        for r in &fresh {
+            if let Some(l) = &r.lineage {
+                let e = inputs.entry((l.topic.clone(), l.partition.0)).or_insert(0);
+                *e = (*e).max(l.offset.0 + 1);
+            }
+        }
+        let inputs: Vec<InputOffset> = inputs
+            .into_iter()
+            .map(|((topic, p), next)| InputOffset { topic, partition: crate::types::Partition(p), next: Offset(next) })
+            .collect();
+        step.applied = fresh.len();
+        if !fresh.is_empty() {
+            self.write_records(&fresh, &offsets, &inputs)?;
+        }
+        Ok(step)
+    }
+
+    /// One atomic store write of `records` (dense versions following the
+    /// checkpoint), then the published watermark.
+    fn write_records(&mut self, records: &[ChangeRecord], changelog: &[Offset], inputs: &[InputOffset]) -> Result<()> {
+        let shared = &self.shared;
+        let mut batch = shared.store.batch();
+        let mut checkpoint = self.checkpoint.clone();
+        let mut run: Option<(Timestamp, Version)> = None;
+        for (i, r) in records.iter().enumerate() {
+            debug_assert_eq!(r.version, checkpoint.version.next());
+            let offset = changelog.get(i).copied();
+            let entry = Entry {
+                version: r.version,
+                time: r.time,
+                flags: r.flags,
+                kind: if r.value.is_some() { EntryKind::Value } else { EntryKind::Tombstone },
+                lineage: r.lineage.clone(),
+                value: r.value.clone().unwrap_or_default(),
+            };
+            let bytes = entry.encode();
+            if r.value.is_some() {
+                batch.put(Cf::Latest, &r.key, &bytes);
+            } else {
+                batch.delete(Cf::Latest, &r.key);
+            }
+            batch.put(Cf::History, &layout::history_key(&r.key, r.version), &bytes);
+            let rec = VersionRecord {
+                time: r.time,
+                flags: r.flags,
+                deleted: r.value.is_none(),
+                changelog_offset: offset.map(|o| o.0),
+                key: r.key.clone(),
+            };
+            batch.put(Cf::Versions, &layout::version_key(r.version), &rec.encode());
+            // One time-index entry per run of equal commit times.
+            match run {
+                Some((t, _)) if t == r.time => run = Some((t, r.version)),
+                Some((t, v)) => {
+                    batch.put(Cf::Commits, &layout::commit_key(t, v), &[]);
+                    run = Some((r.time, r.version));
+                }
+                None => run = Some((r.time, r.version)),
+            }
+            checkpoint.version = r.version;
+            checkpoint.time = checkpoint.time.max(r.time);
+            if let Some(o) = offset {
+                checkpoint.changelog = Some(ChangelogPosition(o));
+            }
+        }
+        if let Some((t, v)) = run {
+            batch.put(Cf::Commits, &layout::commit_key(t, v), &[]);
+        }
+        if !inputs.is_empty() {
+            checkpoint.inputs = inputs.to_vec();
+        }
+        batch.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&checkpoint));
+        shared.store.write(batch).map_err(|e| shared.store_err(e, None))?;
+        shared.last_time.store(checkpoint.time.0, Ordering::Release);
+        shared.latest.store(checkpoint.version.0, Ordering::Release);
+        self.checkpoint = checkpoint;
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! Newtypes for the positions and identities a versioned table deals in.
+//!
+//! Every number that crosses a public signature has a name: a [`Version`] is
+//! never confused with a changelog [`Offset`], and a [`Timestamp`] is always
+//! milliseconds since the Unix epoch.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A committed mutation's number within one table partition.
+///
+/// Versions start at 1 and increase by exactly one per committed mutation
+/// (rewinds included), so a partition's version sequence has no gaps.
+/// `Version::ZERO` names the empty table before any commit.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version(pub u64);
+
+impl Version {
+    /// The state before the first commit.
+    pub const ZERO: Version = Version(0);
+    /// The largest representable version.
+    pub const MAX: Version = Version(u64::MAX);
+
+    /// The version after this one.
+    pub fn next(self) -> Version {
+        Version(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The current wall-clock time. Deterministic code takes a `Timestamp` as
+    /// input instead of calling this.
+    pub fn now() -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    /// This time minus a duration, saturating at the epoch.
+    pub fn saturating_sub(self, d: std::time::Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(d.as_millis() as u64))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// A partition number (of a table, its changelog, or an input topic).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Partition(pub u32);
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An offset within a topic partition (input or changelog).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Offset(pub u64);
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}", self.0)
+    }
+}
+
+/// Where a version's record sits in the table partition's changelog: the
+/// offset of the record itself. Restoring resumes at `position + 1`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChangelogPosition(pub Offset);
+
+/// A table's name: non-empty, at most 200 bytes, of `[A-Za-z0-9._-]`, so it
+/// can prefix a Kafka topic name and a directory name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TableName(String);
+
+impl TableName {
+    /// Validates and wraps a table name.
+    pub fn new(name: impl Into<String>) -> crate::Result<TableName> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= 200
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if ok {
+            Ok(TableName(name))
+        } else {
+            Err(crate::Error::InvalidConfig {
+                key: "table.name".into(),
+                reason: format!(
+                    "{name:?} is not a valid table name: use 1-200 characters of [A-Za-z0-9._-]"
+                ),
+            })
+        }
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which input record caused a version: the source topic, partition and offset.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The input topic.
+    pub topic: String,
+    /// The input partition.
+    pub partition: Partition,
+    /// The input record's offset.
+    pub offset: Offset,
+}
+
+/// Flags carried by a version.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VersionFlags(pub u8);
+
+impl VersionFlags {
+    /// No flags.
+    pub const NONE: VersionFlags = VersionFlags(0);
+    /// The version was written by a rewind.
+    pub const REWIND: VersionFlags = VersionFlags(1);
+    /// The version was written while replaying input after a rewind.
+    pub const REPLAY: VersionFlags = VersionFlags(2);
+
+    /// Whether every flag in `other` is set here.
+    pub fn contains(self, other: VersionFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The union of both flag sets.
+    pub fn union(self, other: VersionFlags) -> VersionFlags {
+        VersionFlags(self.0 | other.0)
+    }
+
+    /// Whether this version was written by a rewind.
+    pub fn is_rewind(self) -> bool {
+        self.contains(VersionFlags::REWIND)
+    }
+}
+
+/// An input position a checkpoint reflects: the next offset to consume from
+/// `topic`/`partition`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InputOffset {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: Partition,
+    /// The next offset to consume.
+    pub next: Offset,
+}
