@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs Strata's whole test suite from a fresh machine: installs what the build
+# and the tests need (scripts/setup.sh), then builds and runs every test of
+# every crate (unit, property, conformance, integration against a Tansu
+# broker the tests start on loopback, examples and doc tests).
+#
+# The build directory defaults to $HOME/.cache/strata/target so repeated runs
+# (and CI on the same machine) reuse the RocksDB and librdkafka builds; set
+# CARGO_TARGET_DIR to override. A cold build takes 10-15 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE=1
+mkdir -p "$CARGO_TARGET_DIR"
+
+# Benches are compiled (test profile, sharing the build) but not run here:
+# they are measurements, see docs/benchmarks.md.
+cargo test --workspace --benches --no-run --locked
+cargo test --workspace --locked "$@"
