@@ -233,6 +233,13 @@ impl<S: KvStore> TablePartition<S> {
         self.checkpoint.version
     }
 
+    /// Closes the partition and hands back its store, or `None` while
+    /// readers made by [`TablePartition::reader`] are still alive. Anything
+    /// staged or prepared is dropped, as a crash would.
+    pub fn into_store(self) -> Option<S> {
+        Arc::try_unwrap(self.shared).ok().map(|s| s.store)
+    }
+
     /// The underlying store.
     pub fn store(&self) -> &S {
         &self.shared.store

@@ -5,10 +5,11 @@
 //! than one chunk. Reads enforce retention on their own (see `read.rs`), so
 //! pruning only reclaims space and never changes an answer.
 //!
-//! - Last N per key: version `u` of key `k` pushes the entry `n` places
-//!   older than `u` out of retention; it is replaced by an expiry marker
-//!   (so a read that lands on it reports "beyond retention", not "absent"),
-//!   and the marker before it is deleted.
+//! - Last N per key: version `u` of key `k` pushes the entries `n` places
+//!   and more older than `u` out of retention. The key's oldest entry is
+//!   replaced by an expiry marker and the others are deleted, so a read
+//!   at any version below the retained window lands on the marker and
+//!   reports "beyond retention", never "absent".
 //! - Duration: a version `u` committed before the horizon makes the entry it
 //!   superseded unreadable; that entry and `u`'s version-log record are
 //!   deleted, and the partition floor moves past `u`.
@@ -113,20 +114,29 @@ impl<S: KvStore> TablePartition<S> {
             }
             c.next();
         }
+        // Everything from here down is beyond retention. The oldest entry
+        // becomes (or stays) the expiry marker, so that any read below the
+        // retained window lands on it; the entries between are deleted.
         let mut removed = 0;
-        if c.valid() && c.key().starts_with(&prefix) {
+        let mut pending: Option<(Vec<u8>, Entry)> = None;
+        while c.valid() && c.key().starts_with(&prefix) {
             let e = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
-            if e.kind != EntryKind::Expired {
-                let marker = Entry { kind: EntryKind::Expired, value: Vec::new(), lineage: None, ..e };
-                batch.put(Cf::History, c.key(), &marker.encode());
-                batch.delete(Cf::Versions, &layout::version_key(marker.version));
+            if let Some((k, prev)) = pending.take() {
+                batch.delete(Cf::History, &k);
+                if prev.kind != EntryKind::Expired {
+                    batch.delete(Cf::Versions, &layout::version_key(prev.version));
+                }
                 removed += 1;
             }
+            pending = Some((c.key().to_vec(), e));
             c.next();
-            while c.valid() && c.key().starts_with(&prefix) {
-                batch.delete(Cf::History, c.key());
+        }
+        if let Some((k, oldest)) = pending {
+            if oldest.kind != EntryKind::Expired {
+                batch.delete(Cf::Versions, &layout::version_key(oldest.version));
+                let marker = Entry { kind: EntryKind::Expired, value: Vec::new(), lineage: None, ..oldest };
+                batch.put(Cf::History, &k, &marker.encode());
                 removed += 1;
-                c.next();
             }
         }
         s.cursor_status(&c, Some(key))?;

@@ -72,6 +72,12 @@ impl<S: KvStore> PartitionReader<S> {
     /// with both values, in key order.
     pub fn diff(&self, from: At, to: At, range: &KeyRange, max_keys: usize) -> Result<Vec<DiffEntry>> {
         let (a, b) = (self.resolve(from)?, self.resolve(to)?);
+        self.diff_resolved(a, b, range, max_keys)
+    }
+
+    /// [`PartitionReader::diff`] between versions already resolved (and
+    /// retention-checked) by [`PartitionReader::resolve`].
+    fn diff_resolved(&self, a: Version, b: Version, range: &KeyRange, max_keys: usize) -> Result<Vec<DiffEntry>> {
         if a > b {
             return Err(Error::InvalidRequest {
                 location: self.shared.loc(),
@@ -99,7 +105,7 @@ impl<S: KvStore> PartitionReader<S> {
     pub fn plan_rewind(&self, target: At, range: &KeyRange, max_keys: usize) -> Result<RewindPlan> {
         let from = self.shared.latest();
         let t = self.resolve(target)?;
-        let changes = self.diff(At::Version(t), At::Version(from), range, max_keys)?;
+        let changes = self.diff_resolved(t, from, range, max_keys)?;
         Ok(RewindPlan { target: t, from, changes })
     }
 }

@@ -231,8 +231,17 @@ impl<S: KvStore> TablePartition<S> {
             .map(|((topic, p), next)| InputOffset { topic, partition: crate::types::Partition(p), next: Offset(next) })
             .collect();
         step.applied = fresh.len();
-        if !fresh.is_empty() {
+        // Skipped duplicates still move the changelog position on, so the
+        // next restore does not read them again.
+        let end = records.last().map(|(o, _)| ChangelogPosition(*o));
+        if !fresh.is_empty() || end > self.checkpoint.changelog {
             self.write_records(&fresh, &offsets, &inputs)?;
+            if end > self.checkpoint.changelog {
+                self.checkpoint.changelog = end;
+                let mut b = self.shared.store.batch();
+                b.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&self.checkpoint));
+                self.shared.store.write(b).map_err(|e| self.shared.store_err(e, None))?;
+            }
         }
         Ok(step)
     }
