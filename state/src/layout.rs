@@ -299,8 +299,9 @@ pub struct PartitionMeta {
 pub struct PruneState {
     /// Versions up to here have been processed by the pruner.
     pub processed: u64,
-    /// Versions below this have been removed from the version log: reads,
-    /// diffs and rewinds to them are beyond retention.
+    /// The last version whose superseded history was pruned: the state at
+    /// this version is intact, states before it are not, so reads, diffs
+    /// and rewinds to versions below it are beyond retention.
     pub floor: u64,
     /// A code of the retention policy `processed` was reached under.
     pub policy: u64,

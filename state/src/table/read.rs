@@ -216,13 +216,11 @@ impl<S: KvStore> PartitionReader<S> {
                     return Err(self.beyond(None, Point::Version(v), format!("version {}", floor.0)));
                 }
                 if let Some(h) = self.time_horizon() {
-                    // Version 0 (the empty table) has no record; it is as old as it gets.
-                    let t = match self.version_record(v)? {
-                        Some(r) => r.time,
-                        None => Timestamp(0),
-                    };
-                    if t < h {
-                        return Err(self.beyond(None, Point::Version(v), format!("time {}", h.0)));
+                    // The state at v is readable iff it is the state at
+                    // some time at or after the horizon.
+                    let at_h = self.version_at_time(h)?;
+                    if v < at_h {
+                        return Err(self.beyond(None, Point::Version(v), format!("version {}", at_h.0)));
                     }
                 }
                 Ok(v)
@@ -233,7 +231,12 @@ impl<S: KvStore> PartitionReader<S> {
                         return Err(self.beyond(None, Point::Time(t), format!("time {}", h.0)));
                     }
                 }
-                self.version_at_time(t)
+                let v = self.version_at_time(t)?;
+                let floor = self.partition_floor();
+                if v < floor {
+                    return Err(self.beyond(None, Point::Time(t), format!("version {}", floor.0)));
+                }
+                Ok(v)
             }
         }
     }
@@ -343,7 +346,8 @@ impl<S: KvStore> PartitionReader<S> {
         };
         let mut truncated = false;
         // The oldest version still readable for this key.
-        let mut floor = self.partition_floor().max(Version(1));
+        // Versions after the partition floor are intact.
+        let mut floor = Version(self.partition_floor().0 + 1);
         match s.retention() {
             Retention::LastVersions(n) => {
                 if let Some(o) = self.oldest_retained(key, n.get())? {
@@ -352,9 +356,8 @@ impl<S: KvStore> PartitionReader<S> {
             }
             Retention::Duration(_) => {
                 if let Some(h) = self.time_horizon() {
-                    // The value current at the horizon is still readable.
-                    let at_h = self.version_at_time(h)?;
-                    floor = floor.max(at_h);
+                    // Versions committed at or after the horizon.
+                    floor = floor.max(self.point_to_version(Point::Time(h), true)?);
                 }
             }
             Retention::Unlimited => {}
@@ -377,8 +380,15 @@ impl<S: KvStore> PartitionReader<S> {
         while c.valid() && c.key().starts_with(&prefix) {
             let e = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
             if e.kind == EntryKind::Expired {
+                // The key's oldest slot: everything at or below it is gone.
                 truncated = true;
-                break;
+                match q.order {
+                    Order::Descending => break,
+                    Order::Ascending => {
+                        c.prev();
+                        continue;
+                    }
+                }
             }
             let in_range = e.version >= from && e.version <= to;
             if !in_range {

@@ -9,10 +9,13 @@
 //!   and more older than `u` out of retention. The key's oldest entry is
 //!   replaced by an expiry marker and the others are deleted, so a read
 //!   at any version below the retained window lands on the marker and
-//!   reports "beyond retention", never "absent".
+//!   reports "beyond retention", never "absent". The version log keeps
+//!   its (small) records: they date every version, whatever the policy
+//!   becomes later.
 //! - Duration: a version `u` committed before the horizon makes the entry it
 //!   superseded unreadable; that entry and `u`'s version-log record are
-//!   deleted, and the partition floor moves past `u`.
+//!   deleted, and the partition floor moves to `u`: the state at `u` is
+//!   intact, states before it are not.
 
 use std::sync::atomic::Ordering;
 
@@ -82,7 +85,7 @@ impl<S: KvStore> TablePartition<S> {
                     }
                     report.removed += self.expire_superseded(&mut batch, &rec, u)?;
                     batch.delete(Cf::Versions, vc.key());
-                    state.floor = u.0 + 1;
+                    state.floor = u.0;
                 }
             }
             state.processed = u.0;
@@ -122,10 +125,8 @@ impl<S: KvStore> TablePartition<S> {
         while c.valid() && c.key().starts_with(&prefix) {
             let e = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
             if let Some((k, prev)) = pending.take() {
+                let _ = prev;
                 batch.delete(Cf::History, &k);
-                if prev.kind != EntryKind::Expired {
-                    batch.delete(Cf::Versions, &layout::version_key(prev.version));
-                }
                 removed += 1;
             }
             pending = Some((c.key().to_vec(), e));
@@ -133,7 +134,6 @@ impl<S: KvStore> TablePartition<S> {
         }
         if let Some((k, oldest)) = pending {
             if oldest.kind != EntryKind::Expired {
-                batch.delete(Cf::Versions, &layout::version_key(oldest.version));
                 let marker = Entry { kind: EntryKind::Expired, value: Vec::new(), lineage: None, ..oldest };
                 batch.put(Cf::History, &k, &marker.encode());
                 removed += 1;
