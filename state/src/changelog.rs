@@ -5,8 +5,9 @@
 //! lineage, value or deletion, CRC). Because each record carries its
 //! version, replaying a changelog reproduces identical versions, and
 //! duplicates left by a retried produce are recognised and skipped. A
-//! deletion is an ordinary record, never a Kafka tombstone, so log
-//! compaction cannot remove history.
+//! deletion is an ordinary record, never a Kafka tombstone. Every record of
+//! a key is history, so a changelog topic MUST NOT be compacted: it uses
+//! time or size retention at least as long as the table's.
 //!
 //! `state` knows nothing of Kafka: the engine implements [`ChangelogWriter`]
 //! and [`ChangelogReader`] over Kafka topics; [`MemoryChangelog`] implements
@@ -151,9 +152,10 @@ pub struct RestoreProgress {
 
 impl<S: KvStore> TablePartition<S> {
     /// Prepares, replicates and applies everything staged: the at-least-once
-    /// commit. On a changelog failure the prepared commit is discarded and
-    /// the error returned; the owner must reprocess its input from the
-    /// checkpoint.
+    /// commit. On a changelog failure the prepared commit is abandoned with
+    /// an unknown outcome and the error returned: the owner must restore
+    /// from the changelog ([`TablePartition::restore_from`]) and reprocess
+    /// its input from the checkpoint before committing again.
     pub fn commit_to(
         &mut self,
         log: &mut dyn ChangelogWriter,
@@ -164,7 +166,7 @@ impl<S: KvStore> TablePartition<S> {
         match log.append(prepared.records()) {
             Ok(offsets) => self.apply(prepared, &offsets, inputs),
             Err(e) => {
-                self.discard(prepared);
+                self.abandon_unknown(prepared);
                 Err(e)
             }
         }

@@ -64,8 +64,9 @@ pub enum Granularity {
     /// Every staged mutation becomes its own version.
     #[default]
     PerMutation,
-    /// A key's net change within one commit becomes one version (fewer
-    /// versions and changelog records; intermediate values are not kept).
+    /// A key's last mutation within one commit becomes its one version
+    /// (fewer versions and changelog records; intermediate values are not
+    /// kept). A key set back to its committed value still gets a version.
     PerCommit,
 }
 

@@ -1,5 +1,5 @@
 //! The storage format: which column family holds what, under which key, in
-//! which byte layout. `docs/storage-format.md` is the prose version.
+//! which byte layout. `docs/storage.md` is the prose version.
 //!
 //! - `latest`:   user key → [`Entry`] of the key's newest live version.
 //! - `history`:  escape(user key) ++ !version (big-endian) → [`Entry`]; a
@@ -7,12 +7,12 @@
 //!   v" is one seek.
 //! - `versions`: version (big-endian) → [`VersionRecord`]: the version log,
 //!   in commit order, used by diffs, rewinds, change feeds and pruning.
-//! - `commits`:  commit time ++ last version (big-endian) → first version:
-//!   resolves "as of time t" with one reverse seek.
+//! - `commits`:  commit time ++ last version (big-endian) → empty: one
+//!   entry per run of versions sharing a commit time; resolves "as of time t" with one reverse seek.
 //! - `default`:  partition metadata, the checkpoint, the retention policy and
 //!   the pruning cursor, each bincode behind a CRC.
 //!
-//! Every stored value ends with a CRC-32 of the bytes before it, so a
+//! Every stored value (the empty `commits` values aside) ends with a CRC-32 of the bytes before it, so a
 //! flipped bit is reported as corruption, never decoded into a wrong value.
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -108,16 +108,16 @@ impl Entry {
         let lineage = self.lineage.as_ref().map(|l| {
             bincode::serde::encode_to_vec(l, bincode::config::standard()).unwrap_or_default()
         });
-        let lin_len = lineage.as_ref().map_or(0, |l| l.len().min(u16::MAX as usize));
+        let lin_len = lineage.as_ref().map_or(0, |l| l.len());
         let mut out = Vec::with_capacity(25 + lin_len + self.value.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(&self.version.0.to_be_bytes());
         out.extend_from_slice(&self.time.0.to_be_bytes());
         out.push(self.flags.0);
         out.push(self.kind as u8);
-        out.extend_from_slice(&(lin_len as u16).to_be_bytes());
+        out.extend_from_slice(&(lin_len as u32).to_be_bytes());
         if let Some(l) = &lineage {
-            out.extend_from_slice(&l[..lin_len]);
+            out.extend_from_slice(l);
         }
         out.extend_from_slice(&self.value);
         crc_seal(&mut out);
@@ -136,8 +136,8 @@ impl Entry {
             2 => EntryKind::Expired,
             k => return Err(format!("unknown entry kind {k}")),
         };
-        let lin = take(&mut b, 2)?;
-        let lin_len = u16::from_be_bytes([lin[0], lin[1]]) as usize;
+        let lin = take(&mut b, 4)?;
+        let lin_len = u32::from_be_bytes([lin[0], lin[1], lin[2], lin[3]]) as usize;
         let lineage = if lin_len == 0 {
             None
         } else {

@@ -214,10 +214,12 @@ fn scans_ranges_pinning_and_tokens<H: Harness>(h: &mut H) {
         r.scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 2, token: Some(ScanToken(vec![1, 2, 3])) }),
         Err(Error::InvalidScanToken { .. })
     ));
+    let err = r.scan(&ScanRequest { range: KeyRange::prefix(b"zz".to_vec()), at: At::Latest, limit: 2, token: page.next.clone() }).unwrap_err();
+    assert!(err.to_string().contains("key range"), "a token only resumes its own range: {err}");
     let mut other = open(h.fresh(), config("t", 1));
     put_commit(&mut other, "a", "b", 1);
     let err = other.reader().scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 2, token: page.next }).unwrap_err();
-    assert!(err.to_string().contains("another table or partition"), "{err}");
+    assert!(err.to_string().contains("another table, partition or key range"), "{err}");
 }
 
 fn diffs_between_versions<H: Harness>(h: &mut H) {
@@ -536,4 +538,39 @@ fn bad_requests_get_clear_errors<H: Harness>(h: &mut H) {
     assert!(err.to_string().contains("table.retention"), "{err}");
     assert!(Retention::last_versions(0).is_err());
     assert!(strata_state::TableName::new("bad name/").is_err());
+}
+
+/// A changelog whose appends land but report a timeout.
+struct LandsButTimesOut(MemoryChangelog);
+
+impl ChangelogWriter for LandsButTimesOut {
+    fn append(&mut self, records: &[ChangeRecord]) -> Result<Vec<Offset>, Error> {
+        self.0.append(records)?;
+        Err(Error::Codec("simulated timeout: outcome unknown".into()))
+    }
+}
+
+both_stores!(an_unknown_append_outcome_forces_a_restore_first);
+
+fn an_unknown_append_outcome_forces_a_restore_first<H: Harness>(h: &mut H) {
+    let mut log = LandsButTimesOut(MemoryChangelog::new());
+    let mut t = open(h.fresh(), config("t", 0));
+    t.put(b"k", b"landed", None);
+    assert!(t.commit_to(&mut log, ts(10), &[]).is_err());
+    assert!(t.needs_restore());
+    // Committing again would reuse version 1 with other contents: refused.
+    t.put(b"k", b"other", None);
+    let err = t.commit_to(&mut log.0, ts(20), &[]).unwrap_err();
+    assert!(err.to_string().contains("restore from the changelog"), "{err}");
+    t.discard_staged();
+    // The restore picks up what landed; then commits continue after it.
+    t.restore_from(&mut log.0, 100, &mut |_| {}).unwrap();
+    assert_eq!(val(&t, "k", At::Latest).as_deref(), Some("landed"));
+    t.put(b"k", b"next", None);
+    assert_eq!(t.commit_to(&mut log.0, ts(30), &[]).unwrap().versions, Version(2)..=Version(2));
+    let mut again = open(h.fresh(), config("t", 0));
+    t.put(b"j", b"x", None);
+    t.commit_to(&mut log.0, ts(40), &[]).unwrap();
+    again.restore_from(&mut log.0, 100, &mut |_| {}).unwrap();
+    assert_eq!(again.reader().get(b"j").unwrap().unwrap().version, Version(3));
 }

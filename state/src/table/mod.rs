@@ -118,6 +118,10 @@ pub struct TablePartition<S: KvStore> {
     prune: PruneState,
     /// First version of the commit prepared and not yet applied.
     prepared: Option<Version>,
+    /// Set when a changelog append failed with an unknown outcome: its
+    /// records may have landed, so versions must not be reused until the
+    /// partition has caught up with the changelog.
+    needs_restore: bool,
 }
 
 impl<S: KvStore> std::fmt::Debug for TablePartition<S> {
@@ -210,6 +214,7 @@ impl<S: KvStore> TablePartition<S> {
             checkpoint,
             prune,
             prepared: None,
+            needs_restore: false,
         })
     }
 

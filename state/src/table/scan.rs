@@ -105,22 +105,40 @@ pub struct ScanPage {
 const TOKEN_FORMAT: u8 = 1;
 
 impl<S: KvStore> PartitionReader<S> {
-    fn identity_hash(&self) -> u32 {
+    /// Ties a token to its table partition and the scanned range.
+    fn identity_hash(&self, range: &KeyRange) -> u32 {
         let loc = &self.shared.loc;
-        crc32fast::hash(format!("{}/{}", loc.table, loc.partition).as_bytes())
+        let mut h = crc32fast::Hasher::new();
+        h.update(format!("{}/{}", loc.table, loc.partition).as_bytes());
+        for b in [&range.start, &range.end] {
+            match b {
+                Bound::Included(k) => {
+                    h.update(&[1]);
+                    h.update(&(k.len() as u64).to_be_bytes());
+                    h.update(k);
+                }
+                Bound::Excluded(k) => {
+                    h.update(&[2]);
+                    h.update(&(k.len() as u64).to_be_bytes());
+                    h.update(k);
+                }
+                Bound::Unbounded => h.update(&[0]),
+            }
+        }
+        h.finalize()
     }
 
-    fn encode_token(&self, version: Version, after: &[u8]) -> ScanToken {
+    fn encode_token(&self, range: &KeyRange, version: Version, after: &[u8]) -> ScanToken {
         let mut out = vec![TOKEN_FORMAT];
         out.extend_from_slice(&version.0.to_be_bytes());
-        out.extend_from_slice(&self.identity_hash().to_be_bytes());
+        out.extend_from_slice(&self.identity_hash(range).to_be_bytes());
         out.extend_from_slice(after);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         ScanToken(out)
     }
 
-    fn decode_token(&self, t: &ScanToken) -> Result<(Version, Vec<u8>)> {
+    fn decode_token(&self, range: &KeyRange, t: &ScanToken) -> Result<(Version, Vec<u8>)> {
         let bad = |reason: &str| Error::InvalidScanToken { location: self.shared.loc(), reason: reason.into() };
         let b = &t.0;
         if b.len() < 17 {
@@ -135,8 +153,8 @@ impl<S: KvStore> PartitionReader<S> {
         }
         let version = Version(u64::from_be_bytes(body[1..9].try_into().map_err(|_| bad("version"))?));
         let id = u32::from_be_bytes(body[9..13].try_into().map_err(|_| bad("identity"))?);
-        if id != self.identity_hash() {
-            return Err(bad("the token belongs to another table or partition"));
+        if id != self.identity_hash(range) {
+            return Err(bad("the token belongs to another table, partition or key range"));
         }
         Ok((version, body[13..].to_vec()))
     }
@@ -148,7 +166,7 @@ impl<S: KvStore> PartitionReader<S> {
         }
         let (version, start) = match &req.token {
             Some(t) => {
-                let (v, after) = self.decode_token(t)?;
+                let (v, after) = self.decode_token(&req.range, t)?;
                 if v > self.shared.latest() {
                     return Err(Error::InvalidScanToken {
                         location: self.shared.loc(),
@@ -162,26 +180,27 @@ impl<S: KvStore> PartitionReader<S> {
             None => (self.resolve(req.at)?, req.range.start.clone()),
         };
         let range = KeyRange { start, end: req.range.end.clone() };
+        let scan = Scan { whole: &req.range, range: &range, version, limit: req.limit };
         if version == self.shared.latest() {
-            let page = self.scan_latest(&range, version, req.limit)?;
+            let page = self.scan_latest(&scan)?;
             // A commit that raced the scan may have changed keys the latest
             // table no longer shows as of `version`: read history instead.
             if self.shared.latest() == version {
                 return Ok(page);
             }
         }
-        self.scan_history(&range, version, req.limit)
+        self.scan_history(&scan)
     }
 
-    fn finish(&self, items: Vec<(Vec<u8>, Versioned)>, version: Version, more: bool) -> ScanPage {
-        let next = match (more, items.last()) {
-            (true, Some((k, _))) => Some(self.encode_token(version, k)),
-            _ => None,
-        };
-        ScanPage { items, version, next }
+    /// A page: `resume_after` is the last key examined when the page stops
+    /// early (limit reached, or the examination budget spent on absent keys).
+    fn finish(&self, scan: &Scan<'_>, items: Vec<(Vec<u8>, Versioned)>, resume_after: Option<Vec<u8>>) -> ScanPage {
+        let next = resume_after.map(|k| self.encode_token(scan.whole, scan.version, &k));
+        ScanPage { items, version: scan.version, next }
     }
 
-    fn scan_latest(&self, range: &KeyRange, version: Version, limit: usize) -> Result<ScanPage> {
+    fn scan_latest(&self, scan: &Scan<'_>) -> Result<ScanPage> {
+        let (range, version, limit) = (scan.range, scan.version, scan.limit);
         let s = &self.shared;
         let mut c = s.cursor(Cf::Latest)?;
         match &range.start {
@@ -194,15 +213,15 @@ impl<S: KvStore> PartitionReader<S> {
             }
             Bound::Unbounded => c.seek_to_first(),
         }
-        let mut items = Vec::new();
-        let mut more = false;
+        let mut items: Vec<(Vec<u8>, Versioned)> = Vec::new();
+        let mut resume = None;
         while c.valid() {
             let key = c.key();
             if range.is_past_end(key) {
                 break;
             }
             if items.len() == limit {
-                more = true;
+                resume = items.last().map(|(k, _)| k.clone());
                 break;
             }
             let e = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
@@ -213,10 +232,11 @@ impl<S: KvStore> PartitionReader<S> {
             c.next();
         }
         s.cursor_status(&c, None)?;
-        Ok(self.finish(items, version, more))
+        Ok(self.finish(scan, items, resume))
     }
 
-    fn scan_history(&self, range: &KeyRange, version: Version, limit: usize) -> Result<ScanPage> {
+    fn scan_history(&self, scan: &Scan<'_>) -> Result<ScanPage> {
+        let (range, version, limit) = (scan.range, scan.version, scan.limit);
         let s = &self.shared;
         let mut c = s.cursor(Cf::History)?;
         match &range.start {
@@ -224,26 +244,52 @@ impl<S: KvStore> PartitionReader<S> {
             Bound::Excluded(k) => c.seek(&layout::history_after_key(k)),
             Bound::Unbounded => c.seek_to_first(),
         }
-        let mut items = Vec::new();
-        let mut more = false;
+        let mut items: Vec<(Vec<u8>, Versioned)> = Vec::new();
+        // Keys absent at `version` cost work too: bound what one page
+        // examines, and resume after the last key examined.
+        let budget = limit.saturating_mul(EXAMINE_FACTOR).max(MIN_EXAMINED);
+        let mut examined = 0usize;
+        let mut last_examined: Option<Vec<u8>> = None;
+        let mut resume = None;
         while c.valid() {
             let (key, _) = layout::split_history_key(c.key()).map_err(|d| s.corrupt(None, d))?;
             if range.is_past_end(&key) {
                 break;
             }
+            if examined == budget {
+                resume = last_examined.take();
+                break;
+            }
+            examined += 1;
             if let Some(e) = self.entry_at(&key, version)?.filter(|e| e.kind == EntryKind::Value) {
                 if items.len() == limit {
-                    more = true;
+                    resume = last_examined.take();
                     break;
                 }
                 items.push((key.clone(), Versioned { version: e.version, time: e.time, flags: e.flags, lineage: e.lineage, value: e.value }));
             }
             c.seek(&layout::history_after_key(&key));
+            last_examined = Some(key);
         }
         s.cursor_status(&c, None)?;
-        Ok(self.finish(items, version, more))
+        Ok(self.finish(scan, items, resume))
     }
 }
+
+/// One page's parameters.
+struct Scan<'a> {
+    /// The range as requested (tokens are tied to it).
+    whole: &'a KeyRange,
+    /// What is left of it for this page.
+    range: &'a KeyRange,
+    version: Version,
+    limit: usize,
+}
+
+/// A history scan examines at most `limit * EXAMINE_FACTOR` keys (and at
+/// least `MIN_EXAMINED`) before returning a page early with a token.
+const EXAMINE_FACTOR: usize = 16;
+const MIN_EXAMINED: usize = 4096;
 
 #[cfg(test)]
 mod tests {

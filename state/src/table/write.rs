@@ -113,6 +113,12 @@ impl<S: KvStore> TablePartition<S> {
 
     /// Fixes versions and a commit time for everything staged.
     pub fn prepare(&mut self, now: Timestamp) -> Result<PreparedCommit> {
+        if self.needs_restore {
+            return Err(Error::Protocol {
+                location: self.shared.loc(),
+                reason: "a changelog append failed and may have landed; restore from the changelog before committing again".into(),
+            });
+        }
         if let Some(first) = self.prepared {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
@@ -136,12 +142,27 @@ impl<S: KvStore> TablePartition<S> {
         Ok(PreparedCommit { records, time })
     }
 
-    /// Abandons a prepared commit: its mutations are lost and the next
-    /// prepare reuses its versions. Use when the changelog write failed and
-    /// the owner will reprocess its input from the checkpoint.
+    /// Abandons a prepared commit known not to have reached the changelog:
+    /// its mutations are lost and the next prepare reuses its versions.
     pub fn discard(&mut self, prepared: PreparedCommit) {
         drop(prepared);
         self.prepared = None;
+    }
+
+    /// Abandons a prepared commit whose changelog append failed with an
+    /// unknown outcome (a timeout): its records may have landed. Further
+    /// commits are refused until [`TablePartition::restore`] has caught the
+    /// partition up with the changelog, so no version is ever written twice
+    /// with different contents.
+    pub fn abandon_unknown(&mut self, prepared: PreparedCommit) {
+        drop(prepared);
+        self.prepared = None;
+        self.needs_restore = true;
+    }
+
+    /// Whether a failed append must be resolved by a restore first.
+    pub fn needs_restore(&self) -> bool {
+        self.needs_restore
     }
 
     /// Writes a prepared commit. `changelog` gives the changelog offset of
@@ -183,6 +204,7 @@ impl<S: KvStore> TablePartition<S> {
                 reason: "restore while mutations are staged or a commit is prepared".into(),
             });
         }
+        self.needs_restore = false;
         let mut step = RestoreStep::default();
         let mut latest = self.checkpoint.version;
         let mut fresh: Vec<ChangeRecord> = Vec::with_capacity(records.len());

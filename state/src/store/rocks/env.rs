@@ -30,7 +30,7 @@ impl Default for RocksConfig {
     fn default() -> Self {
         RocksConfig {
             block_cache_bytes: 256 << 20,
-            write_buffer_budget_bytes: 256 << 20,
+            write_buffer_budget_bytes: 128 << 20,
             write_buffer_bytes: 32 << 20,
             max_open_files: 256,
             background_jobs: 2,
@@ -53,6 +53,12 @@ impl RocksConfig {
         }
         if self.write_buffer_budget_bytes < self.write_buffer_bytes {
             return bad("state.write_buffer_budget_bytes", "must be at least state.write_buffer_bytes");
+        }
+        if self.write_buffer_budget_bytes > self.block_cache_bytes {
+            return bad(
+                "state.write_buffer_budget_bytes",
+                "must not exceed state.block_cache_bytes: memtables are charged to the block cache",
+            );
         }
         if self.background_jobs < 1 {
             return bad("state.background_jobs", "must be at least 1");
