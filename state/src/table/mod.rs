@@ -134,6 +134,27 @@ impl<S: KvStore> std::fmt::Debug for TablePartition<S> {
     }
 }
 
+impl TablePartition<crate::store::RocksStore> {
+    /// Opens (creating if missing) the RocksDB-backed partition at `path`.
+    /// Failures to open the files name the table and partition.
+    pub fn open_rocks(
+        path: impl AsRef<std::path::Path>,
+        env: &crate::store::RocksEnv,
+        config: TableConfig,
+    ) -> Result<TablePartition<crate::store::RocksStore>> {
+        let loc = Box::new(Location { table: config.name.clone(), partition: config.partition });
+        let store = crate::store::RocksStore::open(path.as_ref(), env).map_err(|e| match e.kind {
+            StoreErrorKind::Corruption => Error::Corrupt {
+                location: loc.clone(),
+                key: None,
+                detail: format!("{} ({})", e.message, path.as_ref().display()),
+            },
+            _ => Error::Storage { location: loc.clone(), message: format!("{} ({})", e.message, path.as_ref().display()) },
+        })?;
+        TablePartition::open(store, config)
+    }
+}
+
 impl<S: KvStore> TablePartition<S> {
     /// Opens the partition held by `store`, initialising an empty store.
     ///
