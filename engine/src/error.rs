@@ -1,0 +1,87 @@
+//! The engine's one error type.
+//!
+//! A write to Kafka that timed out is [`Error::OutcomeUnknown`], not a
+//! failure: the records may have landed, and the caller must resolve that
+//! (restore, or fence) before writing again.
+
+/// Everything that can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is invalid.
+    #[error("invalid configuration `{key}`: {reason}")]
+    Config {
+        /// The offending key.
+        key: String,
+        /// Why, and what to use instead.
+        reason: String,
+    },
+
+    /// The topology is inconsistent (e.g. co-partitioning mismatch).
+    #[error("invalid topology: {0}")]
+    Topology(String),
+
+    /// Kafka failed.
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        /// What was being done.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    /// A write to Kafka timed out: the records may or may not have landed.
+    #[error("kafka: {context}: outcome unknown (timed out after {timeout_ms} ms); resolve before writing again")]
+    OutcomeUnknown {
+        /// What was being written.
+        context: String,
+        /// The timeout that expired.
+        timeout_ms: u64,
+    },
+
+    /// A state store failed.
+    #[error(transparent)]
+    State(#[from] strata_state::Error),
+
+    /// A record could not be decoded or processed.
+    #[error("record {topic}/{partition}@{offset}: {reason}")]
+    Poison {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// Input offset.
+        offset: i64,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The engine is shutting down or a component has stopped.
+    #[error("engine stopped: {0}")]
+    Stopped(String),
+
+    /// An I/O failure (state directory).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a Kafka error with what was being done.
+    pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Error {
+        Error::Kafka { context: context.into(), source }
+    }
+
+    /// A configuration error.
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Config { key: key.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,438 @@
+//! A table partition's changelog over Kafka: [`KafkaChangelogWriter`] and
+//! [`KafkaChangelogReader`] implement `strata_state`'s changelog traits for
+//! one partition of a changelog topic (changelog partition N holds table
+//! partition N).
+//!
+//! A record's key is the user key and its value is the
+//! [`ChangeRecord::encode_value`] bytes (version, time, flags, lineage,
+//! value, CRC). Deletions are ordinary records, never tombstones.
+//!
+//! Invariants:
+//! - An append returns offsets only when every record was acknowledged
+//!   (`acks=all`, idempotent producer, so offsets follow record order). A
+//!   wait that expires, or a record that timed out in the producer, is
+//!   [`Error::OutcomeUnknown`] (the records may have landed): the table
+//!   partition must then restore before committing again.
+//! - A read finds the partition's end by the fetch path's EOF, never by the
+//!   listed high watermark, which some brokers (Tansu) report wrongly. A
+//!   read never returns an empty batch that is not the end: waiting longer
+//!   than [`KafkaConfig::read_timeout`] for either is an error.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, TopicPartitionList};
+use strata_state::changelog::ChangelogBatch;
+use strata_state::{ChangeRecord, ChangelogReader, ChangelogWriter, Location, Offset};
+
+use super::client::{KafkaConfig, TracingContext, create, log_to_tracing};
+use crate::Error;
+
+/// How long `append` sleeps before retrying a record the producer's full
+/// local queue refused.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(1);
+/// Slack added to librdkafka's delivery timeout when waiting for delivery
+/// reports, so librdkafka's own (more precise) timeout report comes first.
+const DELIVERY_GRACE: Duration = Duration::from_secs(1);
+/// Largest batch a read pre-allocates for, whatever `max` says.
+const MAX_PREALLOC: usize = 16_384;
+
+/// One record's delivery report: its index in the append, and where it
+/// landed or why not.
+type Report = (usize, std::result::Result<(i32, i64), KafkaError>);
+
+/// Where a record's delivery report goes: the append that sent it.
+pub(crate) struct DeliverySlot {
+    index: usize,
+    tx: mpsc::Sender<Report>,
+}
+
+/// The producer's context: routes each delivery report to its append.
+pub(crate) struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka producer error");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<DeliverySlot>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<DeliverySlot>) {
+        let report = match result {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.clone()),
+        };
+        // The append may have given up waiting (its outcome was reported
+        // unknown); then nobody listens and the report is dropped.
+        let _ = slot.tx.send((slot.index, report));
+    }
+}
+
+/// A producer shared by every changelog writer of the process (one
+/// connection pool, one batching queue, one background delivery thread).
+pub struct ChangelogProducer {
+    inner: ThreadedProducer<DeliveryContext>,
+    delivery_timeout: Duration,
+}
+
+impl std::fmt::Debug for ChangelogProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangelogProducer").field("delivery_timeout", &self.delivery_timeout).finish_non_exhaustive()
+    }
+}
+
+impl ChangelogProducer {
+    /// A producer for the cluster `config` names (`acks=all`, idempotent).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration; [`Error::Kafka`] if
+    /// librdkafka cannot create the producer.
+    pub fn new(config: &KafkaConfig) -> crate::Result<Arc<ChangelogProducer>> {
+        let inner = create(&config.producer()?, DeliveryContext, "changelog producer")?;
+        Ok(Arc::new(ChangelogProducer { inner, delivery_timeout: config.delivery_timeout }))
+    }
+
+    /// Waits until everything sent has been acknowledged or failed, up to
+    /// `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::OutcomeUnknown`] if records are still in flight at the end.
+    pub fn flush(&self, timeout: Duration) -> crate::Result<()> {
+        self.inner.flush(timeout).map_err(|e| match e {
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Error::OutcomeUnknown {
+                context: format!("flushing the changelog producer ({} records in flight)", self.inner.in_flight_count()),
+                timeout_ms: timeout.as_millis() as u64,
+            },
+            e => Error::kafka("flushing the changelog producer", e),
+        })
+    }
+
+    /// A fatal producer error (after which it must be recreated), if any.
+    fn fatal(&self) -> Option<String> {
+        self.inner.client().fatal_error().map(|(code, reason)| format!("{code}: {reason}"))
+    }
+}
+
+/// Appends a table partition's commits to its changelog partition.
+#[derive(Debug)]
+pub struct KafkaChangelogWriter {
+    producer: Arc<ChangelogProducer>,
+    topic: String,
+    location: Location,
+}
+
+impl KafkaChangelogWriter {
+    /// A writer of `location`'s records to partition `location.partition`
+    /// of `topic`, through the shared `producer`.
+    pub fn new(producer: Arc<ChangelogProducer>, topic: impl Into<String>, location: Location) -> KafkaChangelogWriter {
+        KafkaChangelogWriter { producer, topic: topic.into(), location }
+    }
+
+    /// The changelog topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.location.partition.0 as i32
+    }
+
+    /// The append, with the engine's error.
+    fn try_append(&self, records: &[ChangeRecord]) -> crate::Result<Vec<Offset>> {
+        let (topic, partition) = (self.topic.as_str(), self.partition());
+        let what = || format!("appending {} records to {topic}[{partition}]", records.len());
+        let wait = self.producer.delivery_timeout + DELIVERY_GRACE;
+        let (tx, rx) = mpsc::channel::<Report>();
+        let enqueue_deadline = Instant::now() + self.producer.delivery_timeout;
+        for (index, r) in records.iter().enumerate() {
+            let payload = r.encode_value();
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(DeliverySlot { index, tx: tx.clone() }))
+                .partition(partition)
+                .key(r.key.as_slice())
+                .payload(payload.as_slice());
+            loop {
+                match self.producer.inner.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        if Instant::now() >= enqueue_deadline {
+                            return Err(Error::OutcomeUnknown {
+                                context: format!("{}: the producer queue stayed full; {index} records were sent", what()),
+                                timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
+                            });
+                        }
+                        record = back;
+                        std::thread::sleep(QUEUE_FULL_BACKOFF);
+                    }
+                    Err((e, _)) if index == 0 => return Err(Error::kafka(what(), e)),
+                    // Earlier records were sent and may land.
+                    Err((e, _)) => {
+                        return Err(Error::kafka(format!("{}: record {index} refused, earlier ones may land", what()), e));
+                    }
+                }
+            }
+        }
+        drop(tx);
+
+        let deadline = Instant::now() + wait;
+        let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
+        let mut received = 0;
+        let mut first_error: Option<(usize, KafkaError)> = None;
+        while received < records.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((index, Ok((p, offset)))) => {
+                    received += 1;
+                    if p != partition || offset < 0 {
+                        return Err(Error::Kafka {
+                            context: format!("{}: record {index} was acknowledged at {p}@{offset}", what()),
+                            source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+                        });
+                    }
+                    offsets[index] = Some(offset);
+                }
+                Ok((index, Err(e))) => {
+                    received += 1;
+                    if first_error.as_ref().is_none_or(|(i, _)| index < *i) {
+                        first_error = Some((index, e));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::OutcomeUnknown {
+                        context: format!("{}: {received} delivery reports received", what()),
+                        timeout_ms: wait.as_millis() as u64,
+                    });
+                }
+            }
+        }
+        if let Some((index, e)) = first_error {
+            let fatal = self.producer.fatal().map(|f| format!("; the producer failed fatally ({f}) and must be recreated")).unwrap_or_default();
+            return Err(match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
+                    Error::OutcomeUnknown {
+                        context: format!("{}: record {index} timed out in the producer{fatal}", what()),
+                        timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
+                    }
+                }
+                e => Error::kafka(format!("{}: record {index} failed{fatal}", what()), e),
+            });
+        }
+        let offsets: Vec<Offset> = offsets.into_iter().flatten().map(|o| Offset(o as u64)).collect();
+        if offsets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::Kafka {
+                context: format!("{}: the broker acknowledged them at non-increasing offsets", what()),
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+            });
+        }
+        Ok(offsets)
+    }
+}
+
+impl ChangelogWriter for KafkaChangelogWriter {
+    fn append(&mut self, records: &[ChangeRecord]) -> strata_state::Result<Vec<Offset>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        match self.try_append(records) {
+            Ok(offsets) => {
+                tracing::debug!(
+                    topic = %self.topic,
+                    partition = self.partition(),
+                    records = records.len(),
+                    first = offsets.first().map(|o| o.0),
+                    last = offsets.last().map(|o| o.0),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "appended to changelog"
+                );
+                Ok(offsets)
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.partition(), records = records.len(), error = %e, "changelog append failed");
+                Err(to_state(&self.location, e))
+            }
+        }
+    }
+}
+
+/// Whether a changelog error from this module means "the append may or may
+/// not have landed" (as opposed to a definite failure).
+pub fn is_outcome_unknown(e: &strata_state::Error) -> bool {
+    match e {
+        strata_state::Error::Changelog { source: Some(s), .. } => {
+            matches!(s.downcast_ref::<Error>(), Some(Error::OutcomeUnknown { .. }))
+        }
+        _ => false,
+    }
+}
+
+/// Wraps an engine error for the `state` traits, keeping it as the source.
+fn to_state(location: &Location, e: Error) -> strata_state::Error {
+    strata_state::Error::Changelog { location: Box::new(location.clone()), message: e.to_string(), source: Some(Box::new(e)) }
+}
+
+/// Reads a table partition's changelog partition, for restores.
+pub struct KafkaChangelogReader {
+    consumer: BaseConsumer<TracingContext>,
+    topic: String,
+    location: Location,
+    read_timeout: Duration,
+    /// The offset the consumer will deliver next, when assigned.
+    next: Option<u64>,
+    /// Whether the consumer reported EOF at `next` (librdkafka reports it
+    /// once per reach, so a later read re-assigns to learn it again).
+    at_end: bool,
+}
+
+impl std::fmt::Debug for KafkaChangelogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaChangelogReader")
+            .field("topic", &self.topic)
+            .field("location", &self.location)
+            .field("next", &self.next)
+            .field("at_end", &self.at_end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaChangelogReader {
+    /// A reader of partition `location.partition` of `topic`. It connects
+    /// lazily, on the first read.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid configuration; [`Error::Kafka`] if
+    /// librdkafka cannot create the consumer.
+    pub fn new(config: &KafkaConfig, topic: impl Into<String>, location: Location) -> crate::Result<KafkaChangelogReader> {
+        let consumer = create(&config.restore_consumer()?, TracingContext, "changelog reader")?;
+        Ok(KafkaChangelogReader {
+            consumer,
+            topic: topic.into(),
+            location,
+            read_timeout: config.read_timeout,
+            next: None,
+            at_end: false,
+        })
+    }
+
+    /// The changelog topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.location.partition.0 as i32
+    }
+
+    /// Points the consumer at `from`.
+    fn assign(&mut self, from: u64) -> crate::Result<()> {
+        let (topic, partition) = (self.topic.as_str(), self.partition());
+        let context = || format!("assigning {topic}[{partition}] at offset {from}");
+        let at = i64::try_from(from).map_err(|_| Error::config("changelog offset", format!("{from} is beyond i64")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(at)).map_err(|e| Error::kafka(context(), e))?;
+        self.consumer.assign(&tpl).map_err(|e| Error::kafka(context(), e))?;
+        self.next = Some(from);
+        self.at_end = false;
+        Ok(())
+    }
+
+    /// The read, with the engine's error.
+    fn try_read(&mut self, from: Offset, max: usize) -> crate::Result<ChangelogBatch> {
+        if self.next != Some(from.0) || self.at_end {
+            self.assign(from.0)?;
+        }
+        let (partition, max) = (self.partition(), max.max(1));
+        let deadline = Instant::now() + self.read_timeout;
+        let mut records = Vec::with_capacity(max.min(MAX_PREALLOC));
+        let mut next = from.0;
+        while records.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left) {
+                None => {}
+                Some(Ok(m)) => {
+                    if m.partition() != partition || m.topic() != self.topic {
+                        continue;
+                    }
+                    let Ok(offset) = u64::try_from(m.offset()) else { continue };
+                    if offset < next {
+                        // Left over from before a re-assignment.
+                        continue;
+                    }
+                    let decode = || -> std::result::Result<ChangeRecord, String> {
+                        let key = m.key().ok_or("the record has no key")?;
+                        let value = m.payload().ok_or("the record has no value (a tombstone; changelogs never hold any)")?;
+                        ChangeRecord::decode(key, value)
+                    };
+                    match decode() {
+                        Ok(r) => records.push((Offset(offset), r)),
+                        Err(reason) => {
+                            return Err(Error::Poison {
+                                topic: self.topic.clone(),
+                                partition,
+                                offset: offset as i64,
+                                reason: format!("undecodable changelog record: {reason}"),
+                            });
+                        }
+                    }
+                    next = offset + 1;
+                    self.next = Some(next);
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
+                    self.at_end = true;
+                    break;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::MessageConsumption(code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)))) => {
+                    return Err(Error::kafka(
+                        format!(
+                            "reading {}[{partition}] at offset {next}: the offset is outside the log (its start was \
+                             deleted by retention, or the topic was recreated or lost data); local state cannot be \
+                             caught up from this changelog: rebuild the table partition",
+                            self.topic
+                        ),
+                        KafkaError::MessageConsumption(code),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(Error::kafka(format!("reading {}[{partition}] at offset {next}", self.topic), e));
+                }
+            }
+        }
+        if records.is_empty() && !self.at_end {
+            return Err(Error::OutcomeUnknown {
+                context: format!(
+                    "reading {}[{partition}] at offset {next}: neither a record nor the end of the partition arrived; \
+                     is the broker reachable and the topic present?",
+                    self.topic
+                ),
+                timeout_ms: self.read_timeout.as_millis() as u64,
+            });
+        }
+        Ok(ChangelogBatch { records, end: self.at_end })
+    }
+}
+
+impl ChangelogReader for KafkaChangelogReader {
+    fn read(&mut self, from: Offset, max: usize) -> strata_state::Result<ChangelogBatch> {
+        match self.try_read(from, max) {
+            Ok(b) => {
+                tracing::trace!(topic = %self.topic, partition = self.partition(), from = from.0, records = b.records.len(), end = b.end, "read changelog");
+                Ok(b)
+            }
+            Err(e) => Err(to_state(&self.location, e)),
+        }
+    }
+}

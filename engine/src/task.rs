@@ -1,0 +1,226 @@
+//! A task: the unit of work for one input partition. It owns that
+//! partition's table partitions, runs records through the topology, and
+//! commits.
+//!
+//! A task is driven by exactly one thread (`&mut self` everywhere), so its
+//! state needs no locks. The commit protocol (at-least-once) is, in order:
+//! each table's staged mutations are prepared and appended to its changelog
+//! (acknowledged), outputs and dead letters are produced (acknowledged),
+//! the tables are applied to the store with their changelog offsets and
+//! input positions in one atomic write each, and only then are input
+//! offsets committed. Offsets are never committed ahead of their effects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use strata_state::store::KvStore;
+use strata_state::{ChangelogWriter, InputOffset, Lineage, Offset, Partition, TablePartition, Timestamp, VersionFlags};
+
+use crate::context::{Ctx, OutRecord, RecordMeta, SOURCE_HEADER, TableAccess};
+use crate::topology::{OnError, RecordError, SourceFn, TableId};
+use crate::{Error, Result};
+
+/// Header carrying the error of a dead-lettered record.
+pub const ERROR_HEADER: &str = "strata-error";
+
+/// A source as a task runs it.
+#[derive(Clone)]
+pub(crate) struct TaskSource {
+    pub run: SourceFn,
+    pub on_error: OnError,
+}
+
+/// The sources of a topology keyed by physical input topic.
+pub(crate) type SourceMap = Arc<BTreeMap<String, Vec<TaskSource>>>;
+
+/// A task's table partitions, indexed by [`TableId`].
+pub(crate) struct TaskTables<S: KvStore> {
+    pub tables: Vec<TablePartition<S>>,
+}
+
+impl<S: KvStore> TableAccess for TaskTables<S> {
+    fn get(&mut self, table: TableId, key: &[u8]) -> strata_state::Result<Option<Vec<u8>>> {
+        self.tables[table.0].get(key)
+    }
+
+    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Lineage, replay: bool) {
+        let flags = if replay { VersionFlags::REPLAY } else { VersionFlags::NONE };
+        self.tables[table.0].stage(key, value, Some(lineage), flags);
+    }
+}
+
+/// One raw input record, borrowed from the consumer.
+pub(crate) struct RawRecord<'a> {
+    pub topic: &'a Arc<str>,
+    pub partition: Partition,
+    pub offset: Offset,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// Counters of one task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskStats {
+    /// Input records processed.
+    pub records_in: u64,
+    /// Records produced to output topics.
+    pub records_out: u64,
+    /// Records skipped or dead-lettered.
+    pub poison: u64,
+    /// Changelog records written.
+    pub changelog_records: u64,
+    /// Commits completed.
+    pub commits: u64,
+}
+
+/// What a commit needs from the outside world.
+pub(crate) trait CommitIo {
+    /// The changelog of table `i` of this task.
+    fn changelog(&mut self, table: usize) -> &mut dyn ChangelogWriter;
+    /// Produces records (logical topics), returning once all are acknowledged.
+    fn produce(&mut self, records: &[OutRecord]) -> Result<()>;
+    /// Commits input positions (next offsets to read).
+    fn commit_offsets(&mut self, positions: &[InputOffset]) -> Result<()>;
+}
+
+/// One input partition's work.
+pub(crate) struct Task<S: KvStore> {
+    pub partition: Partition,
+    sources: SourceMap,
+    pub tables: TaskTables<S>,
+    outputs: Vec<OutRecord>,
+    trace: Vec<Arc<str>>,
+    /// Next offset to read, per physical input topic.
+    positions: BTreeMap<Arc<str>, Offset>,
+    /// Positions not yet committed.
+    dirty: bool,
+    dlq_topic: Arc<str>,
+    pub stats: TaskStats,
+    /// Whether records are being replayed (flagged in outputs and versions).
+    pub replay: bool,
+}
+
+impl<S: KvStore> Task<S> {
+    pub fn new(partition: Partition, sources: SourceMap, tables: Vec<TablePartition<S>>, dlq_topic: Arc<str>) -> Task<S> {
+        Task {
+            partition,
+            sources,
+            tables: TaskTables { tables },
+            outputs: Vec::new(),
+            trace: Vec::new(),
+            positions: BTreeMap::new(),
+            dirty: false,
+            dlq_topic,
+            stats: TaskStats::default(),
+            replay: false,
+        }
+    }
+
+    /// Whether enough is buffered that the task should commit now.
+    pub fn is_full(&self, max_outputs: usize) -> bool {
+        self.outputs.len() >= max_outputs || self.tables.tables.iter().any(|t| t.is_full())
+    }
+
+    /// Whether anything awaits a commit.
+    pub fn has_pending(&self) -> bool {
+        self.dirty || !self.outputs.is_empty() || self.tables.tables.iter().any(|t| t.staged_len() > 0)
+    }
+
+    /// Runs one record through the topology. Poison records follow their
+    /// source's policy; only [`OnError::Stop`] returns an error.
+    pub fn process(&mut self, rec: &RawRecord<'_>) -> Result<()> {
+        let meta = RecordMeta {
+            topic: rec.topic.clone(),
+            partition: rec.partition,
+            offset: rec.offset,
+            timestamp: rec.timestamp,
+            replay: self.replay,
+        };
+        self.positions.insert(rec.topic.clone(), Offset(rec.offset.0 + 1));
+        self.dirty = true;
+        self.stats.records_in += 1;
+        let sources = self.sources.clone();
+        let Some(list) = sources.get(&**rec.topic) else {
+            return Err(Error::Topology(format!("task {} got a record of unknown topic {}", self.partition, rec.topic)));
+        };
+        for src in list {
+            self.trace.clear();
+            let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
+            if let Err(e) = (src.run)(&mut ctx, rec.key, rec.value) {
+                self.poison(rec, &src.on_error, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn poison(&mut self, rec: &RawRecord<'_>, policy: &OnError, e: RecordError) -> Result<()> {
+        self.stats.poison += 1;
+        let (topic, partition, offset) = (rec.topic.to_string(), rec.partition.0 as i32, rec.offset.0 as i64);
+        match policy {
+            OnError::Stop => Err(Error::Poison { topic, partition, offset, reason: e.to_string() }),
+            OnError::Skip => {
+                tracing::warn!(%topic, partition, offset, error = %e, "skipping poison record");
+                Ok(())
+            }
+            OnError::DeadLetter | OnError::DeadLetterTo(_) => {
+                let dlq = match policy {
+                    OnError::DeadLetterTo(t) => Arc::from(t.as_str()),
+                    _ => self.dlq_topic.clone(),
+                };
+                tracing::warn!(%topic, partition, offset, error = %e, dlq = %dlq, "dead-lettering poison record");
+                self.outputs.push(OutRecord {
+                    topic: dlq,
+                    key: rec.key.map(<[u8]>::to_vec),
+                    value: rec.value.map(<[u8]>::to_vec),
+                    headers: vec![
+                        (ERROR_HEADER.to_string(), e.to_string().into_bytes()),
+                        (SOURCE_HEADER.to_string(), format!("{topic}/{partition}@{offset}").into_bytes()),
+                    ],
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Commits everything processed so far (at-least-once).
+    pub fn commit(&mut self, io: &mut dyn CommitIo, now: Timestamp) -> Result<()> {
+        if !self.has_pending() {
+            return Ok(());
+        }
+        let inputs: Vec<InputOffset> = self
+            .positions
+            .iter()
+            .map(|(t, o)| InputOffset { topic: t.to_string(), partition: self.partition, next: *o })
+            .collect();
+        // 1. Changelogs, acknowledged.
+        let mut prepared = Vec::with_capacity(self.tables.tables.len());
+        for (i, t) in self.tables.tables.iter_mut().enumerate() {
+            let p = t.prepare(now)?;
+            let offsets = match io.changelog(i).append(p.records()) {
+                Ok(o) => o,
+                Err(e) => {
+                    t.abandon_unknown(p);
+                    return Err(e.into());
+                }
+            };
+            self.stats.changelog_records += offsets.len() as u64;
+            prepared.push((p, offsets));
+        }
+        // 2. Outputs and dead letters, acknowledged.
+        if !self.outputs.is_empty() {
+            io.produce(&self.outputs)?;
+            self.stats.records_out += self.outputs.len() as u64;
+            self.outputs.clear();
+        }
+        // 3. Local state with its checkpoint.
+        for (t, (p, offsets)) in self.tables.tables.iter_mut().zip(prepared) {
+            t.apply(p, &offsets, &inputs)?;
+        }
+        // 4. Input offsets.
+        io.commit_offsets(&inputs)?;
+        self.dirty = false;
+        self.stats.commits += 1;
+        Ok(())
+    }
+}

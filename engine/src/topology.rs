@@ -1,0 +1,432 @@
+//! Declaring what an app computes: typed streams from topics, operators,
+//! tables, and outputs.
+//!
+//! A [`Topology`] is built once, before the app runs. Every operator is a
+//! `Fn` shared by all tasks (state lives in tables, not in closures), and
+//! records flow through them by direct calls: a source decodes the payload
+//! and calls its downstream operators, which call theirs. Type erasure
+//! happens only at the sources, so operators are monomorphic and allocate
+//! nothing per record beyond what they produce.
+//!
+//! Invariant: every table is co-partitioned with the stream that feeds it:
+//! a record's key decides its partition, and the aggregation key is the
+//! record's key, so table partition `p` lives in task `p`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use strata_state::codec::{Bincode as TableBincode, OrderedKey, ValueCodec};
+use strata_state::{Granularity, Retention};
+
+use crate::context::Ctx;
+use crate::serde::Serde;
+use crate::{Error, Result};
+
+/// What to do with a record that cannot be decoded or whose processing
+/// fails.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Log it and go on.
+    Skip,
+    /// Send it, with the error in headers, to the app's dead-letter topic
+    /// (`<application id>-dlq`) or the named one; then go on.
+    #[default]
+    DeadLetter,
+    /// Send it to this dead-letter topic.
+    DeadLetterTo(String),
+    /// Stop the app with the error.
+    Stop,
+}
+
+/// A downstream operator of a stream of `(K, V)`.
+pub(crate) type Sink<K, V> = Arc<dyn Fn(&mut Ctx<'_>, K, V) -> Result<(), String> + Send + Sync>;
+
+/// The downstream operators of one stream; frozen once the app runs.
+pub(crate) struct Sinks<K, V> {
+    list: RwLock<Vec<Sink<K, V>>>,
+}
+
+impl<K: Clone, V: Clone> Sinks<K, V> {
+    fn new() -> Arc<Self> {
+        Arc::new(Sinks { list: RwLock::new(Vec::new()) })
+    }
+
+    fn add(&self, s: Sink<K, V>) {
+        if let Ok(mut l) = self.list.write() {
+            l.push(s);
+        }
+    }
+
+    /// Sends one record to every downstream operator.
+    pub(crate) fn emit(&self, ctx: &mut Ctx<'_>, k: K, v: V) -> Result<(), String> {
+        let list = self.list.read().map_err(|_| "topology lock poisoned".to_string())?;
+        match list.len() {
+            0 => Ok(()),
+            1 => list[0](ctx, k, v),
+            n => {
+                for s in &list[..n - 1] {
+                    s(ctx, k.clone(), v.clone())?;
+                }
+                list[n - 1](ctx, k, v)
+            }
+        }
+    }
+}
+
+/// A source: decodes a raw record and feeds its stream.
+pub(crate) type SourceFn = Arc<dyn Fn(&mut Ctx<'_>, Option<&[u8]>, Option<&[u8]>) -> Result<(), RecordError> + Send + Sync>;
+
+/// Why a record failed.
+#[derive(Debug, Clone)]
+pub(crate) enum RecordError {
+    /// Its key or value could not be decoded.
+    Decode(String),
+    /// An operator failed.
+    Operator(String),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Decode(e) => write!(f, "undecodable: {e}"),
+            RecordError::Operator(e) => write!(f, "operator failed: {e}"),
+        }
+    }
+}
+
+pub(crate) struct SourceSpec {
+    pub topic: String,
+    pub on_error: OnError,
+    pub run: SourceFn,
+}
+
+/// How a table is stored.
+#[derive(Clone, Debug)]
+pub struct TableOptions {
+    /// How much history to keep.
+    pub retention: Retention,
+    /// What makes a version.
+    pub granularity: Granularity,
+}
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        TableOptions { retention: Retention::Unlimited, granularity: Granularity::PerMutation }
+    }
+}
+
+pub(crate) struct TableSpec {
+    pub name: String,
+    pub options: TableOptions,
+    /// The topic whose partitions the table follows.
+    pub source_topic: String,
+}
+
+/// A handle on a table within a task: its index in the topology.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableId(pub(crate) usize);
+
+#[derive(Default)]
+pub(crate) struct Graph {
+    pub sources: Vec<SourceSpec>,
+    pub tables: Vec<TableSpec>,
+    pub outputs: BTreeMap<String, ()>,
+    pub next_op: usize,
+}
+
+/// The app's dataflow, declared before it runs.
+#[derive(Clone, Default)]
+pub struct Topology {
+    // Shared with every stream handle so operators can be added from any
+    // of them while building; built single-threaded, read-only once run.
+    graph: Arc<Mutex<Graph>>,
+}
+
+fn lock(g: &Mutex<Graph>) -> std::sync::MutexGuard<'_, Graph> {
+    g.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Topology {
+    /// An empty topology.
+    pub fn new() -> Topology {
+        Topology::default()
+    }
+
+    /// A stream of the records of `topic` (a logical name, mapped to a
+    /// physical one by the app's config), decoded with the given codecs.
+    /// Records that fail to decode go to the dead-letter topic unless
+    /// [`Stream::on_error`] says otherwise.
+    pub fn stream<K, V>(&self, topic: &str, key: impl Serde<K>, value: impl Serde<V>) -> Stream<K, V>
+    where
+        K: Clone + Send + 'static,
+        V: Clone + Send + 'static,
+    {
+        let sinks = Sinks::new();
+        let downstream = sinks.clone();
+        let run: SourceFn = Arc::new(move |ctx, k, v| {
+            let k = key.decode(k.unwrap_or(&[])).map_err(|e| RecordError::Decode(format!("key: {e}")))?;
+            let v = match v {
+                Some(v) => value.decode(v).map_err(|e| RecordError::Decode(format!("value: {e}")))?,
+                None => return Err(RecordError::Decode("value: null payload".into())),
+            };
+            downstream.emit(ctx, k, v).map_err(RecordError::Operator)
+        });
+        let mut g = lock(&self.graph);
+        g.sources.push(SourceSpec { topic: topic.to_string(), on_error: OnError::default(), run });
+        let source = g.sources.len() - 1;
+        Stream { graph: self.graph.clone(), sinks, source: Some(source), topic: topic.to_string() }
+    }
+
+    pub(crate) fn take_graph(&self) -> Arc<Mutex<Graph>> {
+        self.graph.clone()
+    }
+
+    /// Checks the topology can run: at least one source, distinct table
+    /// names that are valid, tables fed from a source topic.
+    pub fn validate(&self) -> Result<()> {
+        let g = lock(&self.graph);
+        if g.sources.is_empty() {
+            return Err(Error::Topology("no input stream: declare one with Topology::stream".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &g.tables {
+            strata_state::TableName::new(t.name.clone())?;
+            if !names.insert(t.name.clone()) {
+                return Err(Error::Topology(format!("table {:?} declared twice", t.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the tables, in declaration order.
+    pub fn table_names(&self) -> Vec<String> {
+        lock(&self.graph).tables.iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// Logical names of the input topics.
+    pub fn source_topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = lock(&self.graph).sources.iter().map(|s| s.topic.clone()).collect();
+        t.dedup();
+        t
+    }
+
+    /// Logical names of the output topics.
+    pub fn output_topics(&self) -> Vec<String> {
+        lock(&self.graph).outputs.keys().cloned().collect()
+    }
+}
+
+/// A typed stream of keyed records.
+pub struct Stream<K, V> {
+    graph: Arc<Mutex<Graph>>,
+    sinks: Arc<Sinks<K, V>>,
+    /// The source this stream reads, if it is one (for `on_error`).
+    source: Option<usize>,
+    /// The input topic whose partitioning the stream follows.
+    topic: String,
+}
+
+impl<K, V> Stream<K, V>
+where
+    K: Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    fn derived<K2: Clone, V2: Clone>(&self) -> (Stream<K2, V2>, Arc<Sinks<K2, V2>>) {
+        let sinks = Sinks::new();
+        (Stream { graph: self.graph.clone(), sinks: sinks.clone(), source: None, topic: self.topic.clone() }, sinks)
+    }
+
+    fn op_name(&self, kind: &str) -> Arc<str> {
+        let mut g = lock(&self.graph);
+        g.next_op += 1;
+        Arc::from(format!("{kind}-{}", g.next_op))
+    }
+
+    /// Sets what happens to records of this source that fail to decode or
+    /// whose processing fails. Only meaningful on a stream returned by
+    /// [`Topology::stream`].
+    pub fn on_error(self, policy: OnError) -> Self {
+        if let Some(i) = self.source {
+            lock(&self.graph).sources[i].on_error = policy;
+        }
+        self
+    }
+
+    /// Transforms each record; the key must keep the record in its
+    /// partition (use the same key, or a key that hashes alike) if a table
+    /// is fed downstream.
+    pub fn map<K2, V2, F>(&self, f: F) -> Stream<K2, V2>
+    where
+        K2: Clone + Send + 'static,
+        V2: Clone + Send + 'static,
+        F: Fn(K, V) -> (K2, V2) + Send + Sync + 'static,
+    {
+        let (out, sinks) = self.derived();
+        let name = self.op_name("map");
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            let (k2, v2) = f(k, v);
+            ctx.traced(&name, |ctx| sinks.emit(ctx, k2, v2))
+        }));
+        out
+    }
+
+    /// Transforms each value, keeping the key.
+    pub fn map_values<V2, F>(&self, f: F) -> Stream<K, V2>
+    where
+        V2: Clone + Send + 'static,
+        F: Fn(&K, V) -> V2 + Send + Sync + 'static,
+    {
+        self.map(move |k, v| {
+            let v2 = f(&k, v);
+            (k, v2)
+        })
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter<F>(&self, f: F) -> Stream<K, V>
+    where
+        F: Fn(&K, &V) -> bool + Send + Sync + 'static,
+    {
+        let (out, sinks) = self.derived();
+        let name = self.op_name("filter");
+        self.sinks.add(Arc::new(move |ctx, k, v| if f(&k, &v) { ctx.traced(&name, |ctx| sinks.emit(ctx, k, v)) } else { Ok(()) }));
+        out
+    }
+
+    /// Turns each record into zero or more records.
+    pub fn flat_map<K2, V2, I, F>(&self, f: F) -> Stream<K2, V2>
+    where
+        K2: Clone + Send + 'static,
+        V2: Clone + Send + 'static,
+        I: IntoIterator<Item = (K2, V2)>,
+        F: Fn(K, V) -> I + Send + Sync + 'static,
+    {
+        let (out, sinks) = self.derived();
+        let name = self.op_name("flat_map");
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            for (k2, v2) in f(k, v) {
+                ctx.traced(&name, |ctx| sinks.emit(ctx, k2, v2))?;
+            }
+            Ok(())
+        }));
+        out
+    }
+
+    /// A low-level processor with access to the task's tables and outputs;
+    /// an `Err` is handled by the source's [`OnError`] policy.
+    pub fn process<F>(&self, f: F)
+    where
+        F: Fn(&mut Ctx<'_>, K, V) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let name = self.op_name("process");
+        self.sinks.add(Arc::new(move |ctx, k, v| ctx.traced(&name, |ctx| f(ctx, k, v))));
+    }
+
+    /// Writes each record to `topic` (a logical name), encoded with the
+    /// given codecs, with headers naming the operators it went through.
+    pub fn to(&self, topic: &str, key: impl Serde<K>, value: impl Serde<V>) {
+        let t: Arc<str> = Arc::from(topic);
+        lock(&self.graph).outputs.insert(topic.to_string(), ());
+        let name = self.op_name("to");
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            let kb = key.encode(&k)?;
+            let vb = value.encode(&v)?;
+            ctx.traced(&name, |ctx| {
+                ctx.send(&t, Some(kb), Some(vb));
+                Ok(())
+            })
+        }));
+    }
+
+    /// Folds the records of each key into a table named `name`: `f` gets
+    /// the key, the record and the key's current value (`None` if absent)
+    /// and returns the new value (`None` deletes the key). Every change is
+    /// a version of the table.
+    pub fn aggregate<A, F>(&self, name: &str, options: TableOptions, f: F) -> Table<K, A>
+    where
+        K: OrderedKey,
+        A: ::serde::Serialize + ::serde::de::DeserializeOwned + Clone + Send + 'static,
+        F: Fn(&K, V, Option<A>) -> Option<A> + Send + Sync + 'static,
+    {
+        let id = {
+            let mut g = lock(&self.graph);
+            g.tables.push(TableSpec { name: name.to_string(), options, source_topic: self.topic.clone() });
+            TableId(g.tables.len() - 1)
+        };
+        let changes: Arc<Sinks<K, Option<A>>> = Sinks::new();
+        let downstream = changes.clone();
+        let op = self.op_name("aggregate");
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            let kb = k.to_key_bytes();
+            let old: Option<A> = match ctx.table_get(id, &kb).map_err(|e| e.to_string())? {
+                Some(bytes) => Some(ValueCodec::<A>::decode(&TableBincode, &bytes).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let new = f(&k, v, old);
+            match &new {
+                Some(a) => {
+                    let bytes = ValueCodec::<A>::encode(&TableBincode, a).map_err(|e| e.to_string())?;
+                    ctx.table_put(id, &kb, Some(&bytes));
+                }
+                None => ctx.table_put(id, &kb, None),
+            }
+            ctx.traced(&op, |ctx| downstream.emit(ctx, k, new))
+        }));
+        Table { graph: self.graph.clone(), id, changes, topic: self.topic.clone(), _k: std::marker::PhantomData }
+    }
+
+    /// Joins each record with the current value of its key in `table`
+    /// (which must be fed from the same input topic, so the key's table
+    /// partition is in this task).
+    pub fn join_table<A, R, F>(&self, table: &Table<K, A>, f: F) -> Stream<K, R>
+    where
+        K: OrderedKey,
+        A: ::serde::Serialize + ::serde::de::DeserializeOwned + Clone + Send + 'static,
+        R: Clone + Send + 'static,
+        F: Fn(&K, V, Option<A>) -> Option<R> + Send + Sync + 'static,
+    {
+        let (out, sinks) = self.derived();
+        let id = table.id;
+        let name = self.op_name("join");
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            let kb = k.to_key_bytes();
+            let current: Option<A> = match ctx.table_get(id, &kb).map_err(|e| e.to_string())? {
+                Some(bytes) => Some(ValueCodec::<A>::decode(&TableBincode, &bytes).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            match f(&k, v, current) {
+                Some(r) => ctx.traced(&name, |ctx| sinks.emit(ctx, k, r)),
+                None => Ok(()),
+            }
+        }));
+        out
+    }
+}
+
+/// A table computed by the app: one versioned table partition per input
+/// partition.
+pub struct Table<K, A> {
+    #[allow(dead_code)]
+    graph: Arc<Mutex<Graph>>,
+    id: TableId,
+    changes: Arc<Sinks<K, Option<A>>>,
+    topic: String,
+    _k: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K, A> Table<K, A>
+where
+    K: Clone + Send + 'static,
+    A: Clone + Send + 'static,
+{
+    /// The table's changes as a stream: each new value (`None` for a
+    /// deletion), in version order per partition.
+    pub fn changes(&self) -> Stream<K, Option<A>> {
+        Stream { graph: self.graph.clone(), sinks: self.changes.clone(), source: None, topic: self.topic.clone() }
+    }
+
+    /// The table's id within its task.
+    pub fn id(&self) -> TableId {
+        self.id
+    }
+}
