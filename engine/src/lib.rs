@@ -1,22 +1,30 @@
 //! The Strata engine: Kafka streams into changelog-replicated, versioned
 //! tables, processed by partition-affine tasks.
 //!
-//! Declare a [`Topology`] of typed streams and tables; run it with the app
-//! runtime against Kafka, or with the [`TestDriver`] in unit tests.
+//! Declare a [`Topology`] of typed streams and tables; run it against Kafka
+//! with an [`App`], or deterministically with the [`TestDriver`] in unit
+//! tests.
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod context;
 pub mod driver;
 mod error;
 pub mod kafka;
 pub mod partitioner;
+pub mod registry;
+mod runtime;
 pub mod serde;
 mod task;
 pub mod topology;
 
+pub use config::{AppConfig, Guarantee, StartPosition};
 pub use context::{Ctx, OutRecord, RecordMeta};
 pub use driver::TestDriver;
 pub use error::{Error, Result};
+pub use kafka::embedded::EmbeddedKafka;
+pub use registry::{PartitionState, Registry};
+pub use runtime::{App, RunningApp};
 pub use task::{ERROR_HEADER, TaskStats};
 pub use topology::{OnError, Stream, Table, TableId, TableOptions, Topology};

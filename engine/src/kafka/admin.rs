@@ -81,7 +81,12 @@ impl TopicSpec {
 
     fn validate(&self) -> Result<()> {
         let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if self.name.is_empty() || self.name.len() > 249 || self.name == "." || self.name == ".." || !self.name.chars().all(legal) {
+        if self.name.is_empty()
+            || self.name.len() > 249
+            || self.name == "."
+            || self.name == ".."
+            || !self.name.chars().all(legal)
+        {
             return Err(Error::config(
                 "topic",
                 format!("{:?} is not a legal topic name: use 1-249 characters of [A-Za-z0-9._-]", self.name),
@@ -194,9 +199,8 @@ impl KafkaAdmin {
         Ok(Some(t.partitions().len() as u32))
     }
 
-    /// The topic-level settings of `topic` as the broker reports them
-    /// (defaults included), or `None` if the broker does not answer
-    /// DescribeConfigs for it.
+    /// The topic-level settings of `topic` as the broker reports them, or
+    /// `None` if the broker does not describe them.
     ///
     /// # Errors
     /// [`Error::OutcomeUnknown`] if the broker does not answer in time;
@@ -208,9 +212,9 @@ impl KafkaAdmin {
         let results = self.wait(self.client.describe_configs(&spec, &opts), &context)?;
         let results = results.map_err(|e| Error::kafka(&context, e))?;
         match results.into_iter().next() {
-            Some(Ok(resource)) => Ok(Some(
-                resource.entries.into_iter().filter_map(|e| e.value.map(|v| (e.name, v))).collect(),
-            )),
+            Some(Ok(resource)) => {
+                Ok(Some(resource.entries.into_iter().filter_map(|e| e.value.map(|v| (e.name, v))).collect()))
+            }
             Some(Err(code)) => {
                 tracing::debug!(topic, error = %code, "broker did not describe topic settings");
                 Ok(None)
@@ -270,10 +274,9 @@ impl KafkaAdmin {
         match results.into_iter().next() {
             Some(Ok(_)) => Ok(Created::Yes),
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(Created::Raced),
-            Some(Err((_, code))) => Err(Error::kafka(
-                format!("{context} (settings {:?})", spec.configs),
-                KafkaError::AdminOp(code),
-            )),
+            Some(Err((_, code))) => {
+                Err(Error::kafka(format!("{context} (settings {:?})", spec.configs), KafkaError::AdminOp(code)))
+            }
             None => Err(Error::kafka(context, KafkaError::AdminOpCreation("the broker answered with no result".into()))),
         }
     }
@@ -310,10 +313,8 @@ impl KafkaAdmin {
     /// timeout; the extra bound only guards against a lost answer.
     fn wait<F: Future>(&self, fut: F, context: &str) -> Result<F::Output> {
         let bound = self.timeout * 2 + Duration::from_secs(1);
-        block_on_until(fut, bound).ok_or_else(|| Error::OutcomeUnknown {
-            context: context.to_string(),
-            timeout_ms: bound.as_millis() as u64,
-        })
+        block_on_until(fut, bound)
+            .ok_or_else(|| Error::OutcomeUnknown { context: context.to_string(), timeout_ms: bound.as_millis() as u64 })
     }
 }
 

@@ -292,6 +292,8 @@ pub struct KafkaChangelogReader {
     /// Whether the consumer reported EOF at `next` (librdkafka reports it
     /// once per reach, so a later read re-assigns to learn it again).
     at_end: bool,
+    /// Whether the partition was seen in the topic's metadata.
+    exists: bool,
 }
 
 impl std::fmt::Debug for KafkaChangelogReader {
@@ -321,6 +323,7 @@ impl KafkaChangelogReader {
             read_timeout: config.read_timeout,
             next: None,
             at_end: false,
+            exists: false,
         })
     }
 
@@ -333,8 +336,39 @@ impl KafkaChangelogReader {
         self.location.partition.0 as i32
     }
 
+    /// Fails promptly if the partition does not exist: librdkafka would
+    /// otherwise wait silently for it to appear, and a read would only fail
+    /// after the read timeout.
+    fn check_exists(&mut self) -> crate::Result<()> {
+        if self.exists {
+            return Ok(());
+        }
+        let (topic, partition) = (self.topic.as_str(), self.partition());
+        let md = self
+            .consumer
+            .fetch_metadata(Some(topic), self.read_timeout)
+            .map_err(|e| Error::kafka(format!("reading metadata of changelog topic {topic}"), e))?;
+        let count = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if usize::try_from(partition).map_or(true, |p| p >= count) {
+            return Err(Error::kafka(
+                format!(
+                    "changelog topic {topic} has no partition {partition} (it has {count}); \
+                     create changelog topics before restoring"
+                ),
+                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+            ));
+        }
+        self.exists = true;
+        Ok(())
+    }
+
     /// Points the consumer at `from`.
     fn assign(&mut self, from: u64) -> crate::Result<()> {
+        self.check_exists()?;
         let (topic, partition) = (self.topic.as_str(), self.partition());
         let context = || format!("assigning {topic}[{partition}] at offset {from}");
         let at = i64::try_from(from).map_err(|_| Error::config("changelog offset", format!("{from} is beyond i64")))?;
@@ -412,14 +446,15 @@ impl KafkaChangelogReader {
             }
         }
         if records.is_empty() && !self.at_end {
-            return Err(Error::OutcomeUnknown {
-                context: format!(
-                    "reading {}[{partition}] at offset {next}: neither a record nor the end of the partition arrived; \
-                     is the broker reachable and the topic present?",
-                    self.topic
+            return Err(Error::kafka(
+                format!(
+                    "reading {}[{partition}] at offset {next}: neither a record nor the end of the partition \
+                     arrived within {} ms (is the broker reachable? is the offset beyond the log's end?)",
+                    self.topic,
+                    self.read_timeout.as_millis()
                 ),
-                timeout_ms: self.read_timeout.as_millis() as u64,
-            });
+                KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
+            ));
         }
         Ok(ChangelogBatch { records, end: self.at_end })
     }

@@ -243,7 +243,10 @@ impl KafkaConfig {
             // librdkafka wants heartbeats well inside the session timeout;
             // a third of it (at most librdkafka's default 3 s) leaves room
             // for two missed heartbeats.
-            .set("heartbeat.interval.ms", ms((self.session_timeout / 3).clamp(Duration::from_millis(1), Duration::from_secs(3))))
+            .set(
+                "heartbeat.interval.ms",
+                ms((self.session_timeout / 3).clamp(Duration::from_millis(1), Duration::from_secs(3))),
+            )
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", if partition_eof { "true" } else { "false" });
         Ok(self.finish(c))

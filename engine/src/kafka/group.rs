@@ -1,0 +1,158 @@
+//! The consumer group driver: one thread owns the group consumer, polls it
+//! (which serves rebalances and heartbeats), and hands each assigned
+//! partition's queue to the worker that will own its task.
+//!
+//! Rebalance callbacks do no slow work: a revocation sends each affected
+//! worker a message and waits for its acknowledgement (the worker commits
+//! and releases the task); an assignment is queued for the poll loop, which
+//! splits the partitions' queues off the consumer and sends them to their
+//! workers. A record that reached the main queue before its partition was
+//! split is forwarded to the partition's worker, so nothing is lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{ClientContext, TopicPartitionList};
+use strata_state::Partition;
+
+use super::client::log_to_tracing;
+use crate::runtime::worker::Command;
+use crate::{Error, Result};
+
+/// The group consumer's context: relays rebalances to workers.
+pub(crate) struct GroupContext {
+    workers: Vec<mpsc::SyncSender<Command>>,
+    assigned: mpsc::Sender<Vec<(String, i32)>>,
+    revoke_timeout: Duration,
+}
+
+impl GroupContext {
+    pub fn new(workers: Vec<mpsc::SyncSender<Command>>, assigned: mpsc::Sender<Vec<(String, i32)>>, revoke_timeout: Duration) -> Self {
+        GroupContext { workers, assigned, revoke_timeout }
+    }
+
+    fn worker_of(&self, p: i32) -> usize {
+        (p.max(0) as usize) % self.workers.len().max(1)
+    }
+}
+
+fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_to_tracing(level, fac, msg);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka consumer error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts = elements(tpl);
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                let started = Instant::now();
+                let mut acks = Vec::new();
+                for w in 0..self.workers.len() {
+                    let mine: Vec<(String, Partition)> = parts
+                        .iter()
+                        .filter(|(_, p)| self.worker_of(*p) == w)
+                        .map(|(t, p)| (t.clone(), Partition(*p as u32)))
+                        .collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel();
+                    if self.workers[w].send(Command::Revoke { parts: mine, ack: tx }).is_ok() {
+                        acks.push(rx);
+                    }
+                }
+                for rx in acks {
+                    let left = self.revoke_timeout.saturating_sub(started.elapsed());
+                    if rx.recv_timeout(left).is_err() {
+                        tracing::error!(timeout_ms = self.revoke_timeout.as_millis() as u64, "a worker did not release revoked partitions in time");
+                    }
+                }
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "revocation complete");
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+            Rebalance::Assign(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = elements(tpl);
+            tracing::info!(partitions = ?parts, "partitions assigned");
+            let _ = self.assigned.send(parts);
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, offsets = ?elements(offsets), "offset commit failed; the next commit retries");
+        }
+    }
+}
+
+/// The consumer, shared by the poll thread and the workers (which commit
+/// offsets and read their split partition queues).
+pub(crate) type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// Runs the poll loop until `stop` is set.
+pub(crate) fn run_poll_loop(
+    consumer: Arc<GroupConsumer>,
+    assigned: mpsc::Receiver<Vec<(String, i32)>>,
+    workers: Vec<mpsc::SyncSender<Command>>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let worker_of = |p: i32| (p.max(0) as usize) % workers.len().max(1);
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(Ok(m)) => {
+                // Fetched before its partition's queue was split off.
+                let owned: OwnedMessage = m.detach();
+                let w = worker_of(owned.partition());
+                if workers[w].send(Command::Stray(Box::new(owned))).is_err() {
+                    return Err(Error::Stopped("a worker exited".into()));
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+        while let Ok(parts) = assigned.try_recv() {
+            for (topic, p) in parts {
+                let Some(queue) = consumer.split_partition_queue(&topic, p) else {
+                    tracing::error!(%topic, partition = p, "cannot split the partition's queue");
+                    continue;
+                };
+                let cmd = Command::Assign { topic: Arc::from(topic.as_str()), partition: Partition(p as u32), queue: Box::new(queue) };
+                if workers[worker_of(p)].send(cmd).is_err() {
+                    return Err(Error::Stopped("a worker exited".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Commits input positions for a task (asynchronously: the result is
+/// logged by the commit callback; a failed commit is covered by the next).
+pub(crate) fn commit_positions(consumer: &GroupConsumer, positions: &[strata_state::InputOffset]) -> Result<()> {
+    let mut tpl = TopicPartitionList::with_capacity(positions.len());
+    for p in positions {
+        tpl.add_partition_offset(&p.topic, p.partition.0 as i32, rdkafka::Offset::Offset(p.next.0 as i64))
+            .map_err(|e| Error::kafka("building an offset commit", e))?;
+    }
+    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async).map_err(|e| Error::kafka("committing offsets", e))
+}

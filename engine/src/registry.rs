@@ -1,0 +1,132 @@
+//! What this instance owns, for readers on other threads: each table
+//! partition's reader and state (restoring with progress, or running), and
+//! each task's counters.
+//!
+//! Written by workers on assignment, restore progress, commit and
+//! revocation; read by queries and metrics. A lock rather than messages:
+//! readers need a consistent snapshot of the map on demand, and writes are
+//! rare (per commit, not per record).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use strata_state::store::RocksStore;
+use strata_state::{Partition, PartitionReader};
+
+use crate::task::TaskStats;
+
+/// A table partition's state on this instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PartitionState {
+    /// Replaying its changelog; not queryable as current.
+    Restoring {
+        /// Changelog records read so far.
+        records: u64,
+        /// Records per second.
+        rate: f64,
+    },
+    /// Up to date and processing.
+    Running,
+}
+
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub reader: PartitionReader<RocksStore>,
+    pub state: PartitionState,
+}
+
+/// Shared view of this instance's tasks and table partitions.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<RwLock<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tables: BTreeMap<(String, u32), Slot>,
+    tasks: BTreeMap<u32, TaskStats>,
+    commit_latency_us: Vec<u64>,
+}
+
+impl Registry {
+    pub(crate) fn set_table(&self, table: &str, p: Partition, reader: PartitionReader<RocksStore>, state: PartitionState) {
+        if let Ok(mut g) = self.inner.write() {
+            g.tables.insert((table.to_string(), p.0), Slot { reader, state });
+        }
+    }
+
+    pub(crate) fn set_state(&self, table: &str, p: Partition, state: PartitionState) {
+        if let Ok(mut g) = self.inner.write() {
+            if let Some(s) = g.tables.get_mut(&(table.to_string(), p.0)) {
+                s.state = state;
+            }
+        }
+    }
+
+    pub(crate) fn remove_partition(&self, p: Partition) {
+        if let Ok(mut g) = self.inner.write() {
+            g.tables.retain(|(_, q), _| *q != p.0);
+            g.tasks.remove(&p.0);
+        }
+    }
+
+    pub(crate) fn set_stats(&self, p: Partition, stats: TaskStats, commit_us: Option<u64>) {
+        if let Ok(mut g) = self.inner.write() {
+            g.tasks.insert(p.0, stats);
+            if let Some(us) = commit_us {
+                if g.commit_latency_us.len() >= 4096 {
+                    g.commit_latency_us.remove(0);
+                }
+                g.commit_latency_us.push(us);
+            }
+        }
+    }
+
+    /// The reader of a running table partition owned here.
+    pub fn reader(&self, table: &str, p: Partition) -> Option<PartitionReader<RocksStore>> {
+        let g = self.inner.read().ok()?;
+        g.tables.get(&(table.to_string(), p.0)).filter(|s| s.state == PartitionState::Running).map(|s| s.reader.clone())
+    }
+
+    /// Every table partition owned here, with its state.
+    pub fn partitions(&self) -> Vec<(String, Partition, PartitionState)> {
+        let Ok(g) = self.inner.read() else { return Vec::new() };
+        g.tables.iter().map(|((t, p), s)| (t.clone(), Partition(*p), s.state.clone())).collect()
+    }
+
+    /// Counters of every task owned here.
+    pub fn task_stats(&self) -> BTreeMap<Partition, TaskStats> {
+        let Ok(g) = self.inner.read() else { return BTreeMap::new() };
+        g.tasks.iter().map(|(p, s)| (Partition(*p), s.clone())).collect()
+    }
+
+    /// Recent commit latencies, in microseconds.
+    pub fn commit_latencies_us(&self) -> Vec<u64> {
+        self.inner.read().map(|g| g.commit_latency_us.clone()).unwrap_or_default()
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let stats = self.task_stats();
+        for (name, help, get) in [
+            ("strata_records_in_total", "Input records processed", (|s: &TaskStats| s.records_in) as fn(&TaskStats) -> u64),
+            ("strata_records_out_total", "Records produced to outputs", |s| s.records_out),
+            ("strata_poison_records_total", "Records skipped or dead-lettered", |s| s.poison),
+            ("strata_changelog_records_total", "Changelog records written", |s| s.changelog_records),
+            ("strata_commits_total", "Commits completed", |s| s.commits),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (p, s) in &stats {
+                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", p.0, get(s));
+            }
+        }
+        let _ = writeln!(out, "# HELP strata_table_restoring Table partitions restoring (1) or running (0)\n# TYPE strata_table_restoring gauge");
+        for (t, p, state) in self.partitions() {
+            let v = matches!(state, PartitionState::Restoring { .. }) as u8;
+            let _ = writeln!(out, "strata_table_restoring{{table=\"{t}\",partition=\"{}\"}} {v}", p.0);
+        }
+        out
+    }
+}

@@ -1,0 +1,330 @@
+//! Running a topology against Kafka: startup checks and topic creation,
+//! the consumer-group thread, the worker threads, and graceful shutdown.
+
+pub(crate) mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use strata_state::store::{RocksEnv, RocksStore};
+use strata_state::{At, KeyRange, Partition, PartitionReader, RewindPlan, Versioned};
+
+use crate::config::{AppConfig, StartPosition};
+use crate::kafka::admin::{KafkaAdmin, TopicSpec};
+use crate::kafka::changelog::ChangelogProducer;
+use crate::kafka::client::create;
+use crate::kafka::group::{run_poll_loop, GroupConsumer, GroupContext};
+use crate::kafka::output::OutputProducer;
+use crate::partitioner::partition_for;
+use crate::registry::{PartitionState, Registry};
+use crate::task::{SourceMap, TaskSource};
+use crate::topology::Topology;
+use crate::{Error, Result};
+
+use worker::{Command, WorkerEnv};
+
+/// Bound of each worker's command queue.
+const COMMAND_QUEUE: usize = 1024;
+
+/// An app: configuration checked, ready to run topologies.
+#[derive(Clone, Debug)]
+pub struct App {
+    config: Arc<AppConfig>,
+}
+
+impl App {
+    /// Validates the configuration.
+    pub fn new(config: AppConfig) -> Result<App> {
+        config.validate()?;
+        Ok(App { config: Arc::new(config) })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// Checks the topology against the cluster (input topics exist and are
+    /// co-partitioned), creates changelog, output and dead-letter topics,
+    /// joins the consumer group and starts processing on background
+    /// threads.
+    pub fn start(&self, topology: Topology) -> Result<RunningApp> {
+        topology.validate()?;
+        let config = self.config.clone();
+        let admin = KafkaAdmin::new(&config.kafka)?;
+        // Input topics: must exist, with one partition count.
+        let mut partitions = None;
+        for logical in topology.source_topics() {
+            let physical = config.physical(&logical);
+            let n = admin
+                .partition_count(&physical)?
+                .ok_or_else(|| Error::Topology(format!("input topic {physical:?} does not exist; create it first")))?;
+            match partitions {
+                None => partitions = Some((physical, n)),
+                Some((ref t, m)) if m != n => {
+                    return Err(Error::Topology(format!(
+                        "input topics are not co-partitioned: {t:?} has {m} partitions but {physical:?} has {n}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let (_, n) = partitions.ok_or_else(|| Error::Topology("no input topic".into()))?;
+        let mut specs: Vec<TopicSpec> =
+            topology.table_names().iter().map(|t| TopicSpec::changelog(config.changelog_topic(t), n)).collect();
+        for logical in topology.output_topics().into_iter().chain([config.dlq_topic()]) {
+            specs.push(TopicSpec::new(config.physical(&logical), n));
+        }
+        if config.manage_topics {
+            admin.ensure_topics(&specs)?;
+        } else {
+            for s in &specs {
+                match admin.partition_count(&s.name)? {
+                    Some(m) if m == n => {}
+                    Some(m) => {
+                        return Err(Error::Topology(format!("topic {:?} has {m} partitions; it must have {n}, like the input", s.name)));
+                    }
+                    None => return Err(Error::Topology(format!("topic {:?} does not exist (manage_topics is off): create it with {n} partitions", s.name))),
+                }
+            }
+        }
+
+        let graph = topology.take_graph();
+        let g = graph.lock().map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+        let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
+        for s in &g.sources {
+            sources.entry(config.physical(&s.topic)).or_default().push(TaskSource { run: s.run.clone(), on_error: s.on_error.clone() });
+        }
+        let tables: Vec<(String, crate::topology::TableOptions)> = g.tables.iter().map(|t| (t.name.clone(), t.options.clone())).collect();
+        drop(g);
+
+        let mut topic_map = config.topics.clone();
+        topic_map.entry(config.dlq_topic()).or_insert_with(|| config.dlq_topic());
+        let outputs = Arc::new(OutputProducer::new(&config.kafka, topic_map)?);
+        let changelog = ChangelogProducer::new(&config.kafka)?;
+        let rocks = RocksEnv::new(config.rocks.clone())?;
+        let registry = Registry::default();
+
+        let (assigned_tx, assigned_rx) = mpsc::channel();
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..config.worker_threads {
+            let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let mut cc = config.kafka.group_consumer(&config.application_id, false)?;
+        cc.set("auto.offset.reset", match config.start_position {
+            StartPosition::Earliest => "earliest",
+            StartPosition::Latest => "latest",
+        });
+        if topology.source_topics().len() > 1 {
+            // Co-partitioned topics must land on the same instance: the
+            // range assignor gives every member the same partition numbers
+            // of each topic.
+            cc.set("partition.assignment.strategy", "range");
+        }
+        let context = GroupContext::new(senders.clone(), assigned_tx, config.revoke_timeout);
+        let consumer: Arc<GroupConsumer> = Arc::new(create(&cc, context, "group consumer")?);
+        let topics: Vec<String> = sources.keys().cloned().collect();
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs).map_err(|e| Error::kafka("subscribing to input topics", e))?;
+
+        let env = Arc::new(WorkerEnv {
+            config: config.clone(),
+            sources: SourceMap::new(sources),
+            tables: tables.clone(),
+            rocks,
+            changelog,
+            outputs,
+            consumer: consumer.clone(),
+            registry: registry.clone(),
+            dlq: Arc::from(config.dlq_topic().as_str()),
+        });
+        let mut workers = Vec::new();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let env = env.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("strata-worker-{i}"))
+                .spawn(move || worker::run(i, env, rx))
+                .map_err(|e| Error::Io { context: "spawning a worker thread".into(), source: e })?;
+            workers.push(h);
+        }
+        drop(env);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (stop, senders) = (stop.clone(), senders.clone());
+            std::thread::Builder::new()
+                .name("strata-consumer".into())
+                .spawn(move || run_poll_loop(consumer, assigned_rx, senders, stop))
+                .map_err(|e| Error::Io { context: "spawning the consumer thread".into(), source: e })?
+        };
+        tracing::info!(app = %config.application_id, partitions = n, tables = tables.len(), workers = config.worker_threads, "started");
+        Ok(RunningApp {
+            config,
+            registry,
+            partitions: n,
+            tables: tables.into_iter().map(|(t, _)| t).collect(),
+            senders,
+            workers,
+            poller: Some(poller),
+            stop,
+        })
+    }
+}
+
+/// A running app: query its tables, rewind them, read its metrics, stop it.
+pub struct RunningApp {
+    config: Arc<AppConfig>,
+    registry: Registry,
+    partitions: u32,
+    tables: Vec<String>,
+    senders: Vec<mpsc::SyncSender<Command>>,
+    workers: Vec<JoinHandle<Result<()>>>,
+    poller: Option<JoinHandle<Result<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RunningApp {
+    /// What this instance owns, and its counters.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Number of partitions of the input topics (and of every table).
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition that holds `key` (encoded as the input topic's key).
+    pub fn partition_of(&self, key: &[u8]) -> Partition {
+        partition_for(key, self.partitions)
+    }
+
+    /// Waits until this instance owns `min_partitions` partitions of every
+    /// table and all are restored.
+    pub fn wait_running(&self, min_partitions: usize, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        loop {
+            self.check_threads()?;
+            let parts = self.registry.partitions();
+            let running = parts.iter().filter(|(_, _, s)| *s == PartitionState::Running).count();
+            let want = min_partitions * self.tables.len().max(1);
+            if running >= want && running == parts.len() && (!self.tables.is_empty() || min_partitions == 0) {
+                return Ok(());
+            }
+            if self.tables.is_empty() && running == 0 && min_partitions == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(Error::Stopped(format!("not running after {timeout:?}: {} of {want} table partitions running", running)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn check_threads(&self) -> Result<()> {
+        if self.workers.iter().any(|w| w.is_finished()) || self.poller.as_ref().is_some_and(|p| p.is_finished()) {
+            return Err(Error::Stopped("a worker or the consumer thread stopped; see the log".into()));
+        }
+        Ok(())
+    }
+
+    /// The reader of the partition of `table` holding `key`, if it is owned
+    /// here and running.
+    pub fn reader_for_key(&self, table: &str, key: &[u8]) -> Option<PartitionReader<RocksStore>> {
+        self.registry.reader(table, self.partition_of(key))
+    }
+
+    /// The latest committed value of a key (table key bytes), if its
+    /// partition is owned here; `partition_key` is the key as the input
+    /// topic's producer encoded it.
+    pub fn get(&self, table: &str, partition_key: &[u8], table_key: &[u8]) -> Result<Option<Versioned>> {
+        let r = self
+            .reader_for_key(table, partition_key)
+            .ok_or_else(|| Error::Stopped(format!("the partition of this key in {table:?} is not owned here or not running")))?;
+        Ok(r.get(table_key)?)
+    }
+
+    /// Rewinds (or, with `dry_run`, plans rewinding) one partition of a
+    /// table, online: the owner commits what it has, stages the rewind as
+    /// new versions flagged as such, and commits them.
+    pub fn rewind(&self, table: &str, partition: Partition, at: At, range: KeyRange, dry_run: bool) -> Result<RewindPlan> {
+        let idx = self.tables.iter().position(|t| t == table).ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
+        let (tx, rx) = mpsc::channel();
+        let w = partition.0 as usize % self.senders.len();
+        self.senders[w]
+            .send(Command::Rewind { table: idx, partition, at, range, dry_run, reply: tx })
+            .map_err(|_| Error::Stopped("the worker has exited".into()))?;
+        rx.recv_timeout(self.config.revoke_timeout).map_err(|_| Error::Stopped("the worker did not answer the rewind".into()))?
+    }
+
+    /// Commits everything, leaves the group and stops the threads.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_all()
+    }
+
+    fn stop_all(&mut self) -> Result<()> {
+        let mut first_err = None;
+        for s in &self.senders {
+            let (tx, rx) = mpsc::channel();
+            if s.send(Command::Shutdown { ack: tx }).is_ok() {
+                let _ = rx.recv_timeout(self.config.revoke_timeout);
+            }
+        }
+        for w in self.workers.drain(..) {
+            match w.join() {
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => first_err = first_err.or(Some(Error::Stopped("a worker panicked".into()))),
+                Ok(Ok(())) => {}
+            }
+        }
+        self.stop.store(true, Ordering::Release);
+        if let Some(p) = self.poller.take() {
+            match p.join() {
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => first_err = first_err.or(Some(Error::Stopped("the consumer thread panicked".into()))),
+                Ok(Ok(())) => {}
+            }
+        }
+        tracing::info!(app = %self.config.application_id, "stopped");
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs until `shutdown` resolves (e.g. `tokio::signal::ctrl_c()`), or
+    /// a fatal error stops a thread; then shuts down gracefully.
+    pub async fn run_until<F: std::future::Future>(mut self, shutdown: F) -> Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if self.check_threads().is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::task::spawn_blocking(move || self.stop_all())
+            .await
+            .map_err(|e| Error::Stopped(format!("shutdown task failed: {e}")))?
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() || self.poller.is_some() {
+            if let Err(e) = self.stop_all() {
+                tracing::error!(error = %e, "error while stopping the app");
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! A worker thread: owns the tasks of the partitions routed to it (a
+//! partition always goes to the same worker), feeds each from its split
+//! partition queue, commits on the commit interval, restores tasks on
+//! assignment and releases them on revocation.
+//!
+//! A task's tables are touched only by its worker thread, so they need no
+//! locks; other threads reach them through commands (rewind) or through
+//! read-only readers in the registry.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::message::{Message, OwnedMessage};
+use strata_state::store::{RocksEnv, RocksStore};
+use strata_state::{At, KeyRange, Location, Offset, Partition, RewindPlan, TableConfig, TableName, TablePartition, Timestamp};
+
+use crate::config::AppConfig;
+use crate::context::OutRecord;
+use crate::kafka::changelog::{ChangelogProducer, KafkaChangelogReader, KafkaChangelogWriter};
+use crate::kafka::group::{commit_positions, GroupConsumer, GroupContext};
+use crate::kafka::output::OutputProducer;
+use crate::registry::{PartitionState, Registry};
+use crate::task::{CommitIo, RawRecord, SourceMap, Task};
+use crate::topology::TableOptions;
+use crate::{Error, Result};
+
+/// What a worker is asked to do.
+pub(crate) enum Command {
+    /// Start reading `topic`'s partition from this queue.
+    Assign { topic: Arc<str>, partition: Partition, queue: Box<PartitionQueue<GroupContext>> },
+    /// Commit and release these partitions, then acknowledge.
+    Revoke { parts: Vec<(String, Partition)>, ack: mpsc::Sender<()> },
+    /// A record that reached the consumer's main queue.
+    Stray(Box<OwnedMessage>),
+    /// Rewind a table partition (or plan it, with `dry_run`).
+    Rewind { table: usize, partition: Partition, at: At, range: KeyRange, dry_run: bool, reply: mpsc::Sender<Result<RewindPlan>> },
+    /// Commit everything and stop.
+    Shutdown { ack: mpsc::Sender<()> },
+}
+
+/// What every worker shares.
+pub(crate) struct WorkerEnv {
+    pub config: Arc<AppConfig>,
+    pub sources: SourceMap,
+    pub tables: Vec<(String, TableOptions)>,
+    pub rocks: RocksEnv,
+    pub changelog: Arc<ChangelogProducer>,
+    pub outputs: Arc<OutputProducer>,
+    pub consumer: Arc<GroupConsumer>,
+    pub registry: Registry,
+    pub dlq: Arc<str>,
+}
+
+struct Owned {
+    task: Task<RocksStore>,
+    queues: Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>,
+    writers: Vec<KafkaChangelogWriter>,
+}
+
+struct Io<'a> {
+    writers: &'a mut [KafkaChangelogWriter],
+    env: &'a WorkerEnv,
+}
+
+impl CommitIo for Io<'_> {
+    fn changelog(&mut self, table: usize) -> &mut dyn strata_state::ChangelogWriter {
+        &mut self.writers[table]
+    }
+    fn produce(&mut self, records: &[OutRecord]) -> Result<()> {
+        self.env.outputs.produce(records)
+    }
+    fn commit_offsets(&mut self, positions: &[strata_state::InputOffset]) -> Result<()> {
+        commit_positions(&self.env.consumer, positions)
+    }
+}
+
+/// Runs one worker until shutdown or a fatal error.
+pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -> Result<()> {
+    let mut w = Worker { env, tasks: BTreeMap::new(), strays: BTreeMap::new() };
+    let mut last_commit = Instant::now();
+    let span = tracing::info_span!("worker", id);
+    let _g = span.enter();
+    loop {
+        // Commands first: rebalances must not wait behind processing.
+        let mut idle = true;
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    idle = false;
+                    if w.handle(cmd)? == Flow::Stop {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return w.commit_all(),
+            }
+        }
+        // Then records, a bounded batch per partition queue.
+        if w.poll_records()? {
+            idle = false;
+        }
+        if last_commit.elapsed() >= w.env.config.commit_interval {
+            w.commit_all()?;
+            last_commit = Instant::now();
+        }
+        if idle {
+            match rx.recv_timeout(Duration::from_millis(2)) {
+                Ok(cmd) => {
+                    if w.handle(cmd)? == Flow::Stop {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return w.commit_all(),
+            }
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+struct Worker {
+    env: Arc<WorkerEnv>,
+    tasks: BTreeMap<u32, Owned>,
+    /// Records that arrived before their partition's task existed.
+    strays: BTreeMap<u32, Vec<OwnedMessage>>,
+}
+
+impl Worker {
+    fn handle(&mut self, cmd: Command) -> Result<Flow> {
+        let env = &*self.env.clone();
+        match cmd {
+            Command::Assign { topic, partition, queue } => {
+                if !self.tasks.contains_key(&partition.0) {
+                    let owned = open_task(env, partition)?;
+                    self.tasks.insert(partition.0, owned);
+                }
+                if let Some(o) = self.tasks.get_mut(&partition.0) {
+                    for m in self.strays.remove(&partition.0).unwrap_or_default() {
+                        process_owned(&mut o.task, &m)?;
+                    }
+                    o.queues.push((topic, queue));
+                }
+            }
+            Command::Revoke { parts, ack } => {
+                let r = self.revoke(parts);
+                let _ = ack.send(());
+                r?;
+            }
+            Command::Stray(m) => match self.tasks.get_mut(&(m.partition() as u32)) {
+                Some(o) => process_owned(&mut o.task, &m)?,
+                None => self.strays.entry(m.partition() as u32).or_default().push(*m),
+            },
+            Command::Rewind { table, partition, at, range, dry_run, reply } => {
+                let r = rewind(env, &mut self.tasks, table, partition, at, range, dry_run);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown { ack } => {
+                let r = self.commit_all();
+                for (_, o) in std::mem::take(&mut self.tasks) {
+                    close_task(env, o);
+                }
+                let _ = ack.send(());
+                r?;
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    fn revoke(&mut self, parts: Vec<(String, Partition)>) -> Result<()> {
+        for (topic, p) in parts {
+            if let Some(o) = self.tasks.get_mut(&p.0) {
+                commit_task(&self.env, o)?;
+                o.queues.retain(|(t, _)| **t != *topic);
+                if o.queues.is_empty() {
+                    if let Some(o) = self.tasks.remove(&p.0) {
+                        close_task(&self.env, o);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes a bounded batch from every queue; true if any record came.
+    fn poll_records(&mut self) -> Result<bool> {
+        let env = &*self.env;
+        let mut any = false;
+        for o in self.tasks.values_mut() {
+            for (topic, queue) in &o.queues {
+                for _ in 0..env.config.poll_batch {
+                    match queue.poll(Duration::ZERO) {
+                        Some(Ok(m)) => {
+                            any = true;
+                            let raw = RawRecord {
+                                topic,
+                                partition: Partition(m.partition() as u32),
+                                offset: Offset(m.offset() as u64),
+                                timestamp: m.timestamp().to_millis(),
+                                key: m.key(),
+                                value: m.payload(),
+                            };
+                            o.task.process(&raw)?;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, %topic, "partition queue error");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            if o.task.is_full(env.config.max_buffered_outputs) {
+                commit_task(env, o)?;
+            }
+        }
+        Ok(any)
+    }
+
+    fn commit_all(&mut self) -> Result<()> {
+        commit_all(&self.env, &mut self.tasks)
+    }
+}
+
+fn process_owned(task: &mut Task<RocksStore>, m: &OwnedMessage) -> Result<()> {
+    let topic: Arc<str> = Arc::from(m.topic());
+    let raw = RawRecord {
+        topic: &topic,
+        partition: Partition(m.partition() as u32),
+        offset: Offset(m.offset() as u64),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key(),
+        value: m.payload(),
+    };
+    task.process(&raw)
+}
+
+fn partition_dir(env: &WorkerEnv, table: &str, p: Partition) -> PathBuf {
+    env.config.state_dir.join(&env.config.application_id).join(table).join(p.0.to_string())
+}
+
+/// Opens a task's tables (wiping unusable local state) and restores each
+/// from its changelog before the task processes anything.
+fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
+    let mut tables = Vec::new();
+    let mut writers = Vec::new();
+    for (name, options) in &env.tables {
+        let cfg = TableConfig::new(TableName::new(name.clone())?, p).retention(options.retention).granularity(options.granularity);
+        let dir = partition_dir(env, name, p);
+        let mut table = match TablePartition::open_rocks(&dir, &env.rocks, cfg.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(table = %name, partition = %p, error = %e, "local state unusable; wiping it and rebuilding from the changelog");
+                RocksStore::destroy(&dir).map_err(|e| Error::Io { context: format!("wiping {}", dir.display()), source: std::io::Error::other(e.message) })?;
+                TablePartition::open_rocks(&dir, &env.rocks, cfg)?
+            }
+        };
+        let topic = env.config.changelog_topic(name);
+        let location = Location { table: TableName::new(name.clone())?, partition: p };
+        env.registry.set_table(name, p, table.reader(), PartitionState::Restoring { records: 0, rate: 0.0 });
+        let mut reader = KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?;
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let from = table.checkpoint().changelog.map(|c| c.0 .0 + 1).unwrap_or(0);
+        tracing::info!(table = %name, partition = %p, from, "restoring from the changelog");
+        let registry = env.registry.clone();
+        let progress = table.restore_from(&mut reader, env.config.restore_batch, &mut |pr| {
+            registry.set_state(name, p, PartitionState::Restoring { records: pr.read, rate: pr.rate });
+            if last_log.elapsed() >= Duration::from_secs(2) {
+                tracing::info!(table = %name, partition = %p, records = pr.read, rate = pr.rate as u64, position = pr.position.0, "restoring");
+                last_log = Instant::now();
+            }
+        })?;
+        tracing::info!(
+            table = %name, partition = %p, records = progress.read, applied = progress.applied,
+            elapsed_ms = started.elapsed().as_millis() as u64, version = table.latest_version().0, "restored"
+        );
+        env.registry.set_table(name, p, table.reader(), PartitionState::Running);
+        writers.push(KafkaChangelogWriter::new(env.changelog.clone(), topic, location));
+        tables.push(table);
+    }
+    Ok(Owned { task: Task::new(p, env.sources.clone(), tables, env.dlq.clone()), queues: Vec::new(), writers })
+}
+
+fn commit_task(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
+    if !o.task.has_pending() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut io = Io { writers: &mut o.writers, env };
+    o.task.commit(&mut io, Timestamp::now())?;
+    env.registry.set_stats(o.task.partition, o.task.stats.clone(), Some(started.elapsed().as_micros() as u64));
+    Ok(())
+}
+
+fn commit_all(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>) -> Result<()> {
+    for o in tasks.values_mut() {
+        commit_task(env, o)?;
+    }
+    Ok(())
+}
+
+fn close_task(env: &WorkerEnv, o: Owned) {
+    let p = o.task.partition;
+    for t in &o.task.tables.tables {
+        if let Err(e) = t.flush() {
+            tracing::warn!(partition = %p, error = %e, "flushing a table partition on close");
+        }
+    }
+    env.registry.remove_partition(p);
+    tracing::info!(partition = %p, "task closed");
+}
+
+fn rewind(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>, table: usize, p: Partition, at: At, range: KeyRange, dry_run: bool) -> Result<RewindPlan> {
+    let o = tasks.get_mut(&p.0).ok_or_else(|| Error::Stopped(format!("partition {p} is not owned by this instance")))?;
+    commit_task(env, o)?;
+    let t = o.task.tables.tables.get_mut(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+    if dry_run {
+        return Ok(t.plan_rewind(at, &range)?);
+    }
+    let plan = t.rewind(at, &range)?;
+    let started = Instant::now();
+    let mut io = Io { writers: &mut o.writers, env };
+    o.task.commit(&mut io, Timestamp::now())?;
+    env.registry.set_stats(p, o.task.stats.clone(), Some(started.elapsed().as_micros() as u64));
+    tracing::info!(partition = %p, table, target = plan.target.0, changes = plan.changes.len(), "rewound");
+    Ok(plan)
+}
