@@ -40,7 +40,7 @@ pub(crate) struct TaskTables<S: KvStore> {
 
 impl<S: KvStore> TableAccess for TaskTables<S> {
     fn get(&mut self, table: TableId, key: &[u8]) -> strata_state::Result<Option<Vec<u8>>> {
-        self.tables[table.0].get(key)
+        self.tables[table.0].read(key)
     }
 
     fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Lineage, replay: bool) {

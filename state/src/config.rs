@@ -86,6 +86,10 @@ pub struct TableConfig {
     pub max_staged: usize,
     /// Most keys a diff or rewind may touch in one call.
     pub max_diff_keys: usize,
+    /// Latest values the owner keeps in memory (a write-through cache in
+    /// front of the store, so a read-modify-write of a hot key costs no
+    /// store read). 0 disables it.
+    pub cache_entries: usize,
 }
 
 impl TableConfig {
@@ -99,6 +103,7 @@ impl TableConfig {
             granularity: Granularity::PerMutation,
             max_staged: 10_000,
             max_diff_keys: 1_000_000,
+            cache_entries: 10_000,
         }
     }
 

@@ -229,7 +229,12 @@ impl<T> MapOk for Read<T> {
 fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut m = Model::default();
     let mut store = Some(h.fresh());
-    let cfg = || config("model", 0);
+    // A tiny cache, so eviction is exercised too.
+    let cfg = || {
+        let mut c = config("model", 0);
+        c.cache_entries = 3;
+        c
+    };
     let mut t: TablePartition<H::S> = TablePartition::open(store.take().unwrap(), cfg()).unwrap();
     for (step, op) in ops.into_iter().enumerate() {
         let what = format!("step {step} {op:?}");
@@ -323,7 +328,8 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Read::Ok(v) => v,
                     Read::Beyond => unreachable!("latest never expires"),
                 });
-                prop_assert_eq!(t.get(key).unwrap(), owner, "{} owner view", what);
+                prop_assert_eq!(t.get(key).unwrap(), owner.clone(), "{} owner view", what);
+                prop_assert_eq!(t.read(key).unwrap(), owner, "{} owner view through the cache", what);
             }
             Op::History(k) => {
                 let key = KEYS[k as usize];

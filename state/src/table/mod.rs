@@ -118,6 +118,8 @@ pub struct TablePartition<S: KvStore> {
     prune: PruneState,
     /// First version of the commit prepared and not yet applied.
     prepared: Option<Version>,
+    /// The owner's cache of committed latest values (`None`: absent).
+    cache: Option<lru::LruCache<Vec<u8>, Option<Vec<u8>>>>,
     /// Set when a changelog append failed with an unknown outcome: its
     /// records may have landed, so versions must not be reused until the
     /// partition has caught up with the changelog.
@@ -228,6 +230,7 @@ impl<S: KvStore> TablePartition<S> {
         shared.last_time.store(checkpoint.time.0, Ordering::Release);
         shared.floor.store(prune.floor, Ordering::Release);
         tracing::debug!(table = %config.name, partition = %config.partition, version = checkpoint.version.0, "opened table partition");
+        let cache = std::num::NonZeroUsize::new(config.cache_entries).map(lru::LruCache::new);
         Ok(TablePartition {
             staging: Staging::new(config.granularity),
             shared: Arc::new(shared),
@@ -236,6 +239,7 @@ impl<S: KvStore> TablePartition<S> {
             prune,
             prepared: None,
             needs_restore: false,
+            cache,
         })
     }
 

@@ -101,6 +101,24 @@ impl<S: KvStore> TablePartition<S> {
         Ok(self.reader().get(key)?.map(|v| v.value))
     }
 
+    /// The owner's view of `key`, like [`TablePartition::get`], served from
+    /// the cache of latest values when it can be (and filling it).
+    pub fn read(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(s) = self.staging.get(key) {
+            return Ok(s.value.clone());
+        }
+        if let Some(cache) = self.cache.as_mut() {
+            if let Some(v) = cache.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        let v = self.reader().get(key)?.map(|v| v.value);
+        if let Some(cache) = self.cache.as_mut() {
+            cache.put(key.to_vec(), v.clone());
+        }
+        Ok(v)
+    }
+
     /// The latest committed version of `key`, ignoring staged mutations.
     pub fn get_committed(&self, key: &[u8]) -> Result<Option<Versioned>> {
         self.reader().get(key)
@@ -320,6 +338,11 @@ impl<S: KvStore> TablePartition<S> {
         }
         batch.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&checkpoint));
         shared.store.write(batch).map_err(|e| shared.store_err(e, None))?;
+        if let Some(cache) = self.cache.as_mut() {
+            for r in records {
+                cache.put(r.key.clone(), r.value.clone());
+            }
+        }
         shared.last_time.store(checkpoint.time.0, Ordering::Release);
         shared.latest.store(checkpoint.version.0, Ordering::Release);
         self.checkpoint = checkpoint;
