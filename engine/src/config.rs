@@ -61,6 +61,10 @@ pub struct AppConfig {
     /// How long a rebalance may wait for workers to commit and release
     /// revoked partitions.
     pub revoke_timeout: Duration,
+    /// Static group membership (`group.instance.id`): an instance that
+    /// restarts within the session timeout keeps its partitions without a
+    /// rebalance. Must be unique per instance.
+    pub instance_id: Option<String>,
     /// Create missing internal and output topics (and check changelog
     /// settings) through the admin API. When false, they must exist with
     /// the input's partition count (checked through metadata only).
@@ -88,11 +92,16 @@ impl AppConfig {
             restore_batch: 10_000,
             revoke_timeout: Duration::from_secs(60),
             manage_topics: true,
+            instance_id: None,
         }
     }
 
-    /// The physical name of a logical topic.
+    /// The physical name of a logical topic: mapped by `topics`;
+    /// repartition topics are `<application id>-<name>-repartition`.
     pub fn physical(&self, logical: &str) -> String {
+        if let Some(name) = logical.strip_prefix(crate::topology::REPARTITION_PREFIX) {
+            return format!("{}-{name}-repartition", self.application_id);
+        }
         self.topics.get(logical).cloned().unwrap_or_else(|| logical.to_string())
     }
 

@@ -52,6 +52,8 @@ pub trait TableAccess {
     /// The task's view of a key: staged if written since the last commit,
     /// else committed.
     fn get(&mut self, table: TableId, key: &[u8]) -> strata_state::Result<Option<Vec<u8>>>;
+    /// A key's committed value as of a time.
+    fn get_at(&mut self, table: TableId, key: &[u8], time: strata_state::Timestamp) -> strata_state::Result<Option<Vec<u8>>>;
     /// Stages a write (`None` deletes).
     fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Lineage, replay: bool);
 }
@@ -83,6 +85,11 @@ impl<'a> Ctx<'a> {
     /// Reads a key of a table (staged writes included).
     pub fn table_get(&mut self, table: TableId, key: &[u8]) -> strata_state::Result<Option<Vec<u8>>> {
         self.tables.get(table, key)
+    }
+
+    /// Reads a key of a table as of a time (committed versions only).
+    pub fn table_get_at(&mut self, table: TableId, key: &[u8], time: strata_state::Timestamp) -> strata_state::Result<Option<Vec<u8>>> {
+        self.tables.get_at(table, key, time)
     }
 
     /// Stages a write to a table, with this record as its lineage.

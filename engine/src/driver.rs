@@ -21,6 +21,9 @@ use crate::task::{CommitIo, RawRecord, SourceMap, Task, TaskSource};
 use crate::topology::Topology;
 use crate::{Error, Result};
 
+/// Most rounds of commit-then-feed-repartitioned-records per `commit`.
+const MAX_ROUNDS: usize = 100;
+
 /// A record as it sits in an in-memory topic.
 #[derive(Clone, Debug)]
 struct Stored {
@@ -44,6 +47,8 @@ pub struct TestDriver {
     /// Per table: per partition, its store and changelog (they survive restarts).
     stores: Vec<Vec<(MemoryStore, MemoryChangelog)>>,
     tasks: Vec<Task<MemoryStore>>,
+    /// Per internal (repartition) topic: output records already fed back.
+    fed: BTreeMap<String, usize>,
 }
 
 struct Io<'a> {
@@ -90,6 +95,7 @@ impl TestDriver {
             outputs: BTreeMap::new(),
             stores: (0..tables).map(|_| (0..partitions).map(|_| (MemoryStore::new(), MemoryChangelog::new())).collect()).collect(),
             tasks: Vec::new(),
+            fed: BTreeMap::new(),
         };
         d.start_tasks()?;
         Ok(d)
@@ -117,7 +123,9 @@ impl TestDriver {
                 t.restore_from(log, 10_000, &mut |_| {})?;
                 tables.push(t);
             }
-            self.tasks.push(Task::new(Partition(p), sources.clone(), tables, dlq.clone()));
+            let mut task = Task::new(Partition(p), sources.clone(), tables, dlq.clone());
+            task.set_timers(&g.timers, self.now);
+            self.tasks.push(task);
         }
         Ok(())
     }
@@ -134,14 +142,25 @@ impl TestDriver {
         self.pipe_to(topic, p, Some(key.to_vec()), Some(value.to_vec()))
     }
 
+    /// Like [`TestDriver::pipe`], with an explicit record timestamp.
+    pub fn pipe_at(&mut self, topic: &str, key: &[u8], value: &[u8], timestamp: Timestamp) -> Result<(Partition, Offset)> {
+        let p = self.partition_of(key);
+        self.append(topic, p, Some(key.to_vec()), Some(value.to_vec()), timestamp.0 as i64)
+    }
+
     /// Appends a record to a given partition and processes it.
     pub fn pipe_to(&mut self, topic: &str, p: Partition, key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Result<(Partition, Offset)> {
+        let now = self.now.0 as i64;
+        self.append(topic, p, key, value, now)
+    }
+
+    fn append(&mut self, topic: &str, p: Partition, key: Option<Vec<u8>>, value: Option<Vec<u8>>, timestamp: i64) -> Result<(Partition, Offset)> {
         let parts = self
             .inputs
             .get_mut(topic)
             .ok_or_else(|| Error::Topology(format!("{topic:?} is not an input topic of the topology")))?;
         let log = parts.get_mut(p.0 as usize).ok_or_else(|| Error::config("partition", format!("{p} out of range")))?;
-        log.push(Stored { key, value, timestamp: self.now.0 as i64 });
+        log.push(Stored { key, value, timestamp });
         let offset = Offset(log.len() as u64 - 1);
         self.run_pending(topic, p)?;
         Ok((p, offset))
@@ -168,9 +187,12 @@ impl TestDriver {
         Ok(())
     }
 
-    /// Moves the clock on.
+    /// Moves the clock on and fires the timers that became due.
     pub fn advance_time(&mut self, ms: u64) {
         self.now = Timestamp(self.now.0 + ms);
+        for t in &mut self.tasks {
+            t.fire_timers(self.now);
+        }
     }
 
     /// The driver's clock.
@@ -178,16 +200,34 @@ impl TestDriver {
         self.now
     }
 
-    /// Commits every task at the current time.
+    /// Commits every task at the current time. Records committed to a
+    /// repartition topic are then consumed, as the app would, and their
+    /// effects committed too (until no repartitioned record is left).
     pub fn commit(&mut self) -> Result<()> {
         let now = self.now;
-        for task in &mut self.tasks {
-            let p = task.partition.0 as usize;
-            let changelogs: Vec<&mut MemoryChangelog> = self.stores.iter_mut().map(|per| &mut per[p].1).collect();
-            let mut io = Io { changelogs, outputs: &mut self.outputs, committed: &mut self.committed };
-            task.commit(&mut io, now)?;
+        for _round in 0..MAX_ROUNDS {
+            for task in &mut self.tasks {
+                let p = task.partition.0 as usize;
+                let changelogs: Vec<&mut MemoryChangelog> = self.stores.iter_mut().map(|per| &mut per[p].1).collect();
+                let mut io = Io { changelogs, outputs: &mut self.outputs, committed: &mut self.committed };
+                task.commit(&mut io, now)?;
+            }
+            let mut fed_any = false;
+            for topic in self.topology.internal_topics() {
+                let from = self.fed.get(&topic).copied().unwrap_or(0);
+                let records: Vec<OutRecord> = self.output(&topic).get(from..).unwrap_or(&[]).to_vec();
+                self.fed.insert(topic.clone(), from + records.len());
+                for r in records {
+                    let p = partition_for(r.key.as_deref().unwrap_or(&[]), self.partitions);
+                    self.pipe_to(&topic, p, r.key, r.value)?;
+                    fed_any = true;
+                }
+            }
+            if !fed_any {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(Error::Topology(format!("repartitioned records still flowing after {MAX_ROUNDS} commit rounds: a cycle?")))
     }
 
     /// Simulates a crash and restart: uncommitted work is lost, tables are

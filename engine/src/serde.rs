@@ -20,6 +20,12 @@ pub trait Serde<T>: Send + Sync + 'static {
 /// JSON via serde_json.
 pub struct Json<T>(PhantomData<fn() -> T>);
 
+impl<T> Clone for Json<T> {
+    fn clone(&self) -> Self {
+        Json(PhantomData)
+    }
+}
+
 /// JSON codec for `T`.
 pub fn json<T>() -> Json<T> {
     Json(PhantomData)
@@ -36,6 +42,12 @@ impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for Json<T> {
 
 /// bincode 2 (standard configuration) via serde.
 pub struct Bincode<T>(PhantomData<fn() -> T>);
+
+impl<T> Clone for Bincode<T> {
+    fn clone(&self) -> Self {
+        Bincode(PhantomData)
+    }
+}
 
 /// bincode codec for `T`.
 pub fn bincode<T>() -> Bincode<T> {

@@ -17,7 +17,7 @@ use strata_state::store::KvStore;
 use strata_state::{ChangelogWriter, InputOffset, Lineage, Offset, Partition, TablePartition, Timestamp, VersionFlags};
 
 use crate::context::{Ctx, OutRecord, RecordMeta, SOURCE_HEADER, TableAccess};
-use crate::topology::{OnError, RecordError, SourceFn, TableId};
+use crate::topology::{OnError, RecordError, SourceFn, TableId, TimerSpec};
 use crate::{Error, Result};
 
 /// Header carrying the error of a dead-lettered record.
@@ -43,6 +43,10 @@ impl<S: KvStore> TableAccess for TaskTables<S> {
         self.tables[table.0].read(key)
     }
 
+    fn get_at(&mut self, table: TableId, key: &[u8], time: Timestamp) -> strata_state::Result<Option<Vec<u8>>> {
+        Ok(self.tables[table.0].reader().get_at(key, strata_state::At::Time(time))?.map(|v| v.value))
+    }
+
     fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Lineage, replay: bool) {
         let flags = if replay { VersionFlags::REPLAY } else { VersionFlags::NONE };
         self.tables[table.0].stage(key, value, Some(lineage), flags);
@@ -66,6 +70,10 @@ pub struct TaskStats {
     pub records_in: u64,
     /// Records produced to output topics.
     pub records_out: u64,
+    /// Timer firings.
+    pub timer_firings: u64,
+    /// Timer firings that returned an error.
+    pub timer_errors: u64,
     /// Records skipped or dead-lettered.
     pub poison: u64,
     /// Changelog records written.
@@ -99,6 +107,8 @@ pub(crate) struct Task<S: KvStore> {
     pub stats: TaskStats,
     /// Whether records are being replayed (flagged in outputs and versions).
     pub replay: bool,
+    /// Timers with their next firing.
+    timers: Vec<(TimerSpec, Option<Timestamp>)>,
 }
 
 impl<S: KvStore> Task<S> {
@@ -114,6 +124,41 @@ impl<S: KvStore> Task<S> {
             dlq_topic,
             stats: TaskStats::default(),
             replay: false,
+            timers: Vec::new(),
+        }
+    }
+
+    /// Arms the topology's timers, first firing after `now`.
+    pub fn set_timers(&mut self, timers: &[TimerSpec], now: Timestamp) {
+        self.timers = timers.iter().map(|t| (t.clone(), t.schedule.next_after(now))).collect();
+    }
+
+    /// Fires every timer due at `now` (once each, however late: missed
+    /// firings are not replayed), then schedules its next firing.
+    pub fn fire_timers(&mut self, now: Timestamp) {
+        for i in 0..self.timers.len() {
+            let due = matches!(self.timers[i].1, Some(t) if t <= now);
+            if !due {
+                continue;
+            }
+            let spec = self.timers[i].0.clone();
+            let meta = RecordMeta {
+                topic: Arc::from(format!("timer:{}", spec.name)),
+                partition: self.partition,
+                offset: Offset(self.stats.timer_firings),
+                timestamp: Some(now.0 as i64),
+                replay: self.replay,
+            };
+            self.trace.clear();
+            self.trace.push(spec.name.clone());
+            let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
+            self.stats.timer_firings += 1;
+            self.dirty = true;
+            if let Err(e) = (spec.run)(&mut ctx, now) {
+                self.stats.timer_errors += 1;
+                tracing::warn!(timer = %spec.name, partition = %self.partition, error = %e, "timer failed");
+            }
+            self.timers[i].1 = spec.schedule.next_after(now);
         }
     }
 

@@ -98,6 +98,53 @@ pub(crate) struct SourceSpec {
     pub topic: String,
     pub on_error: OnError,
     pub run: SourceFn,
+    /// An internal (repartition) topic the app creates itself.
+    pub internal: bool,
+}
+
+/// Prefix of the logical names of repartition topics; the physical name
+/// is `<application id>-<name>-repartition`.
+pub const REPARTITION_PREFIX: &str = "__repartition-";
+
+/// When a timer fires.
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    /// Every interval (after the task starts, then after each firing).
+    Every(std::time::Duration),
+    /// On a cron schedule (seconds minutes hours day-of-month month
+    /// day-of-week, UTC), e.g. `0 */5 * * * *`.
+    Cron(Box<cron::Schedule>),
+}
+
+impl Schedule {
+    /// Parses a cron expression.
+    pub fn cron(expr: &str) -> Result<Schedule> {
+        use std::str::FromStr;
+        cron::Schedule::from_str(expr)
+            .map(|s| Schedule::Cron(Box::new(s)))
+            .map_err(|e| Error::config("timer.schedule", format!("{expr:?} is not a cron expression: {e}")))
+    }
+
+    /// The first firing strictly after `now`.
+    pub fn next_after(&self, now: strata_state::Timestamp) -> Option<strata_state::Timestamp> {
+        match self {
+            Schedule::Every(d) => Some(strata_state::Timestamp(now.0 + (d.as_millis() as u64).max(1))),
+            Schedule::Cron(s) => {
+                let at = chrono::DateTime::from_timestamp_millis(now.0 as i64)?;
+                s.after(&at).next().map(|t| strata_state::Timestamp(t.timestamp_millis().max(0) as u64))
+            }
+        }
+    }
+}
+
+/// A timer's body: runs on the task's thread with access to its tables.
+pub(crate) type TimerFn = Arc<dyn Fn(&mut Ctx<'_>, strata_state::Timestamp) -> Result<(), String> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) struct TimerSpec {
+    pub name: Arc<str>,
+    pub schedule: Schedule,
+    pub run: TimerFn,
 }
 
 /// How a table is stored.
@@ -118,8 +165,6 @@ impl Default for TableOptions {
 pub(crate) struct TableSpec {
     pub name: String,
     pub options: TableOptions,
-    /// The topic whose partitions the table follows.
-    pub source_topic: String,
 }
 
 /// A handle on a table within a task: its index in the topology.
@@ -129,6 +174,7 @@ pub struct TableId(pub(crate) usize);
 #[derive(Default)]
 pub(crate) struct Graph {
     pub sources: Vec<SourceSpec>,
+    pub timers: Vec<TimerSpec>,
     pub tables: Vec<TableSpec>,
     pub outputs: BTreeMap<String, ()>,
     pub next_op: usize,
@@ -161,7 +207,36 @@ impl Topology {
         K: Clone + Send + 'static,
         V: Clone + Send + 'static,
     {
-        let sinks = Sinks::new();
+        add_source(&self.graph, topic, key, value, false)
+    }
+
+    /// Runs `f` in every task on `schedule` (wall-clock time in the app,
+    /// the driver's clock in the test driver), with access to the task's
+    /// tables and outputs. An error is logged and counted; the timer keeps
+    /// its schedule.
+    pub fn timer<F>(&self, name: &str, schedule: Schedule, f: F)
+    where
+        F: Fn(&mut Ctx<'_>, strata_state::Timestamp) -> Result<(), String> + Send + Sync + 'static,
+    {
+        lock(&self.graph).timers.push(TimerSpec { name: Arc::from(name), schedule, run: Arc::new(f) });
+    }
+
+    /// Names of the topology's internal topics (logical).
+    pub fn internal_topics(&self) -> Vec<String> {
+        lock(&self.graph).sources.iter().filter(|s| s.internal).map(|s| s.topic.clone()).collect()
+    }
+
+    pub(crate) fn take_graph(&self) -> Arc<Mutex<Graph>> {
+        self.graph.clone()
+    }
+}
+
+fn add_source<K, V>(graph: &Arc<Mutex<Graph>>, topic: &str, key: impl Serde<K>, value: impl Serde<V>, internal: bool) -> Stream<K, V>
+where
+    K: Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    let sinks = Sinks::new();
         let downstream = sinks.clone();
         let run: SourceFn = Arc::new(move |ctx, k, v| {
             let k = key.decode(k.unwrap_or(&[])).map_err(|e| RecordError::Decode(format!("key: {e}")))?;
@@ -171,16 +246,13 @@ impl Topology {
             };
             downstream.emit(ctx, k, v).map_err(RecordError::Operator)
         });
-        let mut g = lock(&self.graph);
-        g.sources.push(SourceSpec { topic: topic.to_string(), on_error: OnError::default(), run });
+        let mut g = lock(graph);
+        g.sources.push(SourceSpec { topic: topic.to_string(), on_error: OnError::default(), run, internal });
         let source = g.sources.len() - 1;
-        Stream { graph: self.graph.clone(), sinks, source: Some(source), topic: topic.to_string() }
-    }
+        Stream { graph: graph.clone(), sinks, source: Some(source), topic: topic.to_string() }
+}
 
-    pub(crate) fn take_graph(&self) -> Arc<Mutex<Graph>> {
-        self.graph.clone()
-    }
-
+impl Topology {
     /// Checks the topology can run: at least one source, distinct table
     /// names that are valid, tables fed from a source topic.
     pub fn validate(&self) -> Result<()> {
@@ -203,9 +275,10 @@ impl Topology {
         lock(&self.graph).tables.iter().map(|t| t.name.clone()).collect()
     }
 
-    /// Logical names of the input topics.
+    /// Logical names of the input topics (repartition topics included).
     pub fn source_topics(&self) -> Vec<String> {
         let mut t: Vec<String> = lock(&self.graph).sources.iter().map(|s| s.topic.clone()).collect();
+        t.sort();
         t.dedup();
         t
     }
@@ -350,7 +423,7 @@ where
     {
         let id = {
             let mut g = lock(&self.graph);
-            g.tables.push(TableSpec { name: name.to_string(), options, source_topic: self.topic.clone() });
+            g.tables.push(TableSpec { name: name.to_string(), options });
             TableId(g.tables.len() - 1)
         };
         let changes: Arc<Sinks<K, Option<A>>> = Sinks::new();
@@ -373,6 +446,52 @@ where
             ctx.traced(&op, |ctx| downstream.emit(ctx, k, new))
         }));
         Table { graph: self.graph.clone(), id, changes, topic: self.topic.clone(), _k: std::marker::PhantomData }
+    }
+
+    /// Re-keys safely: sends the stream through an internal topic
+    /// (`<application id>-<name>-repartition`, partitioned by the new key),
+    /// so a table fed downstream is co-partitioned with its keys. Use after
+    /// a `map` that changes keys and before an `aggregate`.
+    pub fn repartition<KS, VS>(&self, name: &str, key: KS, value: VS) -> Stream<K, V>
+    where
+        KS: Serde<K> + Clone,
+        VS: Serde<V> + Clone,
+    {
+        let topic = format!("{REPARTITION_PREFIX}{name}");
+        self.to(&topic, key.clone(), value.clone());
+        add_source(&self.graph, &topic, key, value, true)
+    }
+
+    /// Joins each record with the value its key had in `table` at the
+    /// record's timestamp (committed versions; the latest if the record
+    /// has no timestamp). Reads older than the table's retention fail the
+    /// record (see [`OnError`]).
+    pub fn join_table_as_of<A, R, F>(&self, table: &Table<K, A>, f: F) -> Stream<K, R>
+    where
+        K: OrderedKey,
+        A: ::serde::Serialize + ::serde::de::DeserializeOwned + Clone + Send + 'static,
+        R: Clone + Send + 'static,
+        F: Fn(&K, V, Option<A>) -> Option<R> + Send + Sync + 'static,
+    {
+        let (out, sinks) = self.derived();
+        let id = table.id;
+        let name = self.op_name("join_as_of");
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            let kb = k.to_key_bytes();
+            let bytes = match ctx.record().timestamp {
+                Some(ts) if ts >= 0 => ctx.table_get_at(id, &kb, strata_state::Timestamp(ts as u64)).map_err(|e| e.to_string())?,
+                _ => ctx.table_get(id, &kb).map_err(|e| e.to_string())?,
+            };
+            let current: Option<A> = match bytes {
+                Some(b) => Some(ValueCodec::<A>::decode(&TableBincode, &b).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            match f(&k, v, current) {
+                Some(r) => ctx.traced(&name, |ctx| sinks.emit(ctx, k, r)),
+                None => Ok(()),
+            }
+        }));
+        out
     }
 
     /// Joins each record with the current value of its key in `table`

@@ -174,3 +174,88 @@ fn restart_loses_no_committed_effect_and_replays_the_rest() {
     assert_eq!(got.version.0, 15, "no duplicate versions: uncommitted work was discarded, then redone");
     assert!(!got.flags.contains(VersionFlags::REPLAY));
 }
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Purchase {
+    country: String,
+    cents: i64,
+}
+
+#[test]
+fn repartition_co_locates_a_new_key_with_its_table() {
+    let t = Topology::new();
+    t.stream("purchases", Utf8, json::<Purchase>())
+        .map(|_user, p: Purchase| (p.country.clone(), p))
+        .repartition("by-country", Utf8, json::<Purchase>())
+        .aggregate("country_totals", TableOptions::default(), |_c, p: Purchase, old: Option<i64>| Some(old.unwrap_or(0) + p.cents));
+    let mut d = TestDriver::new(t, 4, Timestamp(0)).unwrap();
+    let countries = ["fr", "de", "jp", "br", "ca", "in"];
+    let mut oracle: BTreeMap<&str, i64> = BTreeMap::new();
+    for i in 0..600i64 {
+        let user = format!("user-{i}");
+        let country = countries[(i as usize * 5) % countries.len()];
+        let p = Purchase { country: country.into(), cents: i };
+        d.pipe("purchases", user.as_bytes(), &serde_json::to_vec(&p).unwrap()).unwrap();
+        *oracle.entry(country).or_default() += i;
+    }
+    d.commit().unwrap();
+    // Each country's total is in the partition its key hashes to, complete.
+    for (c, want) in oracle {
+        let r = d.table_for_key("country_totals", c.as_bytes()).unwrap();
+        let got = r.get(&c.to_string().to_key_bytes()).unwrap().expect("a total per country");
+        assert_eq!(ValueCodec::<i64>::decode(&Bincode, &got.value).unwrap(), want, "{c}");
+        assert_eq!(got.lineage.unwrap().topic, "__repartition-by-country");
+    }
+    assert_eq!(d.output("__repartition-by-country").len(), 600);
+}
+
+#[test]
+fn timers_fire_on_the_driver_clock_and_errors_do_not_stop_them() {
+    let t = Topology::new();
+    t.stream("in", Utf8, Utf8).to("out", Utf8, Utf8);
+    let tick: std::sync::Arc<str> = std::sync::Arc::from("ticks");
+    t.timer("tick", strata_engine::topology::Schedule::Every(std::time::Duration::from_millis(1_000)), move |ctx, now| {
+        let p = ctx.record().partition;
+        ctx.send(&tick, Some(format!("p{}", p.0).into_bytes()), Some(now.0.to_string().into_bytes()));
+        Ok(())
+    });
+    t.timer("broken", strata_engine::topology::Schedule::Every(std::time::Duration::from_millis(500)), |_ctx, _now| Err("always fails".into()));
+    let mut d = TestDriver::new(t, 2, Timestamp(10_000)).unwrap();
+    d.advance_time(999);
+    d.commit().unwrap();
+    assert!(d.output("ticks").is_empty(), "not due yet");
+    for _ in 0..3 {
+        d.advance_time(1_000);
+    }
+    d.commit().unwrap();
+    let ticks: Vec<String> = d.output("ticks").iter().map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap()).collect();
+    assert_eq!(ticks.len(), 3 * 2, "three firings in each of two tasks: {ticks:?}");
+    assert!(ticks.contains(&"11999".to_string()) && ticks.contains(&"13999".to_string()), "{ticks:?}");
+    let trace = &d.output("ticks")[0].headers.iter().find(|(k, _)| k == "strata-trace").unwrap().1;
+    assert_eq!(trace, b"tick");
+    assert!(strata_engine::topology::Schedule::cron("not cron").unwrap_err().to_string().contains("timer.schedule"));
+    let cron = strata_engine::topology::Schedule::cron("0 */5 * * * *").unwrap();
+    assert_eq!(cron.next_after(Timestamp(0)), Some(Timestamp(300_000)));
+}
+
+#[test]
+fn as_of_joins_read_the_table_at_the_record_time() {
+    let t = Topology::new();
+    let prices = t.stream("prices", Utf8, json::<i64>()).aggregate("prices", TableOptions::default(), |_k, p: i64, _old: Option<i64>| Some(p));
+    t.stream("prices", Utf8, json::<i64>()).filter(|_, _| false).to("unused", Utf8, json::<i64>());
+    t.stream("trades", Utf8, json::<i64>())
+        .join_table_as_of(&prices, |_k, qty: i64, price: Option<i64>| Some(qty * price.unwrap_or(-1)))
+        .to("values", Utf8, json::<i64>());
+    let mut d = TestDriver::new(t, 1, Timestamp(1_000)).unwrap();
+    d.pipe("prices", b"ACME", b"10").unwrap();
+    d.commit().unwrap();
+    d.advance_time(1_000);
+    d.pipe("prices", b"ACME", b"20").unwrap();
+    d.commit().unwrap();
+    d.pipe_at("trades", b"ACME", b"3", Timestamp(1_500)).unwrap();
+    d.pipe_at("trades", b"ACME", b"3", Timestamp(2_500)).unwrap();
+    d.pipe_at("trades", b"ACME", b"3", Timestamp(500)).unwrap();
+    d.commit().unwrap();
+    let vals: Vec<String> = d.output("values").iter().map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap()).collect();
+    assert_eq!(vals, vec!["30", "60", "-3"]);
+}

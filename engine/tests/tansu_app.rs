@@ -427,3 +427,45 @@ fn poison_records_go_to_the_dead_letter_topic() {
     assert_eq!(dead.len(), 100, "every poison record is dead-lettered");
     assert!(dead.iter().all(|(p, e)| p.as_deref() == Some(&b"{not an event"[..]) && e.as_deref().is_some_and(|e| e.contains("json decode"))));
 }
+
+#[test]
+fn a_repartitioned_aggregate_matches_the_oracle() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let tansu = Tansu::start().unwrap();
+    setup(&tansu);
+    let state = tempfile::tempdir().unwrap();
+    let mut counts = BTreeMap::new();
+    produce(&tansu, 0, 20_000, &mut counts, None);
+    let t = Topology::new();
+    t.stream("events", Utf8, json::<Event>())
+        .map(|k: String, e: Event| (format!("g{}", k.trim_start_matches('k').parse::<u64>().unwrap_or(0) % 10), e))
+        .repartition("groups", Utf8, json::<Event>())
+        .aggregate("group_sums", TableOptions::default(), |_g, e: Event, old: Option<(u64, i64)>| {
+            let (n, s) = old.unwrap_or((0, 0));
+            Some((n + 1, s + e.amount))
+        });
+    let app = App::new(app_config(&tansu.bootstrap(), "regroup", state.path())).unwrap().start(t).unwrap();
+    let mut want: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for i in 0..20_000u64 {
+        let e = want.entry(format!("g{}", (i % KEYS) % 10)).or_default();
+        e.0 += 1;
+        e.1 += (i % 97) as i64;
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut got = BTreeMap::new();
+        for g in want.keys() {
+            if let Some(r) = app.reader_for_key("group_sums", g.as_bytes()) {
+                if let Some(v) = r.get(&g.clone().to_key_bytes()).unwrap() {
+                    got.insert(g.clone(), ValueCodec::<(u64, i64)>::decode(&Bincode, &v.value).unwrap());
+                }
+            }
+        }
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < end, "repartitioned totals did not converge: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    app.shutdown().unwrap();
+}

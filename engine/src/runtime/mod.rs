@@ -59,7 +59,8 @@ impl App {
         let admin = KafkaAdmin::new(&config.kafka)?;
         // Input topics: must exist, with one partition count.
         let mut partitions = None;
-        for logical in topology.source_topics() {
+        let internal = topology.internal_topics();
+        for logical in topology.source_topics().into_iter().filter(|t| !internal.contains(t)) {
             let physical = config.physical(&logical);
             let n = admin
                 .partition_count(&physical)?
@@ -101,10 +102,13 @@ impl App {
             sources.entry(config.physical(&s.topic)).or_default().push(TaskSource { run: s.run.clone(), on_error: s.on_error.clone() });
         }
         let tables: Vec<(String, crate::topology::TableOptions)> = g.tables.iter().map(|t| (t.name.clone(), t.options.clone())).collect();
+        let timers = g.timers.clone();
         drop(g);
 
         let mut topic_map = config.topics.clone();
-        topic_map.entry(config.dlq_topic()).or_insert_with(|| config.dlq_topic());
+        for logical in topology.output_topics().into_iter().chain([config.dlq_topic()]) {
+            topic_map.insert(logical.clone(), config.physical(&logical));
+        }
         let outputs = Arc::new(OutputProducer::new(&config.kafka, topic_map)?);
         let changelog = ChangelogProducer::new(&config.kafka)?;
         let rocks = RocksEnv::new(config.rocks.clone())?;
@@ -129,6 +133,9 @@ impl App {
             // of each topic.
             cc.set("partition.assignment.strategy", "range");
         }
+        if let Some(id) = &config.instance_id {
+            cc.set("group.instance.id", id);
+        }
         let context = GroupContext::new(senders.clone(), assigned_tx, config.revoke_timeout);
         let consumer: Arc<GroupConsumer> = Arc::new(create(&cc, context, "group consumer")?);
         let topics: Vec<String> = sources.keys().cloned().collect();
@@ -145,13 +152,20 @@ impl App {
             consumer: consumer.clone(),
             registry: registry.clone(),
             dlq: Arc::from(config.dlq_topic().as_str()),
+            timers,
         });
         let mut workers = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {
             let env = env.clone();
             let h = std::thread::Builder::new()
                 .name(format!("strata-worker-{i}"))
-                .spawn(move || worker::run(i, env, rx))
+                .spawn(move || {
+                    let r = worker::run(i, env, rx);
+                    if let Err(e) = &r {
+                        tracing::error!(worker = i, error = %e, "worker stopped on an error; the app must be restarted");
+                    }
+                    r
+                })
                 .map_err(|e| Error::Io { context: "spawning a worker thread".into(), source: e })?;
             workers.push(h);
         }

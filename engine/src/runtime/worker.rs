@@ -53,6 +53,7 @@ pub(crate) struct WorkerEnv {
     pub consumer: Arc<GroupConsumer>,
     pub registry: Registry,
     pub dlq: Arc<str>,
+    pub timers: Vec<crate::topology::TimerSpec>,
 }
 
 struct Owned {
@@ -195,7 +196,9 @@ impl Worker {
     fn poll_records(&mut self) -> Result<bool> {
         let env = &*self.env;
         let mut any = false;
+        let now = Timestamp::now();
         for o in self.tasks.values_mut() {
+            o.task.fire_timers(now);
             for (topic, queue) in &o.queues {
                 for _ in 0..env.config.poll_batch {
                     match queue.poll(Duration::ZERO) {
@@ -288,7 +291,9 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
         writers.push(KafkaChangelogWriter::new(env.changelog.clone(), topic, location));
         tables.push(table);
     }
-    Ok(Owned { task: Task::new(p, env.sources.clone(), tables, env.dlq.clone()), queues: Vec::new(), writers })
+    let mut task = Task::new(p, env.sources.clone(), tables, env.dlq.clone());
+    task.set_timers(&env.timers, Timestamp::now());
+    Ok(Owned { task, queues: Vec::new(), writers })
 }
 
 fn commit_task(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
