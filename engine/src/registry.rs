@@ -46,6 +46,7 @@ struct Inner {
     tables: BTreeMap<(String, u32), Slot>,
     tasks: BTreeMap<u32, TaskStats>,
     commit_latency_us: Vec<u64>,
+    lag: BTreeMap<(String, u32), u64>,
 }
 
 impl Registry {
@@ -80,6 +81,19 @@ impl Registry {
                 g.commit_latency_us.push(us);
             }
         }
+    }
+
+    pub(crate) fn set_lag(&self, topic: &str, p: Partition, lag: u64) {
+        if let Ok(mut g) = self.inner.write() {
+            g.lag.insert((topic.to_string(), p.0), lag);
+        }
+    }
+
+    /// Records not yet consumed, per input topic and partition (from the
+    /// consumer's statistics, refreshed every second).
+    pub fn lag(&self) -> BTreeMap<(String, Partition), u64> {
+        let Ok(g) = self.inner.read() else { return BTreeMap::new() };
+        g.lag.iter().map(|((t, p), l)| ((t.clone(), Partition(*p)), *l)).collect()
     }
 
     /// The reader of a running table partition owned here.
@@ -120,6 +134,20 @@ impl Registry {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (p, s) in &stats {
                 let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", p.0, get(s));
+            }
+        }
+        let _ = writeln!(out, "# HELP strata_consumer_lag Records not yet consumed\n# TYPE strata_consumer_lag gauge");
+        for ((t, p), l) in self.lag() {
+            let _ = writeln!(out, "strata_consumer_lag{{topic=\"{t}\",partition=\"{}\"}} {l}", p.0);
+        }
+        let lat = self.commit_latencies_us();
+        if !lat.is_empty() {
+            let mut sorted = lat.clone();
+            sorted.sort_unstable();
+            let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize];
+            let _ = writeln!(out, "# HELP strata_commit_latency_us Recent commit latency\n# TYPE strata_commit_latency_us summary");
+            for (name, f) in [("0.5", 0.5), ("0.99", 0.99)] {
+                let _ = writeln!(out, "strata_commit_latency_us{{quantile=\"{name}\"}} {}", q(f));
             }
         }
         let _ = writeln!(out, "# HELP strata_table_restoring Table partitions restoring (1) or running (0)\n# TYPE strata_table_restoring gauge");

@@ -26,14 +26,20 @@ use crate::{Error, Result};
 
 /// The group consumer's context: relays rebalances to workers.
 pub(crate) struct GroupContext {
+    registry: crate::registry::Registry,
     workers: Vec<mpsc::SyncSender<Command>>,
     assigned: mpsc::Sender<Vec<(String, i32)>>,
     revoke_timeout: Duration,
 }
 
 impl GroupContext {
-    pub fn new(workers: Vec<mpsc::SyncSender<Command>>, assigned: mpsc::Sender<Vec<(String, i32)>>, revoke_timeout: Duration) -> Self {
-        GroupContext { workers, assigned, revoke_timeout }
+    pub fn new(
+        registry: crate::registry::Registry,
+        workers: Vec<mpsc::SyncSender<Command>>,
+        assigned: mpsc::Sender<Vec<(String, i32)>>,
+        revoke_timeout: Duration,
+    ) -> Self {
+        GroupContext { registry, workers, assigned, revoke_timeout }
     }
 
     fn worker_of(&self, p: i32) -> usize {
@@ -52,6 +58,18 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka consumer error");
+    }
+
+    /// librdkafka's periodic statistics: the consumer lag of every
+    /// assigned partition (from the fetch path, not ListOffsets).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.registry.set_lag(topic, Partition(*p as u32), s.consumer_lag as u64);
+                }
+            }
+        }
     }
 }
 

@@ -136,7 +136,9 @@ impl App {
         if let Some(id) = &config.instance_id {
             cc.set("group.instance.id", id);
         }
-        let context = GroupContext::new(senders.clone(), assigned_tx, config.revoke_timeout);
+        // Lag comes from librdkafka's statistics.
+        cc.set("statistics.interval.ms", "1000");
+        let context = GroupContext::new(registry.clone(), senders.clone(), assigned_tx, config.revoke_timeout);
         let consumer: Arc<GroupConsumer> = Arc::new(create(&cc, context, "group consumer")?);
         let topics: Vec<String> = sources.keys().cloned().collect();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
