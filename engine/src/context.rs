@@ -18,6 +18,8 @@ pub const SOURCE_HEADER: &str = "strata-source";
 /// Header present (value `1`) on records produced while replaying input
 /// after a rewind.
 pub const REPLAY_HEADER: &str = "strata-replay";
+/// Header present (value `1`) on a table's change records made by a rewind.
+pub const REWIND_HEADER: &str = "strata-rewind";
 
 /// Where the record being processed came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct RecordMeta {
     pub timestamp: Option<i64>,
     /// Whether the record is being replayed.
     pub replay: bool,
+    /// Whether this is a table change made by a rewind.
+    pub rewind: bool,
 }
 
 /// A record waiting to be produced at the next commit.
@@ -108,6 +112,9 @@ impl<'a> Ctx<'a> {
         ];
         if self.meta.replay {
             headers.push((REPLAY_HEADER.to_string(), b"1".to_vec()));
+        }
+        if self.meta.rewind {
+            headers.push((REWIND_HEADER.to_string(), b"1".to_vec()));
         }
         self.outputs.push(OutRecord { topic: topic.clone(), key, value, headers });
     }

@@ -244,6 +244,27 @@ impl TestDriver {
         Ok(())
     }
 
+    /// Rewinds one partition of a table to `at` (or a key range of it),
+    /// sends the changes downstream flagged as a rewind, and commits.
+    pub fn rewind(&mut self, table: &str, partition: Partition, at: strata_state::At, range: &strata_state::KeyRange) -> Result<strata_state::RewindPlan> {
+        let i = self
+            .topology
+            .table_names()
+            .iter()
+            .position(|t| t == table)
+            .ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
+        let emit = {
+            let graph = self.topology.take_graph();
+            let g = graph.lock().map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+            g.tables[i].emit_change.clone()
+        };
+        self.commit()?;
+        let task = self.tasks.get_mut(partition.0 as usize).ok_or_else(|| Error::config("partition", format!("{partition} out of range")))?;
+        let plan = task.rewind(i, &emit, at, range)?;
+        self.commit()?;
+        Ok(plan)
+    }
+
     /// Records produced to an output topic (logical name), in order.
     pub fn output(&self, topic: &str) -> &[OutRecord] {
         self.outputs.get(topic).map(Vec::as_slice).unwrap_or(&[])

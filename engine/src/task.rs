@@ -17,7 +17,7 @@ use strata_state::store::KvStore;
 use strata_state::{ChangelogWriter, InputOffset, Lineage, Offset, Partition, TablePartition, Timestamp, VersionFlags};
 
 use crate::context::{Ctx, OutRecord, RecordMeta, SOURCE_HEADER, TableAccess};
-use crate::topology::{OnError, RecordError, SourceFn, TableId, TimerSpec};
+use crate::topology::{ChangeFn, OnError, RecordError, SourceFn, TableId, TimerSpec};
 use crate::{Error, Result};
 
 /// Header carrying the error of a dead-lettered record.
@@ -128,6 +128,36 @@ impl<S: KvStore> Task<S> {
         }
     }
 
+    /// Stages a rewind of table `table` to `at` (optionally a key range)
+    /// and sends the resulting changes downstream of the table, flagged as
+    /// a rewind. Commit to make it durable.
+    pub fn rewind(
+        &mut self,
+        table: usize,
+        emit: &ChangeFn,
+        at: strata_state::At,
+        range: &strata_state::KeyRange,
+    ) -> Result<strata_state::RewindPlan> {
+        let t = self.tables.tables.get_mut(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+        let plan = t.rewind(at, range)?;
+        let meta = RecordMeta {
+            topic: Arc::from(format!("rewind:{}", t.config().name)),
+            partition: self.partition,
+            offset: Offset(plan.target.0),
+            timestamp: None,
+            replay: false,
+            rewind: true,
+        };
+        self.dirty = true;
+        for change in &plan.changes {
+            self.trace.clear();
+            let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
+            let value = change.before.as_ref().map(|v| v.value.as_slice());
+            emit(&mut ctx, &change.key, value).map_err(|e| Error::Topology(format!("sending a rewound change downstream: {e}")))?;
+        }
+        Ok(plan)
+    }
+
     /// Arms the topology's timers, first firing after `now`.
     pub fn set_timers(&mut self, timers: &[TimerSpec], now: Timestamp) {
         self.timers = timers.iter().map(|t| (t.clone(), t.schedule.next_after(now))).collect();
@@ -148,6 +178,7 @@ impl<S: KvStore> Task<S> {
                 offset: Offset(self.stats.timer_firings),
                 timestamp: Some(now.0 as i64),
                 replay: self.replay,
+                rewind: false,
             };
             self.trace.clear();
             self.trace.push(spec.name.clone());
@@ -181,6 +212,7 @@ impl<S: KvStore> Task<S> {
             offset: rec.offset,
             timestamp: rec.timestamp,
             replay: self.replay,
+            rewind: false,
         };
         self.positions.insert(rec.topic.clone(), Offset(rec.offset.0 + 1));
         self.dirty = true;

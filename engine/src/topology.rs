@@ -162,9 +162,14 @@ impl Default for TableOptions {
     }
 }
 
+/// Feeds a table's downstream (its `changes()` stream) with a change made
+/// outside its operator, such as a rewind: key and value as stored.
+pub(crate) type ChangeFn = Arc<dyn Fn(&mut Ctx<'_>, &[u8], Option<&[u8]>) -> Result<(), String> + Send + Sync>;
+
 pub(crate) struct TableSpec {
     pub name: String,
     pub options: TableOptions,
+    pub emit_change: ChangeFn,
 }
 
 /// A handle on a table within a task: its index in the topology.
@@ -421,12 +426,21 @@ where
         A: ::serde::Serialize + ::serde::de::DeserializeOwned + Clone + Send + 'static,
         F: Fn(&K, V, Option<A>) -> Option<A> + Send + Sync + 'static,
     {
+        let changes: Arc<Sinks<K, Option<A>>> = Sinks::new();
+        let rewinds = changes.clone();
+        let emit_change: ChangeFn = Arc::new(move |ctx, kb, vb| {
+            let k = K::decode_key(kb).map_err(|e| e.to_string())?;
+            let a = match vb {
+                Some(b) => Some(ValueCodec::<A>::decode(&TableBincode, b).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            rewinds.emit(ctx, k, a)
+        });
         let id = {
             let mut g = lock(&self.graph);
-            g.tables.push(TableSpec { name: name.to_string(), options });
+            g.tables.push(TableSpec { name: name.to_string(), options, emit_change });
             TableId(g.tables.len() - 1)
         };
-        let changes: Arc<Sinks<K, Option<A>>> = Sinks::new();
         let downstream = changes.clone();
         let op = self.op_name("aggregate");
         self.sinks.add(Arc::new(move |ctx, k, v| {

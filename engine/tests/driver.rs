@@ -259,3 +259,37 @@ fn as_of_joins_read_the_table_at_the_record_time() {
     let vals: Vec<String> = d.output("values").iter().map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap()).collect();
     assert_eq!(vals, vec!["30", "60", "-3"]);
 }
+
+#[test]
+fn a_rewind_reaches_downstream_as_flagged_changes() {
+    let t = Topology::new();
+    let totals = t.stream("orders", Utf8, json::<Order>()).aggregate("totals", TableOptions::default(), |_k, o: Order, old: Option<i64>| {
+        Some(old.unwrap_or(0) + o.cents)
+    });
+    totals.changes().to("total-changes", Utf8, json::<Option<i64>>());
+    let mut d = TestDriver::new(t, 1, Timestamp(1_000)).unwrap();
+    d.pipe("orders", b"ann", &order("ann", 5)).unwrap();
+    d.commit().unwrap();
+    let good = d.table("totals", Partition(0)).unwrap().latest_version();
+    d.advance_time(1_000);
+    d.pipe("orders", b"ann", &order("ann", 1_000_000)).unwrap();
+    d.pipe("orders", b"bob", &order("bob", 7)).unwrap();
+    d.commit().unwrap();
+    let before = d.output("total-changes").len();
+    let plan = d.rewind("totals", Partition(0), At::Version(good), &strata_state::KeyRange::all()).unwrap();
+    assert_eq!(plan.changes.len(), 2);
+    let changes = &d.output("total-changes")[before..];
+    let got: Vec<(String, String, bool)> = changes
+        .iter()
+        .map(|r| {
+            let flagged = r.headers.iter().any(|(k, v)| k == "strata-rewind" && v == b"1");
+            (String::from_utf8(r.key.clone().unwrap()).unwrap(), String::from_utf8(r.value.clone().unwrap()).unwrap(), flagged)
+        })
+        .collect();
+    assert_eq!(got, vec![("ann".into(), "5".into(), true), ("bob".into(), "null".into(), true)]);
+    let r = d.table("totals", Partition(0)).unwrap();
+    let ann = r.get(&"ann".to_string().to_key_bytes()).unwrap().unwrap();
+    assert!(ann.flags.is_rewind());
+    assert_eq!(ValueCodec::<i64>::decode(&Bincode, &ann.value).unwrap(), 5);
+    assert!(r.get(&"bob".to_string().to_key_bytes()).unwrap().is_none());
+}

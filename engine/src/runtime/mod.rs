@@ -103,6 +103,7 @@ impl App {
         }
         let tables: Vec<(String, crate::topology::TableOptions)> = g.tables.iter().map(|t| (t.name.clone(), t.options.clone())).collect();
         let timers = g.timers.clone();
+        let emitters = g.tables.iter().map(|t| t.emit_change.clone()).collect();
         drop(g);
 
         let mut topic_map = config.topics.clone();
@@ -155,6 +156,7 @@ impl App {
             registry: registry.clone(),
             dlq: Arc::from(config.dlq_topic().as_str()),
             timers,
+            emitters,
         });
         let mut workers = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {

@@ -54,6 +54,8 @@ pub(crate) struct WorkerEnv {
     pub registry: Registry,
     pub dlq: Arc<str>,
     pub timers: Vec<crate::topology::TimerSpec>,
+    /// Per table: how to send a change made by a rewind downstream.
+    pub emitters: Vec<crate::topology::ChangeFn>,
 }
 
 struct Owned {
@@ -332,7 +334,8 @@ fn rewind(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>, table: usize, p: Pa
     if dry_run {
         return Ok(t.plan_rewind(at, &range)?);
     }
-    let plan = t.rewind(at, &range)?;
+    let emit = env.emitters.get(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+    let plan = o.task.rewind(table, emit, at, &range)?;
     let started = Instant::now();
     let mut io = Io { writers: &mut o.writers, env };
     o.task.commit(&mut io, Timestamp::now())?;
