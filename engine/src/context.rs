@@ -59,7 +59,7 @@ pub trait TableAccess {
     /// A key's committed value as of a time.
     fn get_at(&mut self, table: TableId, key: &[u8], time: strata_state::Timestamp) -> strata_state::Result<Option<Vec<u8>>>;
     /// Stages a write (`None` deletes).
-    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Lineage, replay: bool);
+    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Option<Lineage>, replay: bool);
 }
 
 /// The context of one record's processing.
@@ -96,9 +96,12 @@ impl<'a> Ctx<'a> {
         self.tables.get_at(table, key, time)
     }
 
-    /// Stages a write to a table, with this record as its lineage.
+    /// Stages a write to a table, with this record as its lineage (none
+    /// for timers and rewinds, whose pseudo-topics contain a `:`, which no
+    /// Kafka topic name can).
     pub fn table_put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>) {
-        let lineage = Lineage { topic: self.meta.topic.to_string(), partition: self.meta.partition, offset: self.meta.offset };
+        let lineage = (!self.meta.topic.contains(':'))
+            .then(|| Lineage { topic: self.meta.topic.to_string(), partition: self.meta.partition, offset: self.meta.offset });
         self.tables.put(table, key, value, lineage, self.meta.replay);
     }
 

@@ -47,9 +47,9 @@ impl<S: KvStore> TableAccess for TaskTables<S> {
         Ok(self.tables[table.0].reader().get_at(key, strata_state::At::Time(time))?.map(|v| v.value))
     }
 
-    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Lineage, replay: bool) {
+    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Option<Lineage>, replay: bool) {
         let flags = if replay { VersionFlags::REPLAY } else { VersionFlags::NONE };
-        self.tables[table.0].stage(key, value, Some(lineage), flags);
+        self.tables[table.0].stage(key, value, lineage, flags);
     }
 }
 
@@ -68,7 +68,7 @@ pub(crate) struct RawRecord<'a> {
 pub struct TaskStats {
     /// Input records processed.
     pub records_in: u64,
-    /// Records produced to output topics.
+    /// Records produced to output topics, dead letters included.
     pub records_out: u64,
     /// Timer firings.
     pub timer_firings: u64,
@@ -272,27 +272,48 @@ impl<S: KvStore> Task<S> {
             .collect();
         // 1. Changelogs, acknowledged.
         let mut prepared = Vec::with_capacity(self.tables.tables.len());
+        let mut failed = None;
         for (i, t) in self.tables.tables.iter_mut().enumerate() {
-            let p = t.prepare(now)?;
-            let offsets = match io.changelog(i).append(p.records()) {
-                Ok(o) => o,
+            let p = match t.prepare(now) {
+                Ok(p) => p,
                 Err(e) => {
-                    t.abandon_unknown(p);
-                    return Err(e.into());
+                    failed = Some(Error::from(e));
+                    break;
                 }
             };
-            self.stats.changelog_records += offsets.len() as u64;
-            prepared.push((p, offsets));
+            match io.changelog(i).append(p.records()) {
+                Ok(offsets) => {
+                    self.stats.changelog_records += offsets.len() as u64;
+                    prepared.push((i, p, offsets));
+                }
+                Err(e) => {
+                    t.abandon_unknown(p);
+                    failed = Some(e.into());
+                    break;
+                }
+            }
         }
         // 2. Outputs and dead letters, acknowledged.
-        if !self.outputs.is_empty() {
-            io.produce(&self.outputs)?;
-            self.stats.records_out += self.outputs.len() as u64;
-            self.outputs.clear();
+        if failed.is_none() && !self.outputs.is_empty() {
+            match io.produce(&self.outputs) {
+                Ok(()) => {
+                    self.stats.records_out += self.outputs.len() as u64;
+                    self.outputs.clear();
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            // Appended records may have landed: every table whose commit
+            // did not complete must catch up with its changelog first.
+            for (i, p, _) in prepared {
+                self.tables.tables[i].abandon_unknown(p);
+            }
+            return Err(e);
         }
         // 3. Local state with its checkpoint.
-        for (t, (p, offsets)) in self.tables.tables.iter_mut().zip(prepared) {
-            t.apply(p, &offsets, &inputs)?;
+        for (i, p, offsets) in prepared {
+            self.tables.tables[i].apply(p, &offsets, &inputs)?;
         }
         // 4. Input offsets.
         io.commit_offsets(&inputs)?;

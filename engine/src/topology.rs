@@ -288,9 +288,19 @@ impl Topology {
         t
     }
 
-    /// Logical names of the output topics.
+    /// Logical names of the output topics (dead-letter topics named by
+    /// [`OnError::DeadLetterTo`] included).
     pub fn output_topics(&self) -> Vec<String> {
-        lock(&self.graph).outputs.keys().cloned().collect()
+        let g = lock(&self.graph);
+        let mut out: Vec<String> = g.outputs.keys().cloned().collect();
+        for s in &g.sources {
+            if let OnError::DeadLetterTo(t) = &s.on_error {
+                out.push(t.clone());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

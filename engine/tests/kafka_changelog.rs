@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use strata_engine::Error;
 use strata_engine::kafka::admin::{KafkaAdmin, TopicSpec, TopicStatus};
-use strata_engine::kafka::changelog::{ChangelogProducer, KafkaChangelogReader, KafkaChangelogWriter, is_outcome_unknown};
+use strata_engine::kafka::changelog::{
+    ChangelogProducer, KafkaChangelogReader, KafkaChangelogWriter, is_outcome_unknown,
+};
 use strata_engine::kafka::client::KafkaConfig;
 use strata_state::changelog::ChangelogBatch;
 use strata_state::store::MemoryStore;
@@ -58,7 +60,8 @@ fn write_history(t: &mut TablePartition<MemoryStore>, writer: &mut KafkaChangelo
     for commit in 0..RECORDS / PER_APPEND {
         for _ in 0..PER_APPEND {
             let key = format!("key-{:04}", v % KEYS);
-            let lineage = Some(Lineage { topic: "orders-in".into(), partition: Partition(PARTITION), offset: Offset(v) });
+            let lineage =
+                Some(Lineage { topic: "orders-in".into(), partition: Partition(PARTITION), offset: Offset(v) });
             if v % 11 == 10 {
                 t.delete(key.as_bytes(), lineage);
             } else {

@@ -189,7 +189,10 @@ impl KafkaAdmin {
             None => {}
             Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => return Ok(None),
             Some(code) => {
-                return Err(Error::kafka(format!("reading metadata of topic {topic}"), KafkaError::MetadataFetch(code)));
+                return Err(Error::kafka(
+                    format!("reading metadata of topic {topic}"),
+                    KafkaError::MetadataFetch(code),
+                ));
             }
         }
         // A broker may list a topic it is still creating with no partitions.
@@ -277,7 +280,9 @@ impl KafkaAdmin {
             Some(Err((_, code))) => {
                 Err(Error::kafka(format!("{context} (settings {:?})", spec.configs), KafkaError::AdminOp(code)))
             }
-            None => Err(Error::kafka(context, KafkaError::AdminOpCreation("the broker answered with no result".into()))),
+            None => {
+                Err(Error::kafka(context, KafkaError::AdminOpCreation("the broker answered with no result".into())))
+            }
         }
     }
 

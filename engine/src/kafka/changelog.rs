@@ -111,7 +111,10 @@ impl ChangelogProducer {
     pub fn flush(&self, timeout: Duration) -> crate::Result<()> {
         self.inner.flush(timeout).map_err(|e| match e {
             KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => Error::OutcomeUnknown {
-                context: format!("flushing the changelog producer ({} records in flight)", self.inner.in_flight_count()),
+                context: format!(
+                    "flushing the changelog producer ({} records in flight)",
+                    self.inner.in_flight_count()
+                ),
                 timeout_ms: timeout.as_millis() as u64,
             },
             e => Error::kafka("flushing the changelog producer", e),
@@ -167,7 +170,10 @@ impl KafkaChangelogWriter {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         if Instant::now() >= enqueue_deadline {
                             return Err(Error::OutcomeUnknown {
-                                context: format!("{}: the producer queue stayed full; {index} records were sent", what()),
+                                context: format!(
+                                    "{}: the producer queue stayed full; {index} records were sent",
+                                    what()
+                                ),
                                 timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
                             });
                         }
@@ -177,7 +183,10 @@ impl KafkaChangelogWriter {
                     Err((e, _)) if index == 0 => return Err(Error::kafka(what(), e)),
                     // Earlier records were sent and may land.
                     Err((e, _)) => {
-                        return Err(Error::kafka(format!("{}: record {index} refused, earlier ones may land", what()), e));
+                        return Err(Error::kafka(
+                            format!("{}: record {index} refused, earlier ones may land", what()),
+                            e,
+                        ));
                     }
                 }
             }
@@ -216,14 +225,18 @@ impl KafkaChangelogWriter {
             }
         }
         if let Some((index, e)) = first_error {
-            let fatal = self.producer.fatal().map(|f| format!("; the producer failed fatally ({f}) and must be recreated")).unwrap_or_default();
+            let fatal = self
+                .producer
+                .fatal()
+                .map(|f| format!("; the producer failed fatally ({f}) and must be recreated"))
+                .unwrap_or_default();
             return Err(match e {
-                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
-                    Error::OutcomeUnknown {
-                        context: format!("{}: record {index} timed out in the producer{fatal}", what()),
-                        timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
-                    }
-                }
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut,
+                ) => Error::OutcomeUnknown {
+                    context: format!("{}: record {index} timed out in the producer{fatal}", what()),
+                    timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
+                },
                 e => Error::kafka(format!("{}: record {index} failed{fatal}", what()), e),
             });
         }
@@ -278,7 +291,11 @@ pub fn is_outcome_unknown(e: &strata_state::Error) -> bool {
 
 /// Wraps an engine error for the `state` traits, keeping it as the source.
 fn to_state(location: &Location, e: Error) -> strata_state::Error {
-    strata_state::Error::Changelog { location: Box::new(location.clone()), message: e.to_string(), source: Some(Box::new(e)) }
+    strata_state::Error::Changelog {
+        location: Box::new(location.clone()),
+        message: e.to_string(),
+        source: Some(Box::new(e)),
+    }
 }
 
 /// Reads a table partition's changelog partition, for restores.
@@ -314,7 +331,11 @@ impl KafkaChangelogReader {
     /// # Errors
     /// [`Error::Config`] for an invalid configuration; [`Error::Kafka`] if
     /// librdkafka cannot create the consumer.
-    pub fn new(config: &KafkaConfig, topic: impl Into<String>, location: Location) -> crate::Result<KafkaChangelogReader> {
+    pub fn new(
+        config: &KafkaConfig,
+        topic: impl Into<String>,
+        location: Location,
+    ) -> crate::Result<KafkaChangelogReader> {
         let consumer = create(&config.restore_consumer()?, TracingContext, "changelog reader")?;
         Ok(KafkaChangelogReader {
             consumer,
@@ -348,11 +369,8 @@ impl KafkaChangelogReader {
             .consumer
             .fetch_metadata(Some(topic), self.read_timeout)
             .map_err(|e| Error::kafka(format!("reading metadata of changelog topic {topic}"), e))?;
-        let count = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
+        let count =
+            md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
         if usize::try_from(partition).map_or(true, |p| p >= count) {
             return Err(Error::kafka(
                 format!(
@@ -373,7 +391,8 @@ impl KafkaChangelogReader {
         let context = || format!("assigning {topic}[{partition}] at offset {from}");
         let at = i64::try_from(from).map_err(|_| Error::config("changelog offset", format!("{from} is beyond i64")))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(at)).map_err(|e| Error::kafka(context(), e))?;
+        tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(at))
+            .map_err(|e| Error::kafka(context(), e))?;
         self.consumer.assign(&tpl).map_err(|e| Error::kafka(context(), e))?;
         self.next = Some(from);
         self.at_end = false;
@@ -407,7 +426,8 @@ impl KafkaChangelogReader {
                     }
                     let decode = || -> std::result::Result<ChangeRecord, String> {
                         let key = m.key().ok_or("the record has no key")?;
-                        let value = m.payload().ok_or("the record has no value (a tombstone; changelogs never hold any)")?;
+                        let value =
+                            m.payload().ok_or("the record has no value (a tombstone; changelogs never hold any)")?;
                         ChangeRecord::decode(key, value)
                     };
                     match decode() {
@@ -429,7 +449,9 @@ impl KafkaChangelogReader {
                     break;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(KafkaError::MessageConsumption(code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)))) => {
+                Some(Err(KafkaError::MessageConsumption(
+                    code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
+                ))) => {
                     return Err(Error::kafka(
                         format!(
                             "reading {}[{partition}] at offset {next}: the offset is outside the log (its start was \

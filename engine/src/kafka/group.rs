@@ -4,10 +4,12 @@
 //!
 //! Rebalance callbacks do no slow work: a revocation sends each affected
 //! worker a message and waits for its acknowledgement (the worker commits
-//! and releases the task); an assignment is queued for the poll loop, which
-//! splits the partitions' queues off the consumer and sends them to their
-//! workers. A record that reached the main queue before its partition was
-//! split is forwarded to the partition's worker, so nothing is lost.
+//! and releases the task); an assignment splits each partition's queue off
+//! the consumer right in the callback, before its first fetch can deliver
+//! anything, and sends it to the partition's worker. A record that reached
+//! the main queue anyway is forwarded to the partition's worker, so nothing
+//! is lost. If a worker stops on an error, the poll loop stops the others
+//! and the instance leaves the group, so its partitions move elsewhere.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -28,18 +30,37 @@ use crate::{Error, Result};
 pub(crate) struct GroupContext {
     registry: crate::registry::Registry,
     workers: Vec<mpsc::SyncSender<Command>>,
-    assigned: mpsc::Sender<Vec<(String, i32)>>,
+    /// The consumer itself, to split partition queues in the assignment
+    /// callback (set right after creation; weak, so no cycle).
+    consumer: std::sync::OnceLock<std::sync::Weak<GroupConsumer>>,
     revoke_timeout: Duration,
 }
 
 impl GroupContext {
-    pub fn new(
-        registry: crate::registry::Registry,
-        workers: Vec<mpsc::SyncSender<Command>>,
-        assigned: mpsc::Sender<Vec<(String, i32)>>,
-        revoke_timeout: Duration,
-    ) -> Self {
-        GroupContext { registry, workers, assigned, revoke_timeout }
+    pub fn new(registry: crate::registry::Registry, workers: Vec<mpsc::SyncSender<Command>>, revoke_timeout: Duration) -> Self {
+        GroupContext { registry, workers, consumer: std::sync::OnceLock::new(), revoke_timeout }
+    }
+
+    /// Lets the context reach its consumer (call once, before subscribing).
+    pub fn attach(consumer: &Arc<GroupConsumer>) {
+        let _ = consumer.context().consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// Sends a command, waiting at most until `deadline` for room.
+    fn send(&self, w: usize, mut cmd: Command, deadline: Instant) -> bool {
+        loop {
+            match self.workers[w].try_send(cmd) {
+                Ok(()) => return true,
+                Err(mpsc::TrySendError::Disconnected(_)) => return false,
+                Err(mpsc::TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    cmd = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
     }
 
     fn worker_of(&self, p: i32) -> usize {
@@ -91,8 +112,10 @@ impl ConsumerContext for GroupContext {
                         continue;
                     }
                     let (tx, rx) = mpsc::channel();
-                    if self.workers[w].send(Command::Revoke { parts: mine, ack: tx }).is_ok() {
+                    if self.send(w, Command::Revoke { parts: mine, ack: tx }, started + self.revoke_timeout) {
                         acks.push(rx);
+                    } else {
+                        tracing::error!(worker = w, "cannot reach a worker to release revoked partitions");
                     }
                 }
                 for rx in acks {
@@ -112,7 +135,21 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = elements(tpl);
             tracing::info!(partitions = ?parts, "partitions assigned");
-            let _ = self.assigned.send(parts);
+            let Some(consumer) = self.consumer.get().and_then(std::sync::Weak::upgrade) else {
+                tracing::error!("assignment before the consumer was attached");
+                return;
+            };
+            let deadline = Instant::now() + self.revoke_timeout;
+            for (topic, p) in parts {
+                let Some(queue) = consumer.split_partition_queue(&topic, p) else {
+                    tracing::error!(%topic, partition = p, "cannot split the partition's queue");
+                    continue;
+                };
+                let cmd = Command::Assign { topic: Arc::from(topic.as_str()), partition: Partition(p as u32), queue: Box::new(queue) };
+                if !self.send(self.worker_of(p), cmd, deadline) {
+                    tracing::error!(%topic, partition = p, "cannot hand an assigned partition to its worker");
+                }
+            }
         }
     }
 
@@ -130,12 +167,23 @@ pub(crate) type GroupConsumer = BaseConsumer<GroupContext>;
 /// Runs the poll loop until `stop` is set.
 pub(crate) fn run_poll_loop(
     consumer: Arc<GroupConsumer>,
-    assigned: mpsc::Receiver<Vec<(String, i32)>>,
     workers: Vec<mpsc::SyncSender<Command>>,
     stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
 ) -> Result<()> {
     let worker_of = |p: i32| (p.max(0) as usize) % workers.len().max(1);
     while !stop.load(Ordering::Acquire) {
+        if failed.load(Ordering::Acquire) {
+            // A worker died: stop the others so this instance leaves the
+            // group and its partitions move to healthy instances.
+            for w in &workers {
+                let (tx, rx) = mpsc::channel();
+                if w.send(Command::Shutdown { ack: tx }).is_ok() {
+                    let _ = rx.recv_timeout(Duration::from_secs(60));
+                }
+            }
+            return Err(Error::Stopped("a worker failed; the instance left its group".into()));
+        }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
                 // Fetched before its partition's queue was split off.
@@ -148,29 +196,20 @@ pub(crate) fn run_poll_loop(
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => {}
         }
-        while let Ok(parts) = assigned.try_recv() {
-            for (topic, p) in parts {
-                let Some(queue) = consumer.split_partition_queue(&topic, p) else {
-                    tracing::error!(%topic, partition = p, "cannot split the partition's queue");
-                    continue;
-                };
-                let cmd = Command::Assign { topic: Arc::from(topic.as_str()), partition: Partition(p as u32), queue: Box::new(queue) };
-                if workers[worker_of(p)].send(cmd).is_err() {
-                    return Err(Error::Stopped("a worker exited".into()));
-                }
-            }
-        }
     }
     Ok(())
 }
 
-/// Commits input positions for a task (asynchronously: the result is
-/// logged by the commit callback; a failed commit is covered by the next).
-pub(crate) fn commit_positions(consumer: &GroupConsumer, positions: &[strata_state::InputOffset]) -> Result<()> {
+/// Commits input positions for a task: asynchronously on the hot path (a
+/// failure is logged by the commit callback and covered by the task's next
+/// commit), synchronously when the task is released, so the next owner
+/// starts exactly after it.
+pub(crate) fn commit_positions(consumer: &GroupConsumer, positions: &[strata_state::InputOffset], sync: bool) -> Result<()> {
     let mut tpl = TopicPartitionList::with_capacity(positions.len());
     for p in positions {
         tpl.add_partition_offset(&p.topic, p.partition.0 as i32, rdkafka::Offset::Offset(p.next.0 as i64))
             .map_err(|e| Error::kafka("building an offset commit", e))?;
     }
-    consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async).map_err(|e| Error::kafka("committing offsets", e))
+    let mode = if sync { rdkafka::consumer::CommitMode::Sync } else { rdkafka::consumer::CommitMode::Async };
+    consumer.commit(&tpl, mode).map_err(|e| Error::kafka("committing offsets", e))
 }

@@ -107,6 +107,9 @@ impl OutputProducer {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(Ok(())) => {}
+                Ok(Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))) => {
+                    return Err(unknown(format!("producing {} outputs: a record timed out in the producer", records.len())));
+                }
                 Ok(Err(e)) => return Err(Error::kafka("producing outputs", e)),
                 Err(_) => return Err(unknown(format!("producing {} outputs", records.len()))),
             }

@@ -115,7 +115,6 @@ impl App {
         let rocks = RocksEnv::new(config.rocks.clone())?;
         let registry = Registry::default();
 
-        let (assigned_tx, assigned_rx) = mpsc::channel();
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.worker_threads {
@@ -139,8 +138,9 @@ impl App {
         }
         // Lag comes from librdkafka's statistics.
         cc.set("statistics.interval.ms", "1000");
-        let context = GroupContext::new(registry.clone(), senders.clone(), assigned_tx, config.revoke_timeout);
+        let context = GroupContext::new(registry.clone(), senders.clone(), config.revoke_timeout);
         let consumer: Arc<GroupConsumer> = Arc::new(create(&cc, context, "group consumer")?);
+        GroupContext::attach(&consumer);
         let topics: Vec<String> = sources.keys().cloned().collect();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs).map_err(|e| Error::kafka("subscribing to input topics", e))?;
@@ -159,14 +159,17 @@ impl App {
             emitters,
         });
         let mut workers = Vec::new();
+        let failed = Arc::new(AtomicBool::new(false));
         for (i, rx) in receivers.into_iter().enumerate() {
             let env = env.clone();
+            let failed = failed.clone();
             let h = std::thread::Builder::new()
                 .name(format!("strata-worker-{i}"))
                 .spawn(move || {
                     let r = worker::run(i, env, rx);
                     if let Err(e) = &r {
-                        tracing::error!(worker = i, error = %e, "worker stopped on an error; the app must be restarted");
+                        tracing::error!(worker = i, error = %e, "worker stopped on an error; the instance leaves its group");
+                        failed.store(true, Ordering::Release);
                     }
                     r
                 })
@@ -179,7 +182,7 @@ impl App {
             let (stop, senders) = (stop.clone(), senders.clone());
             std::thread::Builder::new()
                 .name("strata-consumer".into())
-                .spawn(move || run_poll_loop(consumer, assigned_rx, senders, stop))
+                .spawn(move || run_poll_loop(consumer, senders, stop, failed))
                 .map_err(|e| Error::Io { context: "spawning the consumer thread".into(), source: e })?
         };
         tracing::info!(app = %config.application_id, partitions = n, tables = tables.len(), workers = config.worker_threads, "started");
@@ -224,23 +227,28 @@ impl RunningApp {
         partition_for(key, self.partitions)
     }
 
-    /// Waits until this instance owns `min_partitions` partitions of every
-    /// table and all are restored.
+    /// Waits until this instance owns at least `min_partitions` running
+    /// (restored) partitions of every table, and none is restoring. For a
+    /// topology without tables it only checks that the threads are up.
     pub fn wait_running(&self, min_partitions: usize, timeout: Duration) -> Result<()> {
         let end = Instant::now() + timeout;
         loop {
             self.check_threads()?;
             let parts = self.registry.partitions();
-            let running = parts.iter().filter(|(_, _, s)| *s == PartitionState::Running).count();
-            let want = min_partitions * self.tables.len().max(1);
-            if running >= want && running == parts.len() && (!self.tables.is_empty() || min_partitions == 0) {
-                return Ok(());
-            }
-            if self.tables.is_empty() && running == 0 && min_partitions == 0 {
+            let restoring = parts.iter().any(|(_, _, s)| *s != PartitionState::Running);
+            let per_table: Vec<usize> = self
+                .tables
+                .iter()
+                .map(|t| parts.iter().filter(|(n, _, s)| n == t && *s == PartitionState::Running).count())
+                .collect();
+            if !restoring && per_table.iter().all(|n| *n >= min_partitions) {
                 return Ok(());
             }
             if Instant::now() >= end {
-                return Err(Error::Stopped(format!("not running after {timeout:?}: {} of {want} table partitions running", running)));
+                return Err(Error::Stopped(format!(
+                    "not running after {timeout:?}: running partitions per table {:?} (want {min_partitions} each)",
+                    self.tables.iter().zip(&per_table).collect::<Vec<_>>()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

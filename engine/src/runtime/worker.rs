@@ -28,6 +28,9 @@ use crate::task::{CommitIo, RawRecord, SourceMap, Task};
 use crate::topology::TableOptions;
 use crate::{Error, Result};
 
+/// Most records buffered for partitions whose task does not exist yet.
+const MAX_STRAYS: usize = 100_000;
+
 /// What a worker is asked to do.
 pub(crate) enum Command {
     /// Start reading `topic`'s partition from this queue.
@@ -67,6 +70,8 @@ struct Owned {
 struct Io<'a> {
     writers: &'a mut [KafkaChangelogWriter],
     env: &'a WorkerEnv,
+    /// Commit offsets synchronously (the task is being released).
+    sync: bool,
 }
 
 impl CommitIo for Io<'_> {
@@ -77,7 +82,7 @@ impl CommitIo for Io<'_> {
         self.env.outputs.produce(records)
     }
     fn commit_offsets(&mut self, positions: &[strata_state::InputOffset]) -> Result<()> {
-        commit_positions(&self.env.consumer, positions)
+        commit_positions(&self.env.consumer, positions, self.sync)
     }
 }
 
@@ -159,15 +164,30 @@ impl Worker {
                 r?;
             }
             Command::Stray(m) => match self.tasks.get_mut(&(m.partition() as u32)) {
-                Some(o) => process_owned(&mut o.task, &m)?,
-                None => self.strays.entry(m.partition() as u32).or_default().push(*m),
+                Some(o) => {
+                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "record from the main queue after its partition was split");
+                    process_owned(&mut o.task, &m)?
+                }
+                None => {
+                    let buffered: usize = self.strays.values().map(Vec::len).sum();
+                    if buffered >= MAX_STRAYS {
+                        return Err(Error::Stopped(format!("more than {MAX_STRAYS} records arrived for partitions without a task")));
+                    }
+                    self.strays.entry(m.partition() as u32).or_default().push(*m)
+                }
             },
             Command::Rewind { table, partition, at, range, dry_run, reply } => {
                 let r = rewind(env, &mut self.tasks, table, partition, at, range, dry_run);
                 let _ = reply.send(r);
             }
             Command::Shutdown { ack } => {
-                let r = self.commit_all();
+                let mut r = Ok(());
+                for o in self.tasks.values_mut() {
+                    if let Err(e) = commit_task_sync(env, o, true) {
+                        r = Err(e);
+                        break;
+                    }
+                }
                 for (_, o) in std::mem::take(&mut self.tasks) {
                     close_task(env, o);
                 }
@@ -181,8 +201,9 @@ impl Worker {
 
     fn revoke(&mut self, parts: Vec<(String, Partition)>) -> Result<()> {
         for (topic, p) in parts {
+            self.strays.remove(&p.0);
             if let Some(o) = self.tasks.get_mut(&p.0) {
-                commit_task(&self.env, o)?;
+                commit_task_sync(&self.env, o, true)?;
                 o.queues.retain(|(t, _)| **t != *topic);
                 if o.queues.is_empty() {
                     if let Some(o) = self.tasks.remove(&p.0) {
@@ -263,11 +284,12 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
         let dir = partition_dir(env, name, p);
         let mut table = match TablePartition::open_rocks(&dir, &env.rocks, cfg.clone()) {
             Ok(t) => t,
-            Err(e) => {
+            Err(e @ (strata_state::Error::Corrupt { .. } | strata_state::Error::Protocol { .. })) => {
                 tracing::warn!(table = %name, partition = %p, error = %e, "local state unusable; wiping it and rebuilding from the changelog");
                 RocksStore::destroy(&dir).map_err(|e| Error::Io { context: format!("wiping {}", dir.display()), source: std::io::Error::other(e.message) })?;
                 TablePartition::open_rocks(&dir, &env.rocks, cfg)?
             }
+            Err(e) => return Err(e.into()),
         };
         let topic = env.config.changelog_topic(name);
         let location = Location { table: TableName::new(name.clone())?, partition: p };
@@ -299,11 +321,15 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
 }
 
 fn commit_task(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
+    commit_task_sync(env, o, false)
+}
+
+fn commit_task_sync(env: &WorkerEnv, o: &mut Owned, sync: bool) -> Result<()> {
     if !o.task.has_pending() {
         return Ok(());
     }
     let started = Instant::now();
-    let mut io = Io { writers: &mut o.writers, env };
+    let mut io = Io { writers: &mut o.writers, env, sync };
     o.task.commit(&mut io, Timestamp::now())?;
     env.registry.set_stats(o.task.partition, o.task.stats.clone(), Some(started.elapsed().as_micros() as u64));
     Ok(())
@@ -337,7 +363,7 @@ fn rewind(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>, table: usize, p: Pa
     let emit = env.emitters.get(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
     let plan = o.task.rewind(table, emit, at, &range)?;
     let started = Instant::now();
-    let mut io = Io { writers: &mut o.writers, env };
+    let mut io = Io { writers: &mut o.writers, env, sync: false };
     o.task.commit(&mut io, Timestamp::now())?;
     env.registry.set_stats(p, o.task.stats.clone(), Some(started.elapsed().as_micros() as u64));
     tracing::info!(partition = %p, table, target = plan.target.0, changes = plan.changes.len(), "rewound");

@@ -143,8 +143,9 @@ impl<S: KvStore> TablePartition<S> {
         Ok(removed)
     }
 
-    /// Under a duration: delete the entry `u` superseded, and `u` itself if
-    /// it is a deletion that is still the key's newest entry.
+    /// Under a duration: delete the entry `u` superseded. (A deleted key's
+    /// final tombstone is kept: it is one small entry, and without it a later
+    /// change of policy could not tell "absent" from "expired".)
     fn expire_superseded(&self, batch: &mut S::Batch, rec: &VersionRecord, u: Version) -> Result<usize> {
         let s = &self.shared;
         let key = &rec.key;
@@ -154,15 +155,10 @@ impl<S: KvStore> TablePartition<S> {
         if u.0 > 1 {
             c.seek(&layout::history_key(key, Version(u.0 - 1)));
             if c.valid() && c.key().starts_with(&prefix) {
-                batch.delete(Cf::History, c.key());
-                removed += 1;
-            }
-        }
-        if rec.deleted {
-            c.seek(&prefix);
-            if c.valid() && c.key().starts_with(&prefix) {
-                let newest = Entry::peek_version(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
-                if newest == u {
+                // An expiry marker left by a last-N policy stays: it is what
+                // makes reads of the versions it covers fail clearly.
+                let e = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
+                if e.kind != EntryKind::Expired {
                     batch.delete(Cf::History, c.key());
                     removed += 1;
                 }
