@@ -258,8 +258,9 @@ where
 }
 
 impl Topology {
-    /// Checks the topology can run: at least one source, distinct table
-    /// names that are valid, tables fed from a source topic.
+    /// Checks the topology can run: at least one source, and distinct,
+    /// valid table names. (Co-partitioning of the input topics is checked
+    /// against the cluster when the app starts.)
     pub fn validate(&self) -> Result<()> {
         let g = lock(&self.graph);
         if g.sources.is_empty() {
@@ -331,8 +332,9 @@ where
     }
 
     /// Sets what happens to records of this source that fail to decode or
-    /// whose processing fails. Only meaningful on a stream returned by
-    /// [`Topology::stream`].
+    /// whose processing fails. Only a stream returned by
+    /// [`Topology::stream`] (or [`Stream::repartition`]) has a policy; on a
+    /// derived stream this does nothing, as the source's policy applies.
     pub fn on_error(self, policy: OnError) -> Self {
         if let Some(i) = self.source {
             lock(&self.graph).sources[i].on_error = policy;
@@ -518,9 +520,10 @@ where
         out
     }
 
-    /// Joins each record with the current value of its key in `table`
-    /// (which must be fed from the same input topic, so the key's table
-    /// partition is in this task).
+    /// Joins each record with the current value of its key in `table`. The
+    /// table must be co-partitioned with this stream (fed from this topic or
+    /// another with the same partition count and keys partitioned alike), so
+    /// the key's table partition is in this task.
     pub fn join_table<A, R, F>(&self, table: &Table<K, A>, f: F) -> Stream<K, R>
     where
         K: OrderedKey,
