@@ -85,6 +85,13 @@ pub struct ChangelogBatch {
 pub trait ChangelogReader {
     /// Reads up to `max` records starting at `from`.
     fn read(&mut self, from: Offset, max: usize) -> Result<ChangelogBatch>;
+
+    /// An estimate of where the log ends, for progress reports only (a
+    /// restore stops at the end [`ChangelogReader::read`] reports, never at
+    /// this estimate, which some brokers get wrong).
+    fn end_estimate(&mut self) -> Option<Offset> {
+        None
+    }
 }
 
 /// A changelog held in memory, for tests and the test driver.
@@ -124,6 +131,10 @@ impl ChangelogWriter for MemoryChangelog {
 }
 
 impl ChangelogReader for MemoryChangelog {
+    fn end_estimate(&mut self) -> Option<Offset> {
+        Some(Offset(self.records.len() as u64))
+    }
+
     fn read(&mut self, from: Offset, max: usize) -> Result<ChangelogBatch> {
         let start = (from.0 as usize).min(self.records.len());
         let end = start.saturating_add(max).min(self.records.len());
@@ -148,6 +159,10 @@ pub struct RestoreProgress {
     pub position: Offset,
     /// Records per second so far.
     pub rate: f64,
+    /// Estimated end of the log, if the log offers one.
+    pub end_estimate: Option<Offset>,
+    /// Estimated time left at the current rate, if the end is estimated.
+    pub eta: Option<std::time::Duration>,
 }
 
 impl<S: KvStore> TablePartition<S> {
@@ -183,6 +198,7 @@ impl<S: KvStore> TablePartition<S> {
         let started = Instant::now();
         let mut p = RestoreProgress {
             position: self.checkpoint().changelog.map(|c| Offset(c.0.0 + 1)).unwrap_or(Offset(0)),
+            end_estimate: log.end_estimate(),
             ..Default::default()
         };
         loop {
@@ -193,6 +209,9 @@ impl<S: KvStore> TablePartition<S> {
             p.read += b.records.len() as u64;
             p.applied += self.restore(&b.records)?.applied as u64;
             p.rate = p.read as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            p.eta = p.end_estimate.filter(|_| p.rate > 0.0).map(|end| {
+                std::time::Duration::from_secs_f64(end.0.saturating_sub(p.position.0) as f64 / p.rate)
+            });
             progress(&p);
             if b.end || b.records.is_empty() {
                 return Ok(p);

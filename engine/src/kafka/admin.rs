@@ -7,6 +7,10 @@
 //! topic found compacted is an error (compaction deletes history the table
 //! promises). Other setting differences are logged, not fatal.
 //!
+//! Tansu (0.6) creates topics with any settings (it accepts unknown keys
+//! too), keeps the ones given at creation, and describes only those; a
+//! metadata request for a missing topic does not create it.
+//!
 //! The calls block the calling thread (bounded by
 //! [`KafkaConfig::request_timeout`]); call them from a blocking thread, not
 //! from async code.

@@ -17,6 +17,13 @@
 //!   listed high watermark, which some brokers (Tansu) report wrongly. A
 //!   read never returns an empty batch that is not the end: waiting longer
 //!   than [`KafkaConfig::read_timeout`] for either is an error.
+//! - A read from an offset outside the log fails: Kafka brokers answer
+//!   OFFSET_OUT_OF_RANGE, which surfaces at once (`auto.offset.reset` is
+//!   `error`). Tansu instead answers an empty fetch with the true high
+//!   watermark and no error, so there the read fails after the read
+//!   timeout, with a message that names this possibility.
+//! - A missing topic or partition fails on the first read, from metadata,
+//!   rather than restoring nothing.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -483,6 +490,13 @@ impl KafkaChangelogReader {
 }
 
 impl ChangelogReader for KafkaChangelogReader {
+    /// The listed high watermark: for progress estimates only (Tansu lists
+    /// the last batch's base offset + 1, so the true end comes by EOF).
+    fn end_estimate(&mut self) -> Option<Offset> {
+        let p = self.location.partition.0 as i32;
+        self.consumer.fetch_watermarks(&self.topic, p, self.read_timeout).ok().map(|(_, high)| Offset(high.max(0) as u64))
+    }
+
     fn read(&mut self, from: Offset, max: usize) -> strata_state::Result<ChangelogBatch> {
         match self.try_read(from, max) {
             Ok(b) => {

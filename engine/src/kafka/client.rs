@@ -16,7 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::{Error, Result};
 
@@ -349,6 +349,12 @@ impl ClientContext for TracingContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // A restore reaching the end of its partition is the expected way
+        // to find the end, not a problem.
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::debug!(%error, reason, "end of partition");
+            return;
+        }
         tracing::warn!(%error, reason, "kafka client error");
     }
 }

@@ -303,7 +303,10 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
         let progress = table.restore_from(&mut reader, env.config.restore_batch, &mut |pr| {
             registry.set_state(name, p, PartitionState::Restoring { records: pr.read, rate: pr.rate });
             if last_log.elapsed() >= Duration::from_secs(2) {
-                tracing::info!(table = %name, partition = %p, records = pr.read, rate = pr.rate as u64, position = pr.position.0, "restoring");
+                tracing::info!(
+                    table = %name, partition = %p, records = pr.read, rate = pr.rate as u64, position = pr.position.0,
+                    end_estimate = pr.end_estimate.map(|o| o.0), eta_s = pr.eta.map(|d| d.as_secs()), "restoring"
+                );
                 last_log = Instant::now();
             }
         })?;
