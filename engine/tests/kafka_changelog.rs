@@ -220,6 +220,30 @@ fn empty_partition_restores_to_nothing_promptly() -> Result<()> {
     Ok(())
 }
 
+/// A read from beyond the log's end (local state ahead of the changelog,
+/// e.g. after the broker lost data) is an error, never "nothing to
+/// restore". (Kafka answers OFFSET_OUT_OF_RANGE at once; Tansu answers an
+/// empty fetch, so the read fails after the read timeout.)
+#[test]
+fn read_beyond_the_end_is_an_error() -> Result<()> {
+    let (_broker, mut config) = setup()?;
+    config.read_timeout = Duration::from_secs(2);
+    let producer = ChangelogProducer::new(&config)?;
+    let mut writer = KafkaChangelogWriter::new(producer, TOPIC, location(PARTITION)?);
+    let mut source = table(PARTITION)?;
+    source.put(b"k", b"v", None);
+    source.commit_to(&mut writer, Timestamp(1), &[])?;
+    let mut reader = KafkaChangelogReader::new(&config, TOPIC, location(PARTITION)?)?;
+    match reader.read(Offset(10), 100) {
+        Ok(b) => bail!("read beyond the end returned {} records, end {}", b.records.len(), b.end),
+        Err(e) => ensure!(e.to_string().contains("offset 10"), "{e}"),
+    }
+    // The reader recovers when pointed back inside the log.
+    let b = reader.read(Offset(0), 100)?;
+    ensure!(b.records.len() == 1 && b.end, "{} records, end {}", b.records.len(), b.end);
+    Ok(())
+}
+
 /// A changelog topic that does not exist fails promptly and says so,
 /// rather than restoring nothing or waiting out the read timeout.
 #[test]

@@ -1,7 +1,7 @@
 //! Everything that speaks Kafka: client configuration, topic
 //! administration, the changelog implemented over topics, the output
-//! producer, and the consumer group driver. Nothing outside this module
-//! names `rdkafka` types in a public signature.
+//! producer, the embedded broker, and the consumer group driver. No
+//! `rdkafka` type appears in a public signature.
 
 pub mod admin;
 pub mod changelog;
