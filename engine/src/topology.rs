@@ -499,25 +499,7 @@ where
         R: Clone + Send + 'static,
         F: Fn(&K, V, Option<A>) -> Option<R> + Send + Sync + 'static,
     {
-        let (out, sinks) = self.derived();
-        let id = table.id;
-        let name = self.op_name("join_as_of");
-        self.sinks.add(Arc::new(move |ctx, k, v| {
-            let kb = k.to_key_bytes();
-            let bytes = match ctx.record().timestamp {
-                Some(ts) if ts >= 0 => ctx.table_get_at(id, &kb, strata_state::Timestamp(ts as u64)).map_err(|e| e.to_string())?,
-                _ => ctx.table_get(id, &kb).map_err(|e| e.to_string())?,
-            };
-            let current: Option<A> = match bytes {
-                Some(b) => Some(ValueCodec::<A>::decode(&TableBincode, &b).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            match f(&k, v, current) {
-                Some(r) => ctx.traced(&name, |ctx| sinks.emit(ctx, k, r)),
-                None => Ok(()),
-            }
-        }));
-        out
+        self.join(table, "join_as_of", true, f)
     }
 
     /// Joins each record with the current value of its key in `table`. The
@@ -531,13 +513,28 @@ where
         R: Clone + Send + 'static,
         F: Fn(&K, V, Option<A>) -> Option<R> + Send + Sync + 'static,
     {
+        self.join(table, "join", false, f)
+    }
+
+    fn join<A, R, F>(&self, table: &Table<K, A>, kind: &str, as_of: bool, f: F) -> Stream<K, R>
+    where
+        K: OrderedKey,
+        A: ::serde::Serialize + ::serde::de::DeserializeOwned + Clone + Send + 'static,
+        R: Clone + Send + 'static,
+        F: Fn(&K, V, Option<A>) -> Option<R> + Send + Sync + 'static,
+    {
         let (out, sinks) = self.derived();
         let id = table.id;
-        let name = self.op_name("join");
+        let name = self.op_name(kind);
         self.sinks.add(Arc::new(move |ctx, k, v| {
             let kb = k.to_key_bytes();
-            let current: Option<A> = match ctx.table_get(id, &kb).map_err(|e| e.to_string())? {
-                Some(bytes) => Some(ValueCodec::<A>::decode(&TableBincode, &bytes).map_err(|e| e.to_string())?),
+            let bytes = match ctx.record().timestamp {
+                Some(ts) if as_of && ts >= 0 => ctx.table_get_at(id, &kb, strata_state::Timestamp(ts as u64)),
+                _ => ctx.table_get(id, &kb),
+            }
+            .map_err(|e| e.to_string())?;
+            let current: Option<A> = match bytes {
+                Some(b) => Some(ValueCodec::<A>::decode(&TableBincode, &b).map_err(|e| e.to_string())?),
                 None => None,
             };
             match f(&k, v, current) {
