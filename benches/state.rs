@@ -25,10 +25,12 @@ use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteBatch, WriteBufferManager, WriteOptions};
+use strata_state::layout::{self, Entry, EntryKind, VersionRecord};
 use strata_state::store::RocksStore;
 use strata_state::store::rocks::{RocksConfig, RocksEnv};
 use strata_state::{
     At, HistoryQuery, KeyRange, Partition, PartitionReader, TableConfig, TableName, TablePartition, Timestamp, Version,
+    VersionFlags,
 };
 
 const KEY_BYTES: usize = 16;
@@ -64,7 +66,7 @@ impl Sizes {
             as_of_reads: 50_000,
             history_calls: 2_000,
             changes: 10_000,
-            rewind_reps: 3,
+            rewind_reps: 5,
             seed: 42,
             dir: std::env::temp_dir(),
         }
@@ -95,7 +97,7 @@ const KNOBS: &[(&str, &str, &str)] = &[
     ("--as-of-reads", "STRATA_BENCH_AS_OF_READS", "as-of reads measured per key (50,000)"),
     ("--history-calls", "STRATA_BENCH_HISTORY_CALLS", "history calls measured (2,000)"),
     ("--changes", "STRATA_BENCH_CHANGES", "keys changed before each rewind (10,000)"),
-    ("--rewind-reps", "STRATA_BENCH_REWIND_REPS", "rewinds per table (3)"),
+    ("--rewind-reps", "STRATA_BENCH_REWIND_REPS", "rewinds per table (5)"),
     ("--seed", "STRATA_BENCH_SEED", "random seed (42)"),
     ("--dir", "STRATA_BENCH_DIR", "where the temporary databases go (the system temp dir)"),
 ];
@@ -198,28 +200,52 @@ struct RawDb {
     _cache: Cache,
 }
 
+/// Column families of [`RawDb::open_layout`], named as strata names them.
+const LAYOUT_CFS: [&str; 3] = ["latest", "history", "versions"];
+
 impl RawDb {
+    /// One column family (`default`) with a bloom filter: the plain baseline.
     fn open(path: &Path, c: &RocksConfig) -> Result<RawDb> {
+        RawDb::open_with(path, c, &[])
+    }
+
+    /// strata's data column families, without strata: what its layout costs
+    /// RocksDB on its own.
+    fn open_layout(path: &Path, c: &RocksConfig) -> Result<RawDb> {
+        RawDb::open_with(path, c, &LAYOUT_CFS)
+    }
+
+    fn open_with(path: &Path, c: &RocksConfig, cfs: &[&str]) -> Result<RawDb> {
         let cache = Cache::new_lru_cache(c.block_cache_bytes);
         let wbm =
             WriteBufferManager::new_write_buffer_manager_with_cache(c.write_buffer_budget_bytes, false, cache.clone());
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_bloom_filter(10.0, false);
-        let mut o = Options::default();
+        let cf_options = |bloom: bool| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            if bloom {
+                table.set_bloom_filter(10.0, false);
+            }
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(c.write_buffer_bytes);
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            o
+        };
+        let mut o = cf_options(true);
         o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        o.set_atomic_flush(!cfs.is_empty());
         o.set_max_open_files(c.max_open_files);
         o.set_max_background_jobs(c.background_jobs);
         o.set_write_buffer_manager(&wbm);
         o.set_paranoid_checks(true);
         o.set_keep_log_file_num(2);
-        o.set_block_based_table_factory(&table);
-        o.set_write_buffer_size(c.write_buffer_bytes);
-        o.set_compression_type(DBCompressionType::Lz4);
-        o.set_bottommost_compression_type(DBCompressionType::Zstd);
-        let db = DB::open(&o, path).context("open raw RocksDB")?;
+        // As in `RocksEnv`: a bloom filter only where point lookups go.
+        let descriptors = cfs.iter().map(|n| rocksdb::ColumnFamilyDescriptor::new(*n, cf_options(*n == "latest")));
+        let db = DB::open_cf_descriptors(&o, path, descriptors).context("open raw RocksDB")?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(!c.wal);
         Ok(RawDb { db, write_opts, _cache: cache })
@@ -229,7 +255,12 @@ impl RawDb {
     /// the next measurement does not share the CPU with them.
     fn settle(&self) -> Result<Duration> {
         let t = Instant::now();
-        self.db.flush()?;
+        let cfs: Vec<_> = LAYOUT_CFS.iter().filter_map(|n| self.db.cf_handle(n)).collect();
+        if cfs.is_empty() {
+            self.db.flush()?
+        } else {
+            self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?
+        }
         let busy = |p: &str| self.db.property_int_value(p).map(|v| v.unwrap_or(0) > 0);
         while busy("rocksdb.num-running-compactions")?
             || busy("rocksdb.compaction-pending")?
@@ -281,8 +312,8 @@ fn p(h: &Histogram<u64>, q: f64) -> u64 {
 }
 
 fn ns(v: u64) -> String {
-    if v >= 10_000_000 {
-        format!("{:.1} ms", v as f64 / 1e6)
+    if v >= 1_000_000 {
+        format!("{:.2} ms", v as f64 / 1e6)
     } else if v >= 10_000 {
         format!("{:.1} µs", v as f64 / 1e3)
     } else {
@@ -358,6 +389,46 @@ fn load_raw(r: &RawDb, s: &Sizes, n: usize, batches: &mut Histogram<u64>) -> Res
     Ok(start.elapsed())
 }
 
+/// Loads keys `0..n` into strata's column families the way a commit writes
+/// them (entry in `latest` and `history`, record in `versions`), but with
+/// plain `WriteBatch`es: RocksDB's cost of the layout, without strata.
+fn load_layout(r: &RawDb, s: &Sizes, n: usize, batches: &mut Histogram<u64>) -> Result<Duration> {
+    let handle = |name| r.db.cf_handle(name).with_context(|| format!("column family {name}"));
+    let (latest, history, versions) = (handle("latest")?, handle("history")?, handle("versions")?);
+    let mut v = Vec::with_capacity(s.value_bytes);
+    let start = Instant::now();
+    for lo in (0..n).step_by(s.batch) {
+        let b = Instant::now();
+        let mut wb = WriteBatch::default();
+        for i in lo..(lo + s.batch).min(n) {
+            value(i, 0, s.value_bytes, &mut v);
+            let (k, version, time) = (key(i), Version(i as u64 + 1), Timestamp((lo / s.batch) as u64 + 1));
+            let entry = Entry {
+                version,
+                time,
+                flags: VersionFlags::NONE,
+                kind: EntryKind::Value,
+                lineage: None,
+                value: v.clone(),
+            }
+            .encode();
+            wb.put_cf(latest, k, &entry);
+            wb.put_cf(history, layout::history_key(&k, version), &entry);
+            let rec = VersionRecord {
+                time,
+                flags: VersionFlags::NONE,
+                deleted: false,
+                changelog_offset: None,
+                key: k.to_vec(),
+            };
+            wb.put_cf(versions, layout::version_key(version), rec.encode());
+        }
+        r.db.write_opt(wb, &r.write_opts)?;
+        batches.saturating_record(b.elapsed().as_nanos() as u64);
+    }
+    Ok(start.elapsed())
+}
+
 /// Latest gets of random keys, alternating between the stores so that
 /// background work and cache state hit both alike.
 fn latest_gets(
@@ -411,12 +482,13 @@ fn change_and_rewind(
     t: &mut Table,
     s: &Sizes,
     n: usize,
+    changes: usize,
     clock: &mut Clock,
     rng: &mut StdRng,
     round: u64,
 ) -> Result<(Duration, Duration)> {
     let target = t.latest_version();
-    let picked = rand::seq::index::sample(rng, n, s.changes).into_vec();
+    let picked = rand::seq::index::sample(rng, n, changes).into_vec();
     let mut v = Vec::new();
     for chunk in picked.chunks(s.batch) {
         for &i in chunk {
@@ -425,15 +497,16 @@ fn change_and_rewind(
         }
         t.commit(clock.tick(), &[])?;
     }
-    t.flush()?;
+    // No flush: the changes stay in memtables and the loaded state in files,
+    // alike on both tables, whatever the number of rewinds so far.
     let a = Instant::now();
     let plan = t.rewind(At::Version(target), &KeyRange::all())?;
     let planned = a.elapsed();
     let b = Instant::now();
     t.commit(clock.tick(), &[])?;
     let committed = b.elapsed();
-    if plan.changes.len() != s.changes {
-        bail!("rewind planned {} changes, expected {}", plan.changes.len(), s.changes);
+    if plan.changes.len() != changes {
+        bail!("rewind planned {} changes, expected {changes}", plan.changes.len());
     }
     let i = picked[0];
     value(i, 0, s.value_bytes, &mut v);
@@ -454,6 +527,14 @@ fn ms(d: Duration) -> String {
 
 // ---------------------------------------------------------------- main
 
+/// The 1-minute load average: other work on the machine skews every number.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn print_command() {
     let argv: Vec<String> = std::env::args().collect();
     let vars: Vec<String> =
@@ -465,242 +546,243 @@ fn print_command() {
     println!("binary:  {prefix}{}", argv.join(" "));
 }
 
+/// Everything the phases share.
+struct Bench {
+    s: Sizes,
+    config: RocksConfig,
+    root: tempfile::TempDir,
+    rng: StdRng,
+    env: RocksEnv,
+    raw: RawDb,
+    table: Table,
+    clock: Clock,
+    rows: Vec<Row>,
+    /// Raw latest-get latencies, the reference for as-of reads too.
+    raw_gets: Histogram<u64>,
+}
+
+impl Bench {
+    /// A row comparing two latency histograms at quantile `q`.
+    fn latency_row(&mut self, what: &str, a: &Histogram<u64>, b: &Histogram<u64>, q: f64, aim: Option<(f64, &str)>) {
+        let ratio = p(a, q) as f64 / p(b, q) as f64;
+        let aim = aim.map(|(max, text)| verdict(ratio <= max, text)).unwrap_or_default();
+        self.rows.push(row(what, ns(p(a, q)), ns(p(b, q)), format!("{ratio:.2}x"), aim));
+    }
+
+    /// 1. Committed puts. The raw loads run first and are left to finish
+    /// their compactions, so the versioned load does not pay for them.
+    fn puts(&mut self) -> Result<()> {
+        let s = &self.s;
+        println!("\n[1/5] loading {} keys in batches of {} ...", s.keys, s.batch);
+        let (mut raw_batches, mut layout_batches, mut commits) = (histogram(), histogram(), histogram());
+        let raw_load = load_raw(&self.raw, s, s.keys, &mut raw_batches)?;
+        let raw_settle = self.raw.settle()?;
+        let layout_load = {
+            let layout_db = RawDb::open_layout(&self.root.path().join("raw-layout"), &self.config)?;
+            let d = load_layout(&layout_db, s, s.keys, &mut layout_batches)?;
+            layout_db.settle()?;
+            d
+        };
+        let strata_load = load_table(&mut self.table, s, s.keys, &mut self.clock, &mut commits)?;
+        let t = Instant::now();
+        self.table.flush()?;
+        let strata_flush = t.elapsed();
+        println!(
+            "      raw {:.2} s (+{:.2} s flush and compactions), raw with strata's layout {:.2} s, \
+             strata {:.2} s (+{:.2} s flush)",
+            raw_load.as_secs_f64(),
+            raw_settle.as_secs_f64(),
+            layout_load.as_secs_f64(),
+            strata_load.as_secs_f64(),
+            strata_flush.as_secs_f64()
+        );
+        let (sr, rr, lr) = (rate(s.keys, strata_load), rate(s.keys, raw_load), rate(s.keys, layout_load));
+        let what = format!("committed puts/s ({} keys, batches of {})", s.keys, s.batch);
+        let pct = |x: f64, y: f64, of: &str| format!("{:.0}% of {of}", 100.0 * x / y);
+        self.rows.push(row(&what, thousands(sr), thousands(rr), pct(sr, rr, "raw"), verdict(sr >= 0.5 * rr, ">= 50%")));
+        let what = "  vs raw RocksDB writing strata's 3 column families";
+        self.rows.push(row(what, thousands(sr), thousands(lr), pct(sr, lr, "raw-layout"), String::new()));
+        self.latency_row("  commit / WriteBatch latency p50", &commits, &raw_batches, 0.5, None);
+        self.latency_row("  commit / WriteBatch latency p99", &commits, &raw_batches, 0.99, None);
+        Ok(())
+    }
+
+    /// 2. Latest gets.
+    fn gets(&mut self) -> Result<()> {
+        println!("[2/5] {} latest gets per store ...", self.s.gets);
+        let (hs, hr) = latest_gets(&self.table.reader(), &self.raw, &self.s, &mut self.rng)?;
+        self.latency_row(
+            &format!("latest get p50 ({} random keys)", self.s.gets),
+            &hs,
+            &hr,
+            0.5,
+            Some((1.5, "<= 1.5x")),
+        );
+        self.latency_row("latest get p99", &hs, &hr, 0.99, None);
+        self.raw_gets = hr;
+        Ok(())
+    }
+
+    /// 3 and 4. A deep and a shallow key, then as-of reads and history.
+    fn versions(&mut self) -> Result<()> {
+        let s = &self.s;
+        println!(
+            "[3/5] {} as-of reads on a key with {} versions and on one with {} ...",
+            s.as_of_reads, s.versions, s.few_versions
+        );
+        let (deep, shallow) = (*b"deep-key-0000000", *b"shallow-key-0000");
+        let first = write_versions(&mut self.table, s, &mut self.clock, &deep, &shallow)?;
+        // Raw baseline for history: as many adjacent keys, one per version.
+        let (mut v, mut wb) = (Vec::new(), WriteBatch::default());
+        for r in 0..s.versions {
+            value(r, 7, s.value_bytes, &mut v);
+            wb.put([&b"hist-"[..], &(r as u64).to_be_bytes()].concat(), &v);
+        }
+        self.raw.db.write_opt(wb, &self.raw.write_opts)?;
+        self.table.flush()?;
+        self.raw.settle()?;
+        let reader = self.table.reader();
+        let latest = self.table.latest_version();
+        let (mut hd, mut hsh) = (histogram(), histogram());
+        for n in 0..s.as_of_reads * 11 / 10 {
+            // From the first commit's end (both keys exist) to before the
+            // latest version (which `get_at` serves from the latest table).
+            let at = At::Version(Version(self.rng.random_range(first.0 + 1..latest.0)));
+            let (a, b) = if n < s.as_of_reads / 10 {
+                (reader.get_at(&deep, at)?, reader.get_at(&shallow, at)?)
+            } else {
+                (timed(&mut hd, || reader.get_at(&deep, at))?, timed(&mut hsh, || reader.get_at(&shallow, at))?)
+            };
+            if a.is_none() || b.is_none() {
+                bail!("as-of read at {at:?} found nothing");
+            }
+        }
+
+        println!("[4/5] {} history calls of {} versions ...", s.history_calls, s.versions);
+        let q = HistoryQuery { limit: s.versions, ..HistoryQuery::default() };
+        let (mut hh, mut hi) = (histogram(), histogram());
+        let raw = &self.raw;
+        for n in 0..s.history_calls * 11 / 10 {
+            let warm = n < s.history_calls / 10;
+            let got = if warm { reader.history(&deep, &q)? } else { timed(&mut hh, || reader.history(&deep, &q))? };
+            let scan = || -> Result<usize> {
+                let mut it = raw.db.raw_iterator();
+                it.seek(b"hist-");
+                let mut out = Vec::with_capacity(s.versions);
+                while it.valid() && out.len() < s.versions {
+                    out.push(it.value().unwrap_or_default().to_vec());
+                    it.next();
+                }
+                it.status()?;
+                Ok(out.len())
+            };
+            let scanned = if warm { scan()? } else { timed(&mut hi, scan)? };
+            if got.entries.len() != s.versions || scanned != s.versions {
+                bail!("history returned {} entries and the raw scan {scanned}, not {}", got.entries.len(), s.versions);
+            }
+        }
+
+        let (versions, few) = (s.versions, s.few_versions);
+        let what = format!("get_at(random version) p50, {versions} vs {few} versions");
+        self.latency_row(&what, &hd, &hsh, 0.5, Some((1.5, "flat (<= 1.5x)")));
+        self.latency_row("get_at p99", &hd, &hsh, 0.99, None);
+        let raw_gets = std::mem::replace(&mut self.raw_gets, histogram());
+        self.latency_row("get_at p50 (deep key) vs raw latest get p50", &hd, &raw_gets, 0.5, None);
+        self.latency_row(&format!("history(1 key, {versions} versions) p50"), &hh, &hi, 0.5, None);
+        self.latency_row("history p99", &hh, &hi, 0.99, None);
+        let per_entry = |h: &Histogram<u64>| ns(p(h, 0.5) / versions as u64);
+        self.rows.push(row("  history per entry p50", per_entry(&hh), per_entry(&hi), String::new(), String::new()));
+        Ok(())
+    }
+
+    /// 5. Rewinds on the large table, on a small one, and of a tenth of the
+    /// changes on the large one (the time should drop about tenfold if it
+    /// follows the changes).
+    fn rewinds(&mut self) -> Result<()> {
+        let s = &self.s;
+        println!(
+            "[5/5] rewinding {} changed keys on {} and {} keys, {} times each ...",
+            s.changes, s.keys, s.small_keys, s.rewind_reps
+        );
+        let mut small = open_table(&self.env, &self.root.path().join("small"))?;
+        let mut small_clock = Clock(0);
+        load_table(&mut small, s, s.small_keys, &mut small_clock, &mut histogram())?;
+        small.flush()?;
+        let tenth = (s.changes / 10).max(1);
+        let (mut big, mut sm, mut tenths) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..s.rewind_reps as u64 {
+            let (t, clock, rng) = (&mut self.table, &mut self.clock, &mut self.rng);
+            big.push(change_and_rewind(t, s, s.keys, s.changes, clock, rng, 100 + r)?);
+            sm.push(change_and_rewind(&mut small, s, s.small_keys, s.changes, &mut small_clock, rng, 100 + r)?);
+            tenths.push(change_and_rewind(t, s, s.keys, tenth, clock, rng, 200 + r)?);
+        }
+        type Split = (Duration, Duration);
+        let med = |v: &[Split], f: fn(&Split) -> Duration| median(v.iter().map(f).collect());
+        let (total, plan, commit): (fn(&Split) -> Duration, fn(&Split) -> Duration, fn(&Split) -> Duration) =
+            (|x| x.0 + x.1, |x| x.0, |x| x.1);
+        let (bt, st, tt) = (med(&big, total), med(&sm, total), med(&tenths, total));
+        let ratio = bt.as_secs_f64() / st.as_secs_f64();
+        let what = format!("rewind {} changes + commit, {} vs {} keys (median)", s.changes, s.keys, s.small_keys);
+        self.rows.push(row(&what, ms(bt), ms(st), format!("{ratio:.2}x"), verdict(ratio <= 1.5, "near 1 (<= 1.5x)")));
+        let none = String::new;
+        self.rows.push(row(
+            "  of which plan + stage (median)",
+            ms(med(&big, plan)),
+            ms(med(&sm, plan)),
+            none(),
+            none(),
+        ));
+        self.rows.push(row("  of which commit (median)", ms(med(&big, commit)), ms(med(&sm, commit)), none(), none()));
+        let what = format!("rewind {} vs {tenth} changes + commit, {} keys (median)", s.changes, s.keys);
+        let aim = format!("changes ratio {:.1}x", s.changes as f64 / tenth as f64);
+        self.rows.push(row(&what, ms(bt), ms(tt), format!("{:.1}x", bt.as_secs_f64() / tt.as_secs_f64()), aim));
+        let keys_per_s = thousands(s.changes as f64 / bt.as_secs_f64());
+        self.rows.push(row("  rewound keys/s (large table)", keys_per_s, none(), none(), none()));
+        Ok(())
+    }
+
+    fn report(&self) {
+        println!("\nload:    {} (1-minute load average at end)\n", load_average());
+        println!("| measurement | strata | baseline | ratio | aim |");
+        println!("|---|---:|---:|---:|---|");
+        for r in &self.rows {
+            println!("| {} | {} | {} | {} | {} |", r.what, r.strata, r.baseline, r.ratio, r.aim);
+        }
+        println!(
+            "\nbaseline column: puts and latest gets: raw RocksDB (one column family; the second puts row: raw \
+             RocksDB writing strata's latest/history/versions entries); get_at: the key with {} versions; history: \
+             a raw iterator over {} adjacent keys; rewind: the {}-key table, then a tenth of the changes",
+            self.s.few_versions, self.s.versions, self.s.small_keys
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let s = parse_sizes()?;
     print_command();
     let config = RocksConfig::default();
     println!("sizes:   {s:?}");
     println!("rocks:   {config:?}");
-    let mut rng = StdRng::seed_from_u64(s.seed);
     let root = tempfile::Builder::new().prefix("strata-bench-").tempdir_in(&s.dir).context("temp dir")?;
     println!("dir:     {}", root.path().display());
-
+    println!("load:    {} (1-minute load average at start)", load_average());
     let env = RocksEnv::new(config.clone())?;
-    let raw = RawDb::open(&root.path().join("raw"), &config)?;
-    let mut table = open_table(&env, &root.path().join("large"))?;
-    let mut clock = Clock(0);
-    let mut rows = Vec::new();
-
-    // 1. Committed puts. The raw load runs first and is left to finish its
-    // compactions, so the versioned load does not pay for them.
-    println!("\n[1/5] loading {} keys in batches of {} ...", s.keys, s.batch);
-    let (mut raw_batches, mut commits) = (histogram(), histogram());
-    let raw_load = load_raw(&raw, &s, s.keys, &mut raw_batches)?;
-    let raw_settle = raw.settle()?;
-    let strata_load = load_table(&mut table, &s, s.keys, &mut clock, &mut commits)?;
-    let t = Instant::now();
-    table.flush()?;
-    let strata_flush = t.elapsed();
-    let (sr, rr) = (rate(s.keys, strata_load), rate(s.keys, raw_load));
-    println!(
-        "      raw {:.2} s (+{:.2} s flush and compactions), strata {:.2} s (+{:.2} s flush)",
-        raw_load.as_secs_f64(),
-        raw_settle.as_secs_f64(),
-        strata_load.as_secs_f64(),
-        strata_flush.as_secs_f64()
-    );
-    rows.push(row(
-        &format!("committed puts/s ({} keys, batches of {})", s.keys, s.batch),
-        thousands(sr),
-        thousands(rr),
-        format!("{:.0}% of raw", 100.0 * sr / rr),
-        verdict(sr >= 0.5 * rr, ">= 50%"),
-    ));
-    rows.push(row(
-        "  commit / WriteBatch latency p50",
-        ns(p(&commits, 0.5)),
-        ns(p(&raw_batches, 0.5)),
-        format!("{:.2}x", p(&commits, 0.5) as f64 / p(&raw_batches, 0.5) as f64),
-        String::new(),
-    ));
-    rows.push(row(
-        "  commit / WriteBatch latency p99",
-        ns(p(&commits, 0.99)),
-        ns(p(&raw_batches, 0.99)),
-        format!("{:.2}x", p(&commits, 0.99) as f64 / p(&raw_batches, 0.99) as f64),
-        String::new(),
-    ));
-
-    // 2. Latest gets.
-    println!("[2/5] {} latest gets per store ...", s.gets);
-    let reader = table.reader();
-    let (hs, hr) = latest_gets(&reader, &raw, &s, &mut rng)?;
-    let get_ratio = p(&hs, 0.5) as f64 / p(&hr, 0.5) as f64;
-    rows.push(row(
-        &format!("latest get p50 ({} random keys)", s.gets),
-        ns(p(&hs, 0.5)),
-        ns(p(&hr, 0.5)),
-        format!("{get_ratio:.2}x"),
-        verdict(get_ratio <= 1.5, "<= 1.5x"),
-    ));
-    rows.push(row(
-        "latest get p99",
-        ns(p(&hs, 0.99)),
-        ns(p(&hr, 0.99)),
-        format!("{:.2}x", p(&hs, 0.99) as f64 / p(&hr, 0.99) as f64),
-        String::new(),
-    ));
-
-    // 3 and 4. A deep and a shallow key, then as-of reads and history.
-    println!(
-        "[3/5] {} as-of reads on a key with {} versions and on one with {} ...",
-        s.as_of_reads, s.versions, s.few_versions
-    );
-    let (deep, shallow) = (*b"deep-key-0000000", *b"shallow-key-0000");
-    let first = write_versions(&mut table, &s, &mut clock, &deep, &shallow)?;
-    let mut v = Vec::new();
-    let mut wb = WriteBatch::default();
-    for r in 0..s.versions {
-        // Raw baseline for history: as many adjacent keys, one per version.
-        let mut k = b"hist-".to_vec();
-        k.extend_from_slice(&(r as u64).to_be_bytes());
-        value(r, 7, s.value_bytes, &mut v);
-        wb.put(&k, &v);
-    }
-    raw.db.write_opt(wb, &raw.write_opts)?;
-    table.flush()?;
-    raw.settle()?;
-    let latest = table.latest_version();
-    let (mut hd, mut hsh) = (histogram(), histogram());
-    for n in 0..s.as_of_reads * 11 / 10 {
-        let at = At::Version(Version(rng.random_range(first.0..latest.0)));
-        let warm = n < s.as_of_reads / 10;
-        let (a, b) = if warm {
-            (reader.get_at(&deep, at)?, reader.get_at(&shallow, at)?)
-        } else {
-            (timed(&mut hd, || reader.get_at(&deep, at))?, timed(&mut hsh, || reader.get_at(&shallow, at))?)
-        };
-        if a.is_none() || b.is_none() {
-            bail!("as-of read at {at:?} found nothing");
-        }
-    }
-    let deep_ratio = p(&hd, 0.5) as f64 / p(&hsh, 0.5) as f64;
-    rows.push(row(
-        &format!("get_at(random version) p50, {} vs {} versions", s.versions, s.few_versions),
-        ns(p(&hd, 0.5)),
-        ns(p(&hsh, 0.5)),
-        format!("{deep_ratio:.2}x"),
-        verdict(deep_ratio <= 1.5, "flat (<= 1.5x)"),
-    ));
-    rows.push(row(
-        "get_at p99",
-        ns(p(&hd, 0.99)),
-        ns(p(&hsh, 0.99)),
-        format!("{:.2}x", p(&hd, 0.99) as f64 / p(&hsh, 0.99) as f64),
-        String::new(),
-    ));
-    rows.push(row(
-        "get_at p50 (deep key) vs raw latest get p50",
-        ns(p(&hd, 0.5)),
-        ns(p(&hr, 0.5)),
-        format!("{:.2}x", p(&hd, 0.5) as f64 / p(&hr, 0.5) as f64),
-        String::new(),
-    ));
-
-    println!("[4/5] {} history calls of {} versions ...", s.history_calls, s.versions);
-    let q = HistoryQuery { limit: s.versions, ..HistoryQuery::default() };
-    let (mut hh, mut hi) = (histogram(), histogram());
-    for n in 0..s.history_calls * 11 / 10 {
-        let warm = n < s.history_calls / 10;
-        let got = if warm { reader.history(&deep, &q)? } else { timed(&mut hh, || reader.history(&deep, &q))? };
-        if got.entries.len() != s.versions {
-            bail!("history returned {} entries, expected {}", got.entries.len(), s.versions);
-        }
-        let scan = || -> Result<usize> {
-            let mut it = raw.db.raw_iterator();
-            it.seek(b"hist-");
-            let mut out = Vec::with_capacity(s.versions);
-            while it.valid() && out.len() < s.versions {
-                out.push(it.value().unwrap_or_default().to_vec());
-                it.next();
-            }
-            it.status()?;
-            Ok(out.len())
-        };
-        let got = if warm { scan()? } else { timed(&mut hi, scan)? };
-        if got != s.versions {
-            bail!("raw scan returned {got} entries, expected {}", s.versions);
-        }
-    }
-    for (what, q) in [("history(1 key, all versions) p50", 0.5), ("history p99", 0.99)] {
-        rows.push(row(
-            &what.replace("all", &s.versions.to_string()),
-            ns(p(&hh, q)),
-            ns(p(&hi, q)),
-            format!("{:.2}x", p(&hh, q) as f64 / p(&hi, q) as f64),
-            String::new(),
-        ));
-    }
-    rows.push(row(
-        "  history per entry p50",
-        ns(p(&hh, 0.5) / s.versions as u64),
-        ns(p(&hi, 0.5) / s.versions as u64),
-        String::new(),
-        String::new(),
-    ));
-
-    // 5. Rewinds on the large table and on a small one.
-    println!(
-        "[5/5] rewinding {} changed keys on {} and {} keys, {} times each ...",
-        s.changes, s.keys, s.small_keys, s.rewind_reps
-    );
-    let mut small = open_table(&env, &root.path().join("small"))?;
-    let mut small_clock = Clock(0);
-    load_table(&mut small, &s, s.small_keys, &mut small_clock, &mut histogram())?;
-    small.flush()?;
-    let (mut big_plan, mut big_commit, mut big_total) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut sm_plan, mut sm_commit, mut sm_total) = (Vec::new(), Vec::new(), Vec::new());
-    for r in 0..s.rewind_reps as u64 {
-        let (a, b) = change_and_rewind(&mut table, &s, s.keys, &mut clock, &mut rng, 100 + r)?;
-        big_plan.push(a);
-        big_commit.push(b);
-        big_total.push(a + b);
-        let (a, b) = change_and_rewind(&mut small, &s, s.small_keys, &mut small_clock, &mut rng, 100 + r)?;
-        sm_plan.push(a);
-        sm_commit.push(b);
-        sm_total.push(a + b);
-    }
-    let (bt, st) = (median(big_total), median(sm_total));
-    let rewind_ratio = bt.as_secs_f64() / st.as_secs_f64();
-    rows.push(row(
-        &format!("rewind {} changes + commit, {} vs {} keys (median)", s.changes, s.keys, s.small_keys),
-        ms(bt),
-        ms(st),
-        format!("{rewind_ratio:.2}x"),
-        verdict(rewind_ratio <= 1.5, "near 1 (<= 1.5x)"),
-    ));
-    rows.push(row(
-        "  of which plan + stage (median)",
-        ms(median(big_plan)),
-        ms(median(sm_plan)),
-        String::new(),
-        String::new(),
-    ));
-    rows.push(row(
-        "  of which commit (median)",
-        ms(median(big_commit)),
-        ms(median(sm_commit)),
-        String::new(),
-        String::new(),
-    ));
-    rows.push(row(
-        "  rewound keys/s (large table)",
-        thousands(s.changes as f64 / bt.as_secs_f64()),
-        String::new(),
-        String::new(),
-        String::new(),
-    ));
-
-    println!();
-    println!("| measurement | strata | baseline | ratio | aim |");
-    println!("|---|---:|---:|---:|---|");
-    for r in &rows {
-        println!("| {} | {} | {} | {} | {} |", r.what, r.strata, r.baseline, r.ratio, r.aim);
-    }
-    println!(
-        "\nbaselines: rows 1-5 raw RocksDB; get_at: the key with {} versions; \
-              history: raw iterator over {} adjacent keys; rewind: the {}-key table",
-        s.few_versions, s.versions, s.small_keys
-    );
+    let mut b = Bench {
+        rng: StdRng::seed_from_u64(s.seed),
+        raw: RawDb::open(&root.path().join("raw"), &config)?,
+        table: open_table(&env, &root.path().join("large"))?,
+        clock: Clock(0),
+        rows: Vec::new(),
+        raw_gets: histogram(),
+        s,
+        config,
+        root,
+        env,
+    };
+    b.puts()?;
+    b.gets()?;
+    b.versions()?;
+    b.rewinds()?;
+    b.report();
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! that name the offending key.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,6 +70,90 @@ pub struct AppConfig {
     /// settings) through the admin API. When false, they must exist with
     /// the input's partition count (checked through metadata only).
     pub manage_topics: bool,
+    /// Where to serve the gRPC query and admin services (`strata.v1`, with
+    /// health and reflection). `None`: no server. Port 0 picks a free port
+    /// (see `RunningApp::grpc_addr`).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Bounds of the query service.
+    pub query: QueryConfig,
+    /// The gRPC endpoint this instance serves, as other instances and
+    /// clients reach it (`http://10.0.0.5:7001`). When set, the instance
+    /// publishes it with the partitions it owns to the owner directory
+    /// (`<application id>-directory`, see [`crate::directory`]); when
+    /// `None`, it publishes nothing and no query is routed to it.
+    pub advertised_endpoint: Option<String>,
+    /// How often the owner directory publisher looks for ownership
+    /// changes (the bound on how stale this instance's entry is). Default
+    /// 1 s.
+    pub directory_interval: Duration,
+    /// How long an owner directory entry stays valid without a heartbeat:
+    /// entries of crashed instances are ignored after it. Instances
+    /// heartbeat every third of it. `None` (the default): three times
+    /// `kafka.session_timeout`. Instances' clocks must agree to well within
+    /// it.
+    pub directory_ttl: Option<Duration>,
+}
+
+/// Bounds and defaults of the gRPC query service.
+#[derive(Clone, Debug)]
+pub struct QueryConfig {
+    /// Threads of the server's tokio runtime.
+    pub threads: usize,
+    /// Items per page when a request says 0 (Scan, Diff, History).
+    pub default_page_size: u32,
+    /// Most items per page; larger requests are clamped.
+    pub max_page_size: u32,
+    /// Largest request or response message, in bytes; pages are cut to fit
+    /// and larger requests are refused (RESOURCE_EXHAUSTED).
+    pub max_message_bytes: usize,
+    /// Most changed keys a Diff reads per partition and page.
+    pub max_diff_keys: usize,
+    /// Changes listed per partition by a Rewind that says 0.
+    pub default_rewind_listed: u32,
+    /// Most changes listed per partition by a Rewind.
+    pub max_rewind_listed: u32,
+    /// Deadline of a unary call whose client set none.
+    pub default_deadline: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            threads: 2,
+            default_page_size: 1000,
+            max_page_size: 10_000,
+            max_message_bytes: 4 << 20,
+            max_diff_keys: 100_000,
+            default_rewind_listed: 100,
+            max_rewind_listed: 10_000,
+            default_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+impl QueryConfig {
+    /// Checks every bound, naming the offending key.
+    pub fn validate(&self) -> Result<()> {
+        if self.threads == 0 || self.threads > 64 {
+            return Err(Error::config("query.threads", "must be between 1 and 64"));
+        }
+        if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
+            return Err(Error::config("query.default_page_size", "must be at least 1 and at most query.max_page_size"));
+        }
+        if self.max_message_bytes < 64 << 10 {
+            return Err(Error::config("query.max_message_bytes", "must be at least 64 KiB"));
+        }
+        if self.max_diff_keys == 0 {
+            return Err(Error::config("query.max_diff_keys", "must be at least 1"));
+        }
+        if self.default_rewind_listed > self.max_rewind_listed {
+            return Err(Error::config("query.default_rewind_listed", "must be at most query.max_rewind_listed"));
+        }
+        if self.default_deadline.is_zero() {
+            return Err(Error::config("query.default_deadline", "must be positive"));
+        }
+        Ok(())
+    }
 }
 
 impl AppConfig {
@@ -93,6 +178,11 @@ impl AppConfig {
             revoke_timeout: Duration::from_secs(60),
             manage_topics: true,
             instance_id: None,
+            grpc_listen: None,
+            query: QueryConfig::default(),
+            advertised_endpoint: None,
+            directory_interval: Duration::from_secs(1),
+            directory_ttl: None,
         }
     }
 
@@ -113,6 +203,11 @@ impl AppConfig {
     /// The default dead-letter topic.
     pub fn dlq_topic(&self) -> String {
         format!("{}-dlq", self.application_id)
+    }
+
+    /// The owner directory topic (one partition, compacted).
+    pub fn directory_topic(&self) -> String {
+        format!("{}-directory", self.application_id)
     }
 
     /// Checks every setting, naming the offending key.
@@ -143,6 +238,37 @@ impl AppConfig {
             }
         }
         self.rocks.validate()?;
+        self.query.validate()?;
+        self.validate_directory()?;
+        Ok(())
+    }
+
+    fn validate_directory(&self) -> Result<()> {
+        if let Some(e) = &self.advertised_endpoint {
+            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            let authority = rest.map(|r| r.trim_end_matches('/'));
+            let ok = authority.is_some_and(|a| {
+                !a.contains('/') && a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            });
+            if !ok {
+                return Err(Error::config("advertised_endpoint", format!("{e:?}: use http://host:port or https://host:port")));
+            }
+        }
+        if self.directory_interval.is_zero() || self.directory_interval > Duration::from_secs(60) {
+            return Err(Error::config("directory_interval", "must be between 1 ms and 60 s"));
+        }
+        let ttl = self.directory_ttl.unwrap_or(self.kafka.session_timeout * 3);
+        if ttl < self.directory_interval * 3 {
+            return Err(Error::config(
+                "directory_ttl",
+                format!(
+                    "{} ms must be at least three directory_interval ({} ms): instances heartbeat every third of it{}",
+                    ttl.as_millis(),
+                    self.directory_interval.as_millis(),
+                    if self.directory_ttl.is_none() { " (it defaults to three kafka.session_timeout)" } else { "" }
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -9,18 +9,21 @@
 
 pub mod config;
 pub mod context;
+pub mod directory;
 pub mod driver;
 mod error;
 pub mod kafka;
 pub mod partitioner;
+mod query;
 pub mod registry;
 mod runtime;
 pub mod serde;
 mod task;
 pub mod topology;
 
-pub use config::{AppConfig, Guarantee, StartPosition};
+pub use config::{AppConfig, Guarantee, QueryConfig, StartPosition};
 pub use context::{Ctx, OutRecord, RecordMeta};
+pub use directory::{Directory, DirectorySnapshot, Member, Owner};
 pub use driver::TestDriver;
 pub use error::{Error, Result};
 pub use kafka::embedded::EmbeddedKafka;

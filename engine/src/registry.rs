@@ -7,7 +7,7 @@
 //! readers need a consistent snapshot of the map on demand, and writes are
 //! rare (per commit, not per record).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use strata_state::store::RocksStore;
@@ -47,6 +47,8 @@ struct Inner {
     tasks: BTreeMap<u32, TaskStats>,
     commit_latency_us: Vec<u64>,
     lag: BTreeMap<(String, u32), u64>,
+    /// Partitions whose task finished opening here (tables restored).
+    assigned: BTreeSet<u32>,
 }
 
 impl Registry {
@@ -68,7 +70,23 @@ impl Registry {
         if let Ok(mut g) = self.inner.write() {
             g.tables.retain(|(_, q), _| *q != p.0);
             g.tasks.remove(&p.0);
+            g.assigned.remove(&p.0);
         }
+    }
+
+    /// Marks a partition's task open (its tables restored); undone by
+    /// `remove_partition`.
+    pub(crate) fn set_assigned(&self, p: Partition) {
+        if let Ok(mut g) = self.inner.write() {
+            g.assigned.insert(p.0);
+        }
+    }
+
+    /// The input partitions whose task is open and processing here (for a
+    /// topology without tables, the only record of what is owned here).
+    pub fn assigned(&self) -> Vec<Partition> {
+        let Ok(g) = self.inner.read() else { return Vec::new() };
+        g.assigned.iter().map(|p| Partition(*p)).collect()
     }
 
     pub(crate) fn set_stats(&self, p: Partition, stats: TaskStats, commit_us: Option<u64>) {

@@ -170,6 +170,63 @@ pub(crate) struct TableSpec {
     pub name: String,
     pub options: TableOptions,
     pub emit_change: ChangeFn,
+    /// How clients that do not know the Rust types read and address it.
+    pub codecs: TableCodecs,
+    /// The logical input topic whose partitioning the table follows.
+    pub topic: String,
+}
+
+/// Converts between JSON text and a table's key or value bytes.
+pub(crate) type JsonFn<I, O> = Arc<dyn Fn(&I) -> Result<O, String> + Send + Sync>;
+
+/// Encodes a stream key as its input topic's record key.
+pub(crate) type PartitionKeyFn<K> = Arc<dyn Fn(&K) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// A table's codecs with its Rust types erased: what the query service
+/// needs to take JSON keys and render JSON keys and values.
+#[derive(Clone)]
+pub(crate) struct TableCodecs {
+    /// JSON text of a key -> the key's table bytes (its `OrderedKey`
+    /// encoding).
+    pub key_from_json: JsonFn<str, Vec<u8>>,
+    /// A key's table bytes -> JSON text.
+    pub key_to_json: JsonFn<[u8], String>,
+    /// A stored value (bincode, with its format byte) -> JSON text.
+    pub value_to_json: JsonFn<[u8], String>,
+    /// A key's table bytes -> the record key its input topic carries, which
+    /// decides its partition. `None` when the stream feeding the table
+    /// changed its key type after the source (a `map` without
+    /// `repartition`): the partition then cannot be computed from the key.
+    pub partition_key: Option<JsonFn<[u8], Vec<u8>>>,
+}
+
+impl TableCodecs {
+    fn new<K, A>(partition_key: Option<PartitionKeyFn<K>>) -> TableCodecs
+    where
+        K: OrderedKey + ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+        A: ::serde::Serialize + ::serde::de::DeserializeOwned + 'static,
+    {
+        TableCodecs {
+            key_from_json: Arc::new(|text: &str| {
+                let k: K = serde_json::from_str(text).map_err(|e| format!("not a JSON key of this table: {e}"))?;
+                Ok(k.to_key_bytes())
+            }),
+            key_to_json: Arc::new(|bytes: &[u8]| {
+                let k = K::decode_key(bytes).map_err(|e| format!("not a key of this table: {e}"))?;
+                serde_json::to_string(&k).map_err(|e| format!("rendering the key as JSON: {e}"))
+            }),
+            value_to_json: Arc::new(|bytes: &[u8]| {
+                let a: A = ValueCodec::<A>::decode(&TableBincode, bytes).map_err(|e| format!("decoding the stored value: {e}"))?;
+                serde_json::to_string(&a).map_err(|e| format!("rendering the value as JSON: {e}"))
+            }),
+            partition_key: partition_key.map(|f| -> JsonFn<[u8], Vec<u8>> {
+                Arc::new(move |bytes: &[u8]| {
+                    let k = K::decode_key(bytes).map_err(|e| format!("not a key of this table: {e}"))?;
+                    f(&k)
+                })
+            }),
+        }
+    }
 }
 
 /// A handle on a table within a task: its index in the topology.
@@ -243,6 +300,11 @@ where
 {
     let sinks = Sinks::new();
         let downstream = sinks.clone();
+        let key = Arc::new(key);
+        let pkey: PartitionKeyFn<K> = {
+            let key = key.clone();
+            Arc::new(move |k: &K| key.encode(k))
+        };
         let run: SourceFn = Arc::new(move |ctx, k, v| {
             let k = key.decode(k.unwrap_or(&[])).map_err(|e| RecordError::Decode(format!("key: {e}")))?;
             let v = match v {
@@ -254,7 +316,7 @@ where
         let mut g = lock(graph);
         g.sources.push(SourceSpec { topic: topic.to_string(), on_error: OnError::default(), run, internal });
         let source = g.sources.len() - 1;
-        Stream { graph: graph.clone(), sinks, source: Some(source), topic: topic.to_string() }
+        Stream { graph: graph.clone(), sinks, source: Some(source), topic: topic.to_string(), partition_key: Some(pkey) }
 }
 
 impl Topology {
@@ -313,6 +375,9 @@ pub struct Stream<K, V> {
     source: Option<usize>,
     /// The input topic whose partitioning the stream follows.
     topic: String,
+    /// Encodes a key as the input topic's record key, while the stream's
+    /// keys are still its source's (same type, same values).
+    partition_key: Option<PartitionKeyFn<K>>,
 }
 
 impl<K, V> Stream<K, V>
@@ -322,7 +387,7 @@ where
 {
     fn derived<K2: Clone, V2: Clone>(&self) -> (Stream<K2, V2>, Arc<Sinks<K2, V2>>) {
         let sinks = Sinks::new();
-        (Stream { graph: self.graph.clone(), sinks: sinks.clone(), source: None, topic: self.topic.clone() }, sinks)
+        (Stream { graph: self.graph.clone(), sinks: sinks.clone(), source: None, topic: self.topic.clone(), partition_key: None }, sinks)
     }
 
     fn op_name(&self, kind: &str) -> Arc<str> {
@@ -366,10 +431,12 @@ where
         V2: Clone + Send + 'static,
         F: Fn(&K, V) -> V2 + Send + Sync + 'static,
     {
-        self.map(move |k, v| {
+        let mut out = self.map(move |k, v| {
             let v2 = f(&k, v);
             (k, v2)
-        })
+        });
+        out.partition_key = self.partition_key.clone();
+        out
     }
 
     /// Keeps the records for which `f` is true.
@@ -377,7 +444,8 @@ where
     where
         F: Fn(&K, &V) -> bool + Send + Sync + 'static,
     {
-        let (out, sinks) = self.derived();
+        let (mut out, sinks) = self.derived();
+        out.partition_key = self.partition_key.clone();
         let name = self.op_name("filter");
         self.sinks.add(Arc::new(move |ctx, k, v| if f(&k, &v) { ctx.traced(&name, |ctx| sinks.emit(ctx, k, v)) } else { Ok(()) }));
         out
@@ -432,9 +500,12 @@ where
     /// the key, the record and the key's current value (`None` if absent)
     /// and returns the new value (`None` deletes the key). Every change is
     /// a version of the table.
+    ///
+    /// The key type must also be serde-serializable: clients of the query
+    /// service address keys and read values as JSON.
     pub fn aggregate<A, F>(&self, name: &str, options: TableOptions, f: F) -> Table<K, A>
     where
-        K: OrderedKey,
+        K: OrderedKey + ::serde::Serialize + ::serde::de::DeserializeOwned,
         A: ::serde::Serialize + ::serde::de::DeserializeOwned + Clone + Send + 'static,
         F: Fn(&K, V, Option<A>) -> Option<A> + Send + Sync + 'static,
     {
@@ -450,7 +521,8 @@ where
         });
         let id = {
             let mut g = lock(&self.graph);
-            g.tables.push(TableSpec { name: name.to_string(), options, emit_change });
+            let codecs = TableCodecs::new::<K, A>(self.partition_key.clone());
+            g.tables.push(TableSpec { name: name.to_string(), options, emit_change, codecs, topic: self.topic.clone() });
             TableId(g.tables.len() - 1)
         };
         let downstream = changes.clone();
@@ -471,7 +543,14 @@ where
             }
             ctx.traced(&op, |ctx| downstream.emit(ctx, k, new))
         }));
-        Table { graph: self.graph.clone(), id, changes, topic: self.topic.clone(), _k: std::marker::PhantomData }
+        Table {
+            graph: self.graph.clone(),
+            id,
+            changes,
+            topic: self.topic.clone(),
+            partition_key: self.partition_key.clone(),
+            _k: std::marker::PhantomData,
+        }
     }
 
     /// Re-keys safely: sends the stream through an internal topic
@@ -523,7 +602,8 @@ where
         R: Clone + Send + 'static,
         F: Fn(&K, V, Option<A>) -> Option<R> + Send + Sync + 'static,
     {
-        let (out, sinks) = self.derived();
+        let (mut out, sinks) = self.derived();
+        out.partition_key = self.partition_key.clone();
         let id = table.id;
         let name = self.op_name(kind);
         self.sinks.add(Arc::new(move |ctx, k, v| {
@@ -554,6 +634,7 @@ pub struct Table<K, A> {
     id: TableId,
     changes: Arc<Sinks<K, Option<A>>>,
     topic: String,
+    partition_key: Option<PartitionKeyFn<K>>,
     _k: std::marker::PhantomData<fn() -> K>,
 }
 
@@ -565,11 +646,58 @@ where
     /// The table's changes as a stream: each new value (`None` for a
     /// deletion), in version order per partition.
     pub fn changes(&self) -> Stream<K, Option<A>> {
-        Stream { graph: self.graph.clone(), sinks: self.changes.clone(), source: None, topic: self.topic.clone() }
+        Stream {
+            graph: self.graph.clone(),
+            sinks: self.changes.clone(),
+            source: None,
+            topic: self.topic.clone(),
+            partition_key: self.partition_key.clone(),
+        }
     }
 
     /// The table's id within its task.
     pub fn id(&self) -> TableId {
         self.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serde::{Utf8, json};
+
+    fn codecs(t: &Topology, table: &str) -> TableCodecs {
+        lock(&t.graph).tables.iter().find(|s| s.name == table).map(|s| s.codecs.clone()).unwrap()
+    }
+
+    #[test]
+    fn table_codecs_speak_json_and_find_the_record_key() {
+        let t = Topology::new();
+        let s = t.stream("in", json::<String>(), json::<i64>());
+        s.aggregate("sums", TableOptions::default(), |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v));
+        s.map(|k: String, v| (k.len() as u64, v)).aggregate("by_len", TableOptions::default(), |_k, v: i64, _| Some(v));
+        t.stream("pairs", Utf8, Utf8).filter(|_, _| true).aggregate("names", TableOptions::default(), |_k, v: String, _| Some(v));
+
+        let c = codecs(&t, "sums");
+        let kb = (c.key_from_json)("\"ann\"").unwrap();
+        assert_eq!(kb, "ann".to_string().to_key_bytes());
+        assert_eq!((c.key_to_json)(&kb).unwrap(), "\"ann\"");
+        assert!((c.key_from_json)("5").is_err(), "a number is not a String key");
+        assert!((c.key_from_json)("{nope").is_err());
+        let vb = ValueCodec::<i64>::encode(&TableBincode, &-42).unwrap();
+        assert_eq!((c.value_to_json)(&vb).unwrap(), "-42");
+        assert!((c.value_to_json)(&[0xff]).is_err());
+        // The input's key codec is JSON: the record key is the JSON text.
+        assert_eq!((c.partition_key.as_ref().unwrap())(&kb).unwrap(), b"\"ann\"".to_vec());
+
+        // Re-keyed without a repartition: the record key is unknowable.
+        let c = codecs(&t, "by_len");
+        assert!(c.partition_key.is_none());
+        assert_eq!((c.key_from_json)("3").unwrap(), 3u64.to_key_bytes());
+
+        // A filter keeps keys, and UTF-8 keys are their own record keys.
+        let c = codecs(&t, "names");
+        let kb = (c.key_from_json)("\"bob\"").unwrap();
+        assert_eq!((c.partition_key.as_ref().unwrap())(&kb).unwrap(), b"bob".to_vec());
     }
 }

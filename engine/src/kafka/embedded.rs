@@ -31,7 +31,8 @@ impl EmbeddedKafka {
     }
 
     /// Creates the internal topics an app would create for `topology`
-    /// (changelogs, outputs, dead letters), with `partitions` partitions:
+    /// (changelogs, outputs, dead letters), with `partitions` partitions,
+    /// and the owner directory topic, with one:
     /// the mock cluster does not serve the admin API's CreateTopics or
     /// DescribeConfigs, so run the app with `manage_topics` off.
     pub fn create_app_topics(&self, config: &crate::AppConfig, topology: &crate::Topology, partitions: u32) -> Result<()> {
@@ -41,6 +42,9 @@ impl EmbeddedKafka {
         for t in topology.output_topics().into_iter().chain([config.dlq_topic()]) {
             self.create_topic(&config.physical(&t), partitions)?;
         }
+        // The mock cluster cannot set cleanup.policy; a directory topic
+        // without compaction still works, it only grows.
+        self.create_topic(&config.directory_topic(), 1)?;
         Ok(())
     }
 

@@ -47,14 +47,14 @@ impl GroupContext {
     }
 
     /// Sends a command, waiting at most until `deadline` for room.
-    fn send(&self, w: usize, mut cmd: Command, deadline: Instant) -> bool {
+    fn send(&self, w: usize, mut cmd: Command, deadline: Instant) -> Sent {
         loop {
             match self.workers[w].try_send(cmd) {
-                Ok(()) => return true,
-                Err(mpsc::TrySendError::Disconnected(_)) => return false,
+                Ok(()) => return Sent::Yes,
+                Err(mpsc::TrySendError::Disconnected(_)) => return Sent::Stopped,
                 Err(mpsc::TrySendError::Full(back)) => {
                     if Instant::now() >= deadline {
-                        return false;
+                        return Sent::TimedOut;
                     }
                     cmd = back;
                     std::thread::sleep(Duration::from_millis(1));
@@ -112,10 +112,12 @@ impl ConsumerContext for GroupContext {
                         continue;
                     }
                     let (tx, rx) = mpsc::channel();
-                    if self.send(w, Command::Revoke { parts: mine, ack: tx }, started + self.revoke_timeout) {
-                        acks.push(rx);
-                    } else {
-                        tracing::error!(worker = w, "cannot reach a worker to release revoked partitions");
+                    match self.send(w, Command::Revoke { parts: mine, ack: tx }, started + self.revoke_timeout) {
+                        Sent::Yes => acks.push(rx),
+                        // The worker has stopped (the app is shutting down):
+                        // it committed and released its tasks already.
+                        Sent::Stopped => tracing::debug!(worker = w, "worker already stopped; nothing to release"),
+                        Sent::TimedOut => tracing::error!(worker = w, "cannot reach a worker to release revoked partitions in time"),
                     }
                 }
                 for rx in acks {
@@ -146,7 +148,7 @@ impl ConsumerContext for GroupContext {
                     continue;
                 };
                 let cmd = Command::Assign { topic: Arc::from(topic.as_str()), partition: Partition(p as u32), queue: Box::new(queue) };
-                if !self.send(self.worker_of(p), cmd, deadline) {
+                if self.send(self.worker_of(p), cmd, deadline) != Sent::Yes {
                     tracing::error!(%topic, partition = p, "cannot hand an assigned partition to its worker");
                 }
             }
@@ -158,6 +160,14 @@ impl ConsumerContext for GroupContext {
             tracing::warn!(error = %e, offsets = ?elements(offsets), "offset commit failed; the next commit retries");
         }
     }
+}
+
+/// What became of a command sent to a worker.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    Stopped,
+    TimedOut,
 }
 
 /// The consumer, shared by the poll thread and the workers (which commit

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use strata_state::store::{RocksEnv, RocksStore};
-use strata_state::{At, KeyRange, Partition, PartitionReader, RewindPlan, Versioned};
+use strata_state::{At, KeyRange, Partition, PartitionReader, RewindPlan, Version, Versioned};
 
 use crate::config::{AppConfig, StartPosition};
 use crate::kafka::admin::{KafkaAdmin, TopicSpec};
@@ -95,6 +95,8 @@ impl App {
             }
         }
 
+        crate::directory::ensure_topic(&admin, &config)?;
+
         let graph = topology.take_graph();
         let g = graph.lock().map_err(|_| Error::Topology("topology lock poisoned".into()))?;
         let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
@@ -102,6 +104,17 @@ impl App {
             sources.entry(config.physical(&s.topic)).or_default().push(TaskSource { run: s.run.clone(), on_error: s.on_error.clone() });
         }
         let tables: Vec<(String, crate::topology::TableOptions)> = g.tables.iter().map(|t| (t.name.clone(), t.options.clone())).collect();
+        let table_meta: Vec<TableMeta> = g
+            .tables
+            .iter()
+            .map(|t| TableMeta {
+                name: t.name.clone(),
+                options: t.options.clone(),
+                codecs: t.codecs.clone(),
+                input_topic: config.physical(&t.topic),
+                changelog_topic: config.changelog_topic(&t.name),
+            })
+            .collect();
         let timers = g.timers.clone();
         let emitters = g.tables.iter().map(|t| t.emit_change.clone()).collect();
         drop(g);
@@ -114,6 +127,7 @@ impl App {
         let changelog = ChangelogProducer::new(&config.kafka)?;
         let rocks = RocksEnv::new(config.rocks.clone())?;
         let registry = Registry::default();
+        let directory = crate::directory::DirectoryService::start(&config, registry.clone())?;
 
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -185,9 +199,15 @@ impl App {
                 .spawn(move || run_poll_loop(consumer, senders, stop, failed))
                 .map_err(|e| Error::Io { context: "spawning the consumer thread".into(), source: e })?
         };
-        tracing::info!(app = %config.application_id, partitions = n, tables = tables.len(), workers = config.worker_threads, "started");
-        Ok(RunningApp {
-            config,
+        let handle = AppHandle {
+            config: config.clone(),
+            registry: registry.clone(),
+            partitions: n,
+            tables: table_meta.into(),
+            senders: senders.clone(),
+        };
+        let mut app = RunningApp {
+            config: config.clone(),
             registry,
             partitions: n,
             tables: tables.into_iter().map(|(t, _)| t).collect(),
@@ -195,7 +215,16 @@ impl App {
             workers,
             poller: Some(poller),
             stop,
-        })
+            directory,
+            handle: handle.clone(),
+            grpc: None,
+        };
+        if let Some(addr) = config.grpc_listen {
+            // On failure, dropping `app` stops the threads just started.
+            app.grpc = Some(crate::query::GrpcServer::start(addr, handle)?);
+        }
+        tracing::info!(app = %config.application_id, partitions = n, tables = app.tables.len(), workers = config.worker_threads, "started");
+        Ok(app)
     }
 }
 
@@ -209,12 +238,76 @@ pub struct RunningApp {
     workers: Vec<JoinHandle<Result<()>>>,
     poller: Option<JoinHandle<Result<()>>>,
     stop: Arc<AtomicBool>,
+    /// The owner directory's threads (stopped by `stop_all`).
+    directory: crate::directory::DirectoryService,
+    /// What the query service needs of the app.
+    handle: AppHandle,
+    /// The gRPC server, when `grpc_listen` is set.
+    grpc: Option<crate::query::GrpcServer>,
+}
+
+/// A table as the query service sees it: settings, type-erased codecs and
+/// topics.
+#[derive(Clone)]
+pub(crate) struct TableMeta {
+    pub name: String,
+    pub options: crate::topology::TableOptions,
+    pub codecs: crate::topology::TableCodecs,
+    /// The physical input topic the table is co-partitioned with.
+    pub input_topic: String,
+    pub changelog_topic: String,
+}
+
+/// What the query service holds of a running app (not the app itself, so
+/// the app can stop while requests are in flight): cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppHandle {
+    pub config: Arc<AppConfig>,
+    pub registry: Registry,
+    pub partitions: u32,
+    pub tables: Arc<[TableMeta]>,
+    senders: Vec<mpsc::SyncSender<Command>>,
+}
+
+impl AppHandle {
+    /// Asks the worker owning `partition` to rewind it (or plan it, with
+    /// `dry_run`), only if its latest version is `expect` when given.
+    /// Blocks until the worker answers (at most the revoke timeout).
+    pub fn rewind(
+        &self,
+        table: &str,
+        partition: Partition,
+        at: At,
+        range: KeyRange,
+        dry_run: bool,
+        expect: Option<Version>,
+    ) -> Result<RewindPlan> {
+        let idx = self.tables.iter().position(|t| t.name == table).ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
+        let (tx, rx) = mpsc::channel();
+        let w = partition.0 as usize % self.senders.len();
+        self.senders[w]
+            .send(Command::Rewind { table: idx, partition, at, range, dry_run, expect, reply: tx })
+            .map_err(|_| Error::Stopped("the worker has exited".into()))?;
+        rx.recv_timeout(self.config.revoke_timeout).map_err(|_| Error::Stopped("the worker did not answer the rewind".into()))?
+    }
 }
 
 impl RunningApp {
+    /// Where the gRPC server listens (the bound address, with the actual
+    /// port when `grpc_listen` asked for port 0), if it runs.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc.as_ref().map(|g| g.local_addr())
+    }
+
     /// What this instance owns, and its counters.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Who owns each partition across all instances, and their endpoints
+    /// (from the owner directory topic).
+    pub fn directory(&self) -> &crate::directory::Directory {
+        self.directory.directory()
     }
 
     /// Number of partitions of the input topics (and of every table).
@@ -281,13 +374,7 @@ impl RunningApp {
     /// table, online: the owner commits what it has, stages the rewind as
     /// new versions flagged as such, and commits them.
     pub fn rewind(&self, table: &str, partition: Partition, at: At, range: KeyRange, dry_run: bool) -> Result<RewindPlan> {
-        let idx = self.tables.iter().position(|t| t == table).ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
-        let (tx, rx) = mpsc::channel();
-        let w = partition.0 as usize % self.senders.len();
-        self.senders[w]
-            .send(Command::Rewind { table: idx, partition, at, range, dry_run, reply: tx })
-            .map_err(|_| Error::Stopped("the worker has exited".into()))?;
-        rx.recv_timeout(self.config.revoke_timeout).map_err(|_| Error::Stopped("the worker did not answer the rewind".into()))?
+        self.handle.rewind(table, partition, at, range, dry_run, None)
     }
 
     /// Commits everything, leaves the group and stops the threads.
@@ -296,6 +383,13 @@ impl RunningApp {
     }
 
     fn stop_all(&mut self) -> Result<()> {
+        // Queries first: they must not wait on workers that are leaving.
+        if let Some(g) = self.grpc.take() {
+            g.shutdown();
+        }
+        // Then withdraw from the owner directory (a tombstone), so others
+        // stop routing here now rather than after its TTL.
+        self.directory.stop_publisher();
         let mut first_err = None;
         for s in &self.senders {
             let (tx, rx) = mpsc::channel();
@@ -318,6 +412,7 @@ impl RunningApp {
                 Ok(Ok(())) => {}
             }
         }
+        self.directory.stop();
         tracing::info!(app = %self.config.application_id, "stopped");
         match first_err {
             Some(e) => Err(e),

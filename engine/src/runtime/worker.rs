@@ -39,8 +39,18 @@ pub(crate) enum Command {
     Revoke { parts: Vec<(String, Partition)>, ack: mpsc::Sender<()> },
     /// A record that reached the consumer's main queue.
     Stray(Box<OwnedMessage>),
-    /// Rewind a table partition (or plan it, with `dry_run`).
-    Rewind { table: usize, partition: Partition, at: At, range: KeyRange, dry_run: bool, reply: mpsc::Sender<Result<RewindPlan>> },
+    /// Rewind a table partition (or plan it, with `dry_run`); with
+    /// `expect`, only if its latest version (after committing pending work)
+    /// is that one.
+    Rewind {
+        table: usize,
+        partition: Partition,
+        at: At,
+        range: KeyRange,
+        dry_run: bool,
+        expect: Option<strata_state::Version>,
+        reply: mpsc::Sender<Result<RewindPlan>>,
+    },
     /// Commit everything and stop.
     Shutdown { ack: mpsc::Sender<()> },
 }
@@ -176,8 +186,8 @@ impl Worker {
                     self.strays.entry(m.partition() as u32).or_default().push(*m)
                 }
             },
-            Command::Rewind { table, partition, at, range, dry_run, reply } => {
-                let r = rewind(env, &mut self.tasks, table, partition, at, range, dry_run);
+            Command::Rewind { table, partition, at, range, dry_run, expect, reply } => {
+                let r = rewind(env, &mut self.tasks, table, partition, at, range, dry_run, expect);
                 let _ = reply.send(r);
             }
             Command::Shutdown { ack } => {
@@ -320,6 +330,7 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
     }
     let mut task = Task::new(p, env.sources.clone(), tables, env.dlq.clone());
     task.set_timers(&env.timers, Timestamp::now());
+    env.registry.set_assigned(p);
     Ok(Owned { task, queues: Vec::new(), writers })
 }
 
@@ -356,10 +367,35 @@ fn close_task(env: &WorkerEnv, o: Owned) {
     tracing::info!(partition = %p, "task closed");
 }
 
-fn rewind(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>, table: usize, p: Partition, at: At, range: KeyRange, dry_run: bool) -> Result<RewindPlan> {
+#[allow(clippy::too_many_arguments)]
+fn rewind(
+    env: &WorkerEnv,
+    tasks: &mut BTreeMap<u32, Owned>,
+    table: usize,
+    p: Partition,
+    at: At,
+    range: KeyRange,
+    dry_run: bool,
+    expect: Option<strata_state::Version>,
+) -> Result<RewindPlan> {
     let o = tasks.get_mut(&p.0).ok_or_else(|| Error::Stopped(format!("partition {p} is not owned by this instance")))?;
     commit_task(env, o)?;
     let t = o.task.tables.tables.get_mut(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+    if let Some(want) = expect {
+        // Checked after the commit above, on the thread that owns the
+        // partition: nothing can commit between this check and the rewind.
+        let latest = t.latest_version();
+        if latest != want {
+            return Err(strata_state::Error::Protocol {
+                location: Box::new(Location { table: t.config().name.clone(), partition: p }),
+                reason: format!(
+                    "its latest version is {latest}, not the expected {want}: it changed since the rewind was reviewed; \
+                     plan again (dry run) and expect the new latest version"
+                ),
+            }
+            .into());
+        }
+    }
     if dry_run {
         return Ok(t.plan_rewind(at, &range)?);
     }

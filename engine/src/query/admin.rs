@@ -1,0 +1,129 @@
+//! Admin.Rewind: brings partitions owned here back to an earlier state,
+//! through the worker that owns each one (the same path as
+//! `RunningApp::rewind`), so a rewind is staged and committed between two
+//! batches of processing, as new versions flagged `rewind`.
+//!
+//! The worker commits pending work first, then checks `expect_latest` and
+//! plans (dry run) or applies; the check and the rewind happen on the
+//! partition's own thread, so nothing commits in between.
+
+use std::sync::Arc;
+
+use strata_proto::v1 as pb;
+use prost::Message;
+use strata_state::{Partition, Version};
+
+use super::context::{QueryContext, blocking};
+use super::convert::{self, Render, Repr};
+use super::error::QueryError;
+use super::scan::{check_single, targets};
+
+/// Rewind: plans or applies a rewind in every partition concerned.
+pub(crate) async fn rewind(ctx: Arc<QueryContext>, req: pb::RewindRequest) -> Result<pb::RewindResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    if req.replay {
+        return Err(QueryError::Unimplemented(
+            "rewind with replay (seeking the inputs back) is not supported by this server yet; rewind without replay".into(),
+        ));
+    }
+    let at = match req.to.and_then(|a| a.point) {
+        None | Some(pb::at::Point::Latest(_)) => {
+            return Err(QueryError::invalid("a rewind needs `to`: an earlier version or time (not latest)"));
+        }
+        Some(p) => convert::at(Some(pb::At { point: Some(p) })),
+    };
+    let (range, single) = convert::key_filter(meta, req.keys.clone())?;
+    let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
+    check_single(at, &targets, "a rewind")?;
+    for e in &req.expect_latest {
+        ctx.check_partition(e.partition)?;
+    }
+    let listed = if req.max_listed_changes == 0 {
+        ctx.limits.default_rewind_listed
+    } else {
+        req.max_listed_changes.min(ctx.limits.max_rewind_listed)
+    } as usize;
+    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+
+    // Listed changes share the reply budget; counts stay complete.
+    let mut budget = ctx.reply_budget();
+    let mut partitions = Vec::with_capacity(targets.len());
+    for p in targets {
+        let expect = req.expect_latest.iter().find(|e| e.partition == p.0).map(|e| Version(e.version));
+        let outcome = match ctx.reader(&meta.name, p) {
+            // Only an up-to-date owner rewinds.
+            Err(e) => Err(e),
+            Ok(_) => {
+                let (app, table, range) = (ctx.app.clone(), meta.name.clone(), range.clone());
+                let dry_run = req.dry_run;
+                blocking(move || Ok(app.rewind(&table, p, at, range, dry_run, expect)?)).await
+            }
+        };
+        match outcome {
+            Ok(plan) => partitions.push(result(&ctx, &render, p, plan, req.dry_run, listed, &mut budget)),
+            // One partition asked for: its failure is the call's.
+            Err(e) if req.partition.is_some() || single.is_some() => return Err(e),
+            Err(e) => partitions.push(pb::PartitionRewind {
+                partition: p.0,
+                status: pb::RewindStatus::Failed as i32,
+                error: Some(ctx.unavailable(p, &e)),
+                ..Default::default()
+            }),
+        }
+    }
+    Ok(pb::RewindResponse { dry_run: req.dry_run, partitions })
+}
+
+fn result(
+    ctx: &QueryContext,
+    render: &Render<'_>,
+    p: Partition,
+    plan: strata_state::RewindPlan,
+    dry_run: bool,
+    listed: usize,
+    budget: &mut usize,
+) -> pb::PartitionRewind {
+    let count = plan.changes.len();
+    let status = match (count, dry_run) {
+        (0, _) => pb::RewindStatus::Unchanged,
+        (_, true) => pb::RewindStatus::Planned,
+        (_, false) => pb::RewindStatus::Applied,
+    };
+    let mut out = pb::PartitionRewind {
+        partition: p.0,
+        status: status as i32,
+        target_version: plan.target.0,
+        from_version: plan.from.0,
+        change_count: count as u64,
+        changes_truncated: count > listed,
+        ..Default::default()
+    };
+    if status == pb::RewindStatus::Applied {
+        // The rewind was committed on its own right after the plan, and
+        // versions have no gaps: it holds the next `count` versions.
+        let first = plan.from.0 + 1;
+        let last = plan.from.0 + count as u64;
+        out.new_versions = Some(pb::VersionRange { first, last });
+        if let Ok(r) = ctx.reader(&render.meta.name, p)
+            && let Ok(Some(rec)) = r.version_record(Version(first))
+        {
+            out.commit_time_ms = rec.time.0;
+        }
+    }
+    for d in plan.changes.into_iter().take(listed) {
+        let change = pb::RewindChange {
+            key: render.key(&d.key),
+            key_json: render.key_json(&d.key),
+            current: d.after.map(|v| render.entry(v)),
+            restored: d.before.map(|v| render.entry(v)),
+        };
+        let size = change.encoded_len() + 8;
+        if size > *budget {
+            break;
+        }
+        *budget -= size;
+        out.changes.push(change);
+    }
+    out.changes_truncated = out.changes.len() < count;
+    out
+}

@@ -1,0 +1,160 @@
+//! What every query needs of the app: its tables, which partition holds a
+//! key, the reader of a partition owned here (or why there is none), and
+//! how to describe the serving instance.
+//!
+//! Readers come from the registry on every request, so a partition that
+//! moves away or starts restoring stops answering at once.
+
+use strata_proto::v1 as pb;
+use strata_state::store::RocksStore;
+use strata_state::{Partition, PartitionReader, Version};
+
+use super::error::QueryError;
+use crate::config::QueryConfig;
+use crate::partitioner::partition_for;
+use crate::registry::PartitionState;
+use crate::runtime::{AppHandle, TableMeta};
+
+/// The app-level state the query and admin services work from.
+pub(crate) struct QueryContext {
+    pub app: AppHandle,
+    /// This instance, as replies name it.
+    pub instance: pb::Instance,
+    pub limits: QueryConfig,
+}
+
+impl QueryContext {
+    pub(crate) fn new(app: AppHandle, local: std::net::SocketAddr) -> QueryContext {
+        let config = &app.config;
+        let id = config
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}-{}", config.application_id, std::process::id(), local.port()));
+        let endpoint = config.advertised_endpoint.clone().unwrap_or_else(|| format!("http://{local}"));
+        let instance = pb::Instance { id, endpoint };
+        QueryContext { limits: config.query.clone(), instance, app }
+    }
+
+    /// The table named `name`.
+    pub(crate) fn table(&self, name: &str) -> Result<&TableMeta, QueryError> {
+        self.app.tables.iter().find(|t| t.name == name).ok_or_else(|| QueryError::UnknownTable {
+            table: name.to_string(),
+            known: self.app.tables.iter().map(|t| t.name.clone()).collect(),
+        })
+    }
+
+    /// The number of partitions of every table.
+    pub(crate) fn partitions(&self) -> u32 {
+        self.app.partitions
+    }
+
+    /// Checks a partition number given by a request.
+    pub(crate) fn check_partition(&self, p: u32) -> Result<Partition, QueryError> {
+        if p >= self.partitions() {
+            return Err(QueryError::invalid(format!(
+                "partition {p} does not exist: the tables have {} partitions (0 to {})",
+                self.partitions(),
+                self.partitions().saturating_sub(1)
+            )));
+        }
+        Ok(Partition(p))
+    }
+
+    /// The partition that holds `key` (table bytes, already checked).
+    ///
+    /// The input topic's record key decides it. When the table's stream
+    /// re-keyed without a repartition, that record key cannot be computed:
+    /// the partitions owned here are searched for the key's history, and
+    /// failing that the key's table bytes are taken as its record key
+    /// (right when both encodings agree, such as `String` keys with the
+    /// `Utf8` codec).
+    pub(crate) fn partition_of_key(&self, meta: &TableMeta, key: &[u8]) -> Result<Partition, QueryError> {
+        let n = self.partitions();
+        if let Some(f) = &meta.codecs.partition_key {
+            let record_key = f(key).map_err(|e| QueryError::invalid(format!("key for table {:?}: {e}", meta.name)))?;
+            return Ok(partition_for(&record_key, n));
+        }
+        let probe = strata_state::HistoryQuery { limit: 1, ..Default::default() };
+        for p in 0..n {
+            if let Some(r) = self.app.registry.reader(&meta.name, Partition(p))
+                && !r.history(key, &probe)?.entries.is_empty()
+            {
+                return Ok(Partition(p));
+            }
+        }
+        Ok(partition_for(key, n))
+    }
+
+    /// The reader of partition `p` of `table` if it is owned here and
+    /// running; otherwise why not.
+    pub(crate) fn reader(&self, table: &str, p: Partition) -> Result<PartitionReader<RocksStore>, QueryError> {
+        if let Some(r) = self.app.registry.reader(table, p) {
+            return Ok(r);
+        }
+        match self.local_state(table, p) {
+            Some(PartitionState::Restoring { records, rate }) => {
+                Err(QueryError::Restoring { table: table.to_string(), partition: p, records, rate })
+            }
+            // Running again by now, or gone: either way not readable at
+            // the moment it was asked.
+            _ => Err(QueryError::NotLocal { table: table.to_string(), partition: p }),
+        }
+    }
+
+    /// The state of partition `p` of `table` on this instance, if owned here.
+    pub(crate) fn local_state(&self, table: &str, p: Partition) -> Option<PartitionState> {
+        self.app.registry.partitions().into_iter().find(|(t, q, _)| t == table && *q == p).map(|(_, _, s)| s)
+    }
+
+    /// Who served a read of partition `p` at `read_version`.
+    pub(crate) fn served(&self, p: Partition, reader: &PartitionReader<RocksStore>, read_version: Version) -> pb::Served {
+        pb::Served {
+            partition: p.0,
+            instance: Some(self.instance.clone()),
+            hops: 0,
+            read_version: read_version.0,
+            latest_version: reader.latest_version().0,
+            latest_time_ms: reader.last_commit_time().0,
+            stale: false,
+            lag_records: 0,
+        }
+    }
+
+    /// A partition that could not take part in a scatter-gather.
+    pub(crate) fn unavailable(&self, p: Partition, e: &QueryError) -> pb::UnavailablePartition {
+        let status = super::error::to_status(e);
+        let restoring = match e {
+            QueryError::Restoring { records, rate, .. } => Some(pb::Restoring { records: *records, rate: *rate, remaining: None }),
+            _ => None,
+        };
+        pb::UnavailablePartition {
+            partition: p.0,
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            owner: None,
+            restoring,
+        }
+    }
+
+    /// A page size from a request: 0 means the default; larger than the
+    /// maximum is clamped.
+    pub(crate) fn page_size(&self, asked: u32) -> usize {
+        let n = if asked == 0 { self.limits.default_page_size } else { asked.min(self.limits.max_page_size) };
+        n as usize
+    }
+
+    /// How many bytes of items one reply may carry, leaving room for the
+    /// rest of the message.
+    pub(crate) fn reply_budget(&self) -> usize {
+        self.limits.max_message_bytes - self.limits.max_message_bytes / 8
+    }
+}
+
+/// Runs bounded blocking work (RocksDB iteration) off the tokio workers.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, QueryError>
+where
+    F: FnOnce() -> Result<T, QueryError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| QueryError::Internal(format!("a read task failed: {e}")))?
+}

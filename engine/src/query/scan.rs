@@ -1,0 +1,257 @@
+//! Scan and Diff: reads over many keys, gathered from every partition
+//! concerned that is owned here and merged in encoded key order, in pages.
+//!
+//! The first page pins the version each partition reads (Diff: both
+//! versions) in the page token, so every page reads the same state while
+//! the table changes. A partition that cannot be read here (restoring, or
+//! owned elsewhere: forwarding comes later) is reported in `unavailable`
+//! and the reply is `partial`; a scan that started partial says so on every
+//! page. Each page reads at most `page size` items per partition, on the
+//! blocking pool.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use strata_proto::v1 as pb;
+use strata_state::store::RocksStore;
+use strata_state::{At, KeyRange, Partition, PartitionReader, ScanRequest, ScanToken, Version, Versioned};
+
+use super::context::{QueryContext, blocking};
+use super::convert::{self, Render, Repr};
+use super::error::QueryError;
+use super::token::{self, Kind};
+use crate::runtime::TableMeta;
+
+/// Where one partition's scan resumes.
+#[derive(Clone, Serialize, Deserialize)]
+enum Resume {
+    /// A new state-level scan from this lower bound.
+    From(Start),
+    /// The state-level scan from this bound, continued with its token.
+    Token(Start, Vec<u8>),
+    /// Nothing left.
+    Done,
+}
+
+/// A lower key bound (serializable `Bound`).
+#[derive(Clone, Serialize, Deserialize)]
+enum Start {
+    Unbounded,
+    Included(Vec<u8>),
+    Excluded(Vec<u8>),
+}
+
+impl Start {
+    fn of(b: &Bound<Vec<u8>>) -> Start {
+        match b {
+            Bound::Unbounded => Start::Unbounded,
+            Bound::Included(k) => Start::Included(k.clone()),
+            Bound::Excluded(k) => Start::Excluded(k.clone()),
+        }
+    }
+    fn bound(&self) -> Bound<Vec<u8>> {
+        match self {
+            Start::Unbounded => Bound::Unbounded,
+            Start::Included(k) => Bound::Included(k.clone()),
+            Start::Excluded(k) => Bound::Excluded(k.clone()),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct PartCursor {
+    partition: u32,
+    version: u64,
+    resume: Resume,
+}
+
+/// A scan's page token body.
+#[derive(Serialize, Deserialize)]
+struct ScanCursor {
+    parts: Vec<PartCursor>,
+    /// Partitions that could not be read on the first page.
+    missing: Vec<u32>,
+}
+
+/// Which partitions a request concerns: the one it names, the one a
+/// single-key filter lives in, or all.
+pub(crate) fn targets(ctx: &QueryContext, meta: &TableMeta, partition: Option<u32>, single: Option<&[u8]>) -> Result<Vec<Partition>, QueryError> {
+    if let Some(p) = partition {
+        // With a single-key filter too, the key may live elsewhere: the
+        // partition then simply has nothing to show.
+        return Ok(vec![ctx.check_partition(p)?]);
+    }
+    if let Some(k) = single {
+        return Ok(vec![ctx.partition_of_key(meta, k)?]);
+    }
+    Ok((0..ctx.partitions()).map(Partition).collect())
+}
+
+/// A version is a point of one partition only.
+pub(crate) fn check_single(at: At, targets: &[Partition], what: &str) -> Result<(), QueryError> {
+    if matches!(at, At::Version(_)) && targets.len() != 1 {
+        return Err(QueryError::invalid(format!(
+            "{what} at a version needs one partition (versions are per partition): set `partition` or a single-key \
+             filter, or read as of a time"
+        )));
+    }
+    Ok(())
+}
+
+/// Scan: one page of keys and values.
+pub(crate) async fn scan(ctx: Arc<QueryContext>, req: pb::ScanRequest) -> Result<pb::ScanResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+    let (range, single) = convert::key_filter(meta, req.keys.clone())?;
+    let page_size = ctx.page_size(req.page_size);
+    let identity = token::identity(&pb::ScanRequest { page_size: 0, page_token: Vec::new(), options: None, ..req.clone() });
+
+    // The partitions to read, with their pinned versions and positions.
+    let mut unavailable = Vec::new();
+    // `None`: not read this page (finished, or unavailable now), but kept
+    // in the token.
+    let mut jobs: Vec<(PartCursor, Option<PartitionReader<RocksStore>>)> = Vec::new();
+    let mut missing: Vec<u32>;
+    if req.page_token.is_empty() {
+        let at = convert::at(req.at);
+        let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
+        check_single(at, &targets, "a scan")?;
+        missing = Vec::new();
+        for p in targets {
+            match ctx.reader(&meta.name, p) {
+                Ok(r) => {
+                    let version = r.resolve(at)?;
+                    jobs.push((PartCursor { partition: p.0, version: version.0, resume: Resume::From(Start::of(&range.start)) }, Some(r)));
+                }
+                Err(e) if e.is_unavailable_partition() => {
+                    unavailable.push(ctx.unavailable(p, &e));
+                    missing.push(p.0);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    } else {
+        let c: ScanCursor = token::open(Kind::Scan, identity, &req.page_token)?;
+        missing = c.missing;
+        for &p in &missing {
+            unavailable.push(pb::UnavailablePartition {
+                partition: p,
+                code: tonic::Code::Unavailable as i32,
+                message: format!(
+                    "partition {p} could not be read when the scan started; start again without a token to include it"
+                ),
+                ..Default::default()
+            });
+        }
+        for part in c.parts {
+            let p = Partition(part.partition);
+            if matches!(part.resume, Resume::Done) {
+                jobs.push((part, None));
+                continue;
+            }
+            match ctx.reader(&meta.name, p) {
+                Ok(r) => jobs.push((part, Some(r))),
+                Err(e) if e.is_unavailable_partition() => {
+                    // Moved or restoring since the last page: keep its
+                    // position, a later page may read it again.
+                    unavailable.push(ctx.unavailable(p, &e));
+                    jobs.push((part, None));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    // Read one page from every partition, off the tokio workers.
+    let end = range.end.clone();
+    let pages = blocking(move || {
+        let mut out = Vec::with_capacity(jobs.len());
+        for (part, reader) in jobs {
+            let page = match (&part.resume, &reader) {
+                (Resume::Done, _) | (_, None) => None,
+                (Resume::From(start), Some(r)) => Some(r.scan(&ScanRequest {
+                    range: KeyRange { start: start.bound(), end: end.clone() },
+                    at: At::Version(Version(part.version)),
+                    limit: page_size,
+                    token: None,
+                })?),
+                (Resume::Token(start, t), Some(r)) => Some(r.scan(&ScanRequest {
+                    range: KeyRange { start: start.bound(), end: end.clone() },
+                    at: At::Version(Version(part.version)),
+                    limit: page_size,
+                    token: Some(ScanToken(t.clone())),
+                })?),
+            };
+            out.push((part, reader, page));
+        }
+        Ok::<_, QueryError>(out)
+    })
+    .await?;
+
+    // Merge in key order, within the page size and the reply budget.
+    let mut merged: Vec<(Vec<u8>, usize, Versioned)> = Vec::new();
+    for (i, (_, _, page)) in pages.iter().enumerate() {
+        if let Some(page) = page {
+            merged.extend(page.items.iter().map(|(k, v)| (k.clone(), i, v.clone())));
+        }
+    }
+    merged.sort_by(|a, b| a.0.cmp(&b.0));
+    let budget = ctx.reply_budget();
+    let mut used = 0;
+    let mut items = Vec::new();
+    let mut taken = vec![0usize; pages.len()];
+    let mut last_taken: Vec<Option<Vec<u8>>> = vec![None; pages.len()];
+    for (key, i, v) in merged {
+        if items.len() == page_size {
+            break;
+        }
+        let p = pages[i].0.partition;
+        let item = pb::ScanItem { partition: p, key: render.key(&key), key_json: render.key_json(&key), entry: Some(render.entry(v)) };
+        let size = item.encoded_len() + 8;
+        if used + size > budget {
+            if items.is_empty() {
+                return Err(QueryError::TooLarge(format!(
+                    "the item of key {} is {size} bytes, more than a reply may carry ({budget} bytes, \
+                     query.max_message_bytes); ask for representation BYTES or JSON only, or raise the bound",
+                    strata_state::codec::display_key(&key)
+                )));
+            }
+            break;
+        }
+        used += size;
+        taken[i] += 1;
+        last_taken[i] = Some(key);
+        items.push(item);
+    }
+
+    // Where each partition resumes.
+    let mut served = Vec::new();
+    let mut parts = Vec::with_capacity(pages.len());
+    for (i, (mut part, reader, page)) in pages.into_iter().enumerate() {
+        if let (Some(page), Some(r)) = (page, reader) {
+            served.push(ctx.served(Partition(part.partition), &r, Version(part.version)));
+            let start = match &part.resume {
+                Resume::From(s) | Resume::Token(s, _) => s.clone(),
+                Resume::Done => Start::Unbounded,
+            };
+            part.resume = if taken[i] == page.items.len() {
+                match page.next {
+                    Some(t) => Resume::Token(start, t.0),
+                    None => Resume::Done,
+                }
+            } else {
+                match last_taken[i].take() {
+                    Some(k) => Resume::From(Start::Excluded(k)),
+                    None => part.resume,
+                }
+            };
+        }
+        parts.push(part);
+    }
+    let partial = !unavailable.is_empty();
+    let more = parts.iter().any(|p| !matches!(p.resume, Resume::Done));
+    let next_page_token = if more { token::seal(Kind::Scan, identity, &ScanCursor { parts, missing })? } else { Vec::new() };
+    Ok(pb::ScanResponse { items, next_page_token, partial, unavailable, served })
+}

@@ -1,0 +1,85 @@
+//! The `strata.v1.Query` and `strata.v1.Admin` services: thin adapters from
+//! tonic to the read, scan, diff, table and admin modules, with every
+//! error turned into a status by `error::to_status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::admin_server::Admin;
+use strata_proto::v1::query_server::Query;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::context::QueryContext;
+use super::error::{QueryError, to_status};
+use super::{admin, diff, read, scan, tables};
+
+/// Serves both services from this instance's table partitions.
+#[derive(Clone)]
+pub(crate) struct QueryService {
+    ctx: Arc<QueryContext>,
+}
+
+impl QueryService {
+    pub(crate) fn new(ctx: Arc<QueryContext>) -> QueryService {
+        QueryService { ctx }
+    }
+}
+
+fn reply<T>(r: Result<T, QueryError>, rpc: &'static str) -> Result<Response<T>, Status> {
+    match r {
+        Ok(v) => Ok(Response::new(v)),
+        Err(e) => {
+            let status = to_status(&e);
+            tracing::debug!(rpc, code = ?status.code(), error = %e, "query failed");
+            Err(status)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Query for QueryService {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        reply(read::get(&self.ctx, request.into_inner()), "Get")
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        reply(read::history(self.ctx.clone(), request.into_inner()).await, "History")
+    }
+
+    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
+        reply(scan::scan(self.ctx.clone(), request.into_inner()).await, "Scan")
+    }
+
+    async fn diff(&self, request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        reply(diff::diff(self.ctx.clone(), request.into_inner()).await, "Diff")
+    }
+
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
+
+    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let r: Result<Self::SubscribeStream, QueryError> = self.ctx.table(&req.table).and_then(|_| {
+            Err(QueryError::Unimplemented(
+                "Subscribe is not available on this server yet; poll Diff from the last versions seen instead".into(),
+            ))
+        });
+        reply(r, "Subscribe")
+    }
+
+    async fn list_tables(&self, _request: Request<pb::ListTablesRequest>) -> Result<Response<pb::ListTablesResponse>, Status> {
+        Ok(Response::new(tables::list(&self.ctx)))
+    }
+
+    async fn describe_table(&self, request: Request<pb::DescribeTableRequest>) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        reply(tables::describe(&self.ctx, request.get_ref()), "DescribeTable")
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for QueryService {
+    async fn rewind(&self, request: Request<pb::RewindRequest>) -> Result<Response<pb::RewindResponse>, Status> {
+        reply(admin::rewind(self.ctx.clone(), request.into_inner()).await, "Rewind")
+    }
+}

@@ -1,0 +1,634 @@
+//! The gRPC query and admin services on the embedded cluster: every RPC
+//! served from this instance's partitions, through the generated tonic
+//! client, and the error contract case by case (including malformed and
+//! oversized protobuf), plus health and reflection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use strata_engine::kafka::client::KafkaConfig;
+use strata_engine::kafka::output::OutputProducer;
+use strata_engine::serde::{Utf8, json};
+use strata_engine::{App, AppConfig, EmbeddedKafka, OutRecord, RunningApp, TableOptions, Topology};
+use strata_proto::v1 as pb;
+use strata_proto::v1::admin_client::AdminClient;
+use strata_proto::v1::query_client::QueryClient;
+use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
+use strata_state::Retention;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const KEYS: usize = 30;
+const PARTITIONS: u32 = 3;
+
+/// `sums`: per-key sum of the values; `last`: the last value, keeping one
+/// version per key.
+fn topology() -> Topology {
+    let t = Topology::new();
+    let s = t.stream("events", Utf8, json::<i64>());
+    s.aggregate("sums", TableOptions::default(), |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v));
+    let one = TableOptions { retention: Retention::last_versions(1).unwrap(), ..Default::default() };
+    s.aggregate("last", one, |_k, v: i64, _old: Option<i64>| Some(v));
+    t
+}
+
+fn config(kafka: &EmbeddedKafka, app: &str, state: &Path) -> AppConfig {
+    let mut c = AppConfig::new(app, kafka.bootstrap_servers());
+    c.state_dir = state.to_path_buf();
+    c.kafka.session_timeout = Duration::from_secs(6);
+    c.manage_topics = false;
+    c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.query.max_message_bytes = 1 << 20;
+    c
+}
+
+fn key(i: usize) -> String {
+    format!("k{i:02}")
+}
+
+fn produce(kafka: &EmbeddedKafka, records: &[(String, i64)]) {
+    let p = OutputProducer::new(&KafkaConfig::new(kafka.bootstrap_servers()), BTreeMap::new()).unwrap();
+    let recs: Vec<OutRecord> = records
+        .iter()
+        .map(|(k, v)| OutRecord { topic: "events".into(), key: Some(k.clone().into_bytes()), value: Some(v.to_string().into_bytes()), headers: vec![] })
+        .collect();
+    p.produce(&recs).unwrap();
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+async fn clients(addr: SocketAddr) -> (QueryClient<Channel>, AdminClient<Channel>, Channel) {
+    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    (QueryClient::new(ch.clone()), AdminClient::new(ch.clone()), ch)
+}
+
+fn get_json(table: &str, k: &str) -> pb::GetRequest {
+    pb::GetRequest {
+        table: table.into(),
+        key_ref: Some(pb::get_request::KeyRef::KeyJson(serde_json::to_string(k).unwrap())),
+        ..Default::default()
+    }
+}
+
+fn at_time(t: u64) -> Option<pb::At> {
+    Some(pb::At { point: Some(pb::at::Point::TimeMs(t)) })
+}
+
+fn at_version(v: u64) -> Option<pb::At> {
+    Some(pb::At { point: Some(pb::at::Point::Version(v)) })
+}
+
+fn found(r: &pb::GetResponse) -> Option<&pb::Entry> {
+    match r.outcome.as_ref().unwrap() {
+        pb::get_response::Outcome::Found(e) => Some(e),
+        pb::get_response::Outcome::Absent(_) => None,
+    }
+}
+
+fn value_of(r: &pb::GetResponse) -> Option<i64> {
+    found(r).map(|e| serde_json::from_str(&e.value_json).unwrap())
+}
+
+/// Polls until `sums` holds `want` for every key, through gRPC.
+async fn wait_sums(q: &mut QueryClient<Channel>, want: &BTreeMap<String, i64>) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ok = true;
+        for (k, v) in want {
+            match q.get(get_json("sums", k)).await {
+                Ok(r) if value_of(r.get_ref()) == Some(*v) => {}
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < end, "sums did not converge to {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("an error status");
+    (s.code(), s.message().to_string())
+}
+
+struct Fixture {
+    _kafka: EmbeddedKafka,
+    _state: tempfile::TempDir,
+    app: RunningApp,
+    /// After phase 1 converged, before phase 2.
+    t_mid: u64,
+    phase1: BTreeMap<String, i64>,
+    phase2: BTreeMap<String, i64>,
+}
+
+/// Phase 1: three rounds of +1..+3 per key. Phase 2: +10 on the first ten
+/// keys.
+async fn fixture() -> Fixture {
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("events", PARTITIONS).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(&kafka, "grpc", state.path());
+    kafka.create_app_topics(&cfg, &topology(), PARTITIONS).unwrap();
+    let app = tokio::task::block_in_place(|| {
+        let app = App::new(cfg).unwrap().start(topology()).unwrap();
+        app.wait_running(PARTITIONS as usize, Duration::from_secs(60)).unwrap();
+        app
+    });
+    let addr = app.grpc_addr().expect("grpc server");
+    let (mut q, _, _) = clients(addr).await;
+
+    let mut phase1 = BTreeMap::new();
+    for round in 1..=3i64 {
+        let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), round)).collect();
+        produce(&kafka, &recs);
+        for (k, v) in recs {
+            *phase1.entry(k).or_insert(0) += v;
+        }
+        // Separate commits, so every round is its own version of each key.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_sums(&mut q, &phase1).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t_mid = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let recs: Vec<(String, i64)> = (0..10).map(|i| (key(i), 10)).collect();
+    produce(&kafka, &recs);
+    let mut phase2 = phase1.clone();
+    for (k, v) in recs {
+        *phase2.get_mut(&k).unwrap() += v;
+    }
+    wait_sums(&mut q, &phase2).await;
+    Fixture { _kafka: kafka, _state: state, app, t_mid, phase1, phase2 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_served_locally_with_the_error_contract() {
+    let f = fixture().await;
+    let addr = f.app.grpc_addr().unwrap();
+    let (mut q, mut admin, ch) = clients(addr).await;
+
+    // Get by JSON key and by key bytes: the same entry, JSON and bytes agree.
+    let by_json = q.get(get_json("sums", "k13")).await.unwrap().into_inner();
+    let by_bytes = q
+        .get(pb::GetRequest {
+            table: "sums".into(),
+            key_ref: Some(pb::get_request::KeyRef::Key("k13".to_string().to_key_bytes())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_json, by_bytes);
+    let e = found(&by_json).unwrap();
+    assert_eq!(e.value_json, "6");
+    assert_eq!(ValueCodec::<i64>::decode(&Bincode, &e.value).unwrap(), 6);
+    assert_eq!(by_json.key_json, "\"k13\"");
+    assert_eq!(by_json.key, b"k13".to_vec());
+    let served = by_json.served.clone().unwrap();
+    assert_eq!(served.read_version, served.latest_version);
+    assert_eq!(served.instance.as_ref().unwrap().endpoint, format!("http://{addr}"));
+    assert!(e.lineage.as_ref().is_some_and(|l| l.topic == "events"));
+    let p13 = served.partition;
+    // A key never written is absent, not an error.
+    assert!(found(&q.get(get_json("sums", "nope")).await.unwrap().into_inner()).is_none());
+    // JSON only: no bytes.
+    let mut req = get_json("sums", "k13");
+    req.options = Some(pb::RequestOptions { representation: pb::Representation::Json as i32, ..Default::default() });
+    let r = q.get(req).await.unwrap().into_inner();
+    assert!(r.key.is_empty() && found(&r).unwrap().value.is_empty() && found(&r).unwrap().value_json == "6");
+
+    // History of k00: newest first by default, values 16, 6, 3, 1.
+    let h = q
+        .history(pb::HistoryRequest {
+            table: "sums".into(),
+            key_ref: Some(pb::history_request::KeyRef::KeyJson("\"k00\"".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let vals: Vec<i64> = h.entries.iter().map(|e| e.value_json.parse().unwrap()).collect();
+    assert_eq!(vals, vec![16, 6, 3, 1]);
+    assert!(h.entries.windows(2).all(|w| w[0].version > w[1].version));
+    assert!(h.next_page_token.is_empty() && !h.truncated_by_retention);
+    let versions: Vec<u64> = h.entries.iter().map(|e| e.version).rev().collect();
+    // Ascending in pages of 3.
+    let mut pages = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let r = q
+            .history(pb::HistoryRequest {
+                table: "sums".into(),
+                key_ref: Some(pb::history_request::KeyRef::KeyJson("\"k00\"".into())),
+                order: pb::Order::Ascending as i32,
+                limit: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(r.entries.iter().map(|e| e.version).collect::<Vec<_>>());
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(pages, vec![versions[..3].to_vec(), versions[3..].to_vec()]);
+    // A token replayed with other arguments is refused.
+    let first = q
+        .history(pb::HistoryRequest {
+            table: "sums".into(),
+            key_ref: Some(pb::history_request::KeyRef::KeyJson("\"k00\"".into())),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (c, m) = code(
+        q.history(pb::HistoryRequest {
+            table: "sums".into(),
+            key_ref: Some(pb::history_request::KeyRef::KeyJson("\"k01\"".into())),
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+
+    // Get at a version (k00's second version: 1 + 2) and as of a time.
+    let mut req = get_json("sums", "k00");
+    req.at = at_version(versions[1]);
+    let r = q.get(req).await.unwrap().into_inner();
+    assert_eq!(value_of(&r), Some(3));
+    assert_eq!(r.served.unwrap().read_version, versions[1]);
+    let mut req = get_json("sums", "k00");
+    req.at = at_time(f.t_mid);
+    assert_eq!(value_of(&q.get(req).await.unwrap().into_inner()), Some(f.phase1["k00"]));
+    let mut req = get_json("sums", "k29");
+    req.at = at_time(f.t_mid);
+    assert_eq!(value_of(&q.get(req).await.unwrap().into_inner()), Some(f.phase1["k29"]));
+
+    // Scan every partition in pages of 7: every key exactly once, in key
+    // order within and across pages, with its latest value.
+    let mut seen: Vec<(String, i64)> = Vec::new();
+    let mut token = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = q
+            .scan(pb::ScanRequest { table: "sums".into(), page_size: 7, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.partial && r.unavailable.is_empty());
+        assert!(r.items.len() <= 7);
+        // Every partition on the first page; those finished are not read again.
+        assert!(r.served.len() <= PARTITIONS as usize && (pages > 0 || r.served.len() == PARTITIONS as usize));
+        for it in &r.items {
+            seen.push((serde_json::from_str(&it.key_json).unwrap(), it.entry.as_ref().unwrap().value_json.parse().unwrap()));
+        }
+        pages += 1;
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert!(pages >= KEYS / 7);
+    let want: Vec<(String, i64)> = f.phase2.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    assert_eq!(seen, want);
+    // A scan as of a time and a prefix: phase 1's values of k0*.
+    let r = q
+        .scan(pb::ScanRequest {
+            table: "sums".into(),
+            keys: Some(pb::KeyFilter { filter: Some(pb::key_filter::Filter::PrefixUtf8("k0".into())) }),
+            at: at_time(f.t_mid),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: BTreeMap<String, i64> =
+        r.items.iter().map(|i| (serde_json::from_str(&i.key_json).unwrap(), i.entry.as_ref().unwrap().value_json.parse().unwrap())).collect();
+    let want: BTreeMap<String, i64> = f.phase1.iter().filter(|(k, _)| k.starts_with("k0")).map(|(k, v)| (k.clone(), *v)).collect();
+    assert_eq!(got, want);
+    // One partition at a version is allowed; at a version over all is not.
+    let (c, m) = code(q.scan(pb::ScanRequest { table: "sums".into(), at: at_version(1), ..Default::default() }).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    let r = q.scan(pb::ScanRequest { table: "sums".into(), partition: Some(p13), at: at_version(1), ..Default::default() }).await.unwrap();
+    assert_eq!(r.get_ref().items.len(), 1, "one key written by version 1");
+
+    // Diff from the middle to now, in pages of 3: exactly phase 2's keys,
+    // with both values.
+    let mut changed = BTreeMap::new();
+    let mut token = Vec::new();
+    loop {
+        let r = q
+            .diff(pb::DiffRequest { table: "sums".into(), from: at_time(f.t_mid), page_size: 3, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.entries.len() <= 3 && !r.partial);
+        assert_eq!(r.from_versions.len(), PARTITIONS as usize);
+        for d in &r.entries {
+            let k: String = serde_json::from_str(&d.key_json).unwrap();
+            let before: i64 = d.before.as_ref().unwrap().value_json.parse().unwrap();
+            let after: i64 = d.after.as_ref().unwrap().value_json.parse().unwrap();
+            assert!(changed.insert(k, (before, after)).is_none(), "a key twice");
+        }
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    let want: BTreeMap<String, (i64, i64)> = (0..10).map(|i| (key(i), (f.phase1[&key(i)], f.phase2[&key(i)]))).collect();
+    assert_eq!(changed, want);
+    let (c, m) = code(q.diff(pb::DiffRequest { table: "sums".into(), ..Default::default() }).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+
+    // ListTables and DescribeTable.
+    let t = q.list_tables(pb::ListTablesRequest {}).await.unwrap().into_inner();
+    let names: Vec<&str> = t.tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["last", "sums"]);
+    assert_eq!(t.tables[0].retention.unwrap().policy, Some(pb::retention::Policy::LastVersions(1)));
+    assert!(t.tables.iter().all(|t| t.partitions == PARTITIONS && t.json && t.input_topics == ["events"]));
+    assert_eq!(t.tables[1].changelog_topic, "grpc-sums-changelog");
+    let d = q.describe_table(pb::DescribeTableRequest { table: "sums".into(), options: None }).await.unwrap().into_inner();
+    assert_eq!(d.partitions.len(), PARTITIONS as usize);
+    for p in &d.partitions {
+        assert_eq!(p.state, Some(pb::partition_info::State::Running(pb::Running {})));
+        assert!(p.latest_version > 0 && p.latest_time_ms > 0);
+        assert_eq!(p.oldest_version, 0, "unlimited retention keeps everything");
+        assert_eq!(p.owner.as_ref().unwrap().endpoint, format!("http://{addr}"));
+    }
+
+    // Rewind k05 to the middle: dry run, then a stale expectation, then
+    // apply; the latest value is phase 1's again, flagged as a rewind.
+    let k05 = Some(pb::KeyFilter { filter: Some(pb::key_filter::Filter::KeyJson("\"k05\"".into())) });
+    let rw = |dry_run: bool, expect: Vec<pb::PartitionVersion>| pb::RewindRequest {
+        table: "sums".into(),
+        keys: k05.clone(),
+        to: at_time(f.t_mid),
+        dry_run,
+        expect_latest: expect,
+        ..Default::default()
+    };
+    let plan = admin.rewind(rw(true, vec![])).await.unwrap().into_inner();
+    assert!(plan.dry_run);
+    let pr = &plan.partitions[0];
+    assert_eq!(plan.partitions.len(), 1);
+    assert_eq!(pr.status, pb::RewindStatus::Planned as i32);
+    assert_eq!(pr.change_count, 1);
+    assert_eq!(pr.changes[0].key_json, "\"k05\"");
+    assert_eq!(pr.changes[0].current.as_ref().unwrap().value_json, f.phase2["k05"].to_string());
+    assert_eq!(pr.changes[0].restored.as_ref().unwrap().value_json, f.phase1["k05"].to_string());
+    assert_eq!(value_of(&q.get(get_json("sums", "k05")).await.unwrap().into_inner()), Some(f.phase2["k05"]), "a dry run changes nothing");
+    let stale = vec![pb::PartitionVersion { partition: pr.partition, version: pr.from_version.saturating_sub(1) }];
+    let (c, m) = code(admin.rewind(rw(false, stale)).await);
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    let expect = vec![pb::PartitionVersion { partition: pr.partition, version: pr.from_version }];
+    let done = admin.rewind(rw(false, expect)).await.unwrap().into_inner();
+    let dr = &done.partitions[0];
+    assert_eq!(dr.status, pb::RewindStatus::Applied as i32, "{dr:?}");
+    let nv = dr.new_versions.unwrap();
+    assert_eq!((nv.first, nv.last), (pr.from_version + 1, pr.from_version + 1));
+    assert!(dr.commit_time_ms >= f.t_mid);
+    let r = q.get(get_json("sums", "k05")).await.unwrap().into_inner();
+    let e = found(&r).unwrap();
+    assert_eq!(e.value_json, f.phase1["k05"].to_string());
+    assert_eq!(e.version, nv.first);
+    assert!(e.flags.unwrap().rewind && e.lineage.is_none());
+    // The rewind's versions are history like any other.
+    let h = q
+        .history(pb::HistoryRequest {
+            table: "sums".into(),
+            key_ref: Some(pb::history_request::KeyRef::KeyJson("\"k05\"".into())),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(h.entries[0].flags.unwrap().rewind);
+    // Replay is not supported yet; a version target needs one partition;
+    // latest is no target.
+    let mut req = rw(true, vec![]);
+    req.replay = true;
+    assert_eq!(code(admin.rewind(req).await).0, Code::Unimplemented);
+    let (c, m) = code(admin.rewind(pb::RewindRequest { table: "sums".into(), to: at_version(1), ..Default::default() }).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert_eq!(code(admin.rewind(pb::RewindRequest { table: "sums".into(), ..Default::default() }).await).0, Code::InvalidArgument);
+
+    // The error contract, case by case.
+    let (c, m) = code(q.get(get_json("nope", "k00")).await);
+    assert_eq!(c, Code::NotFound, "{m}");
+    assert!(m.contains("sums"), "names the tables: {m}");
+    assert_eq!(code(q.describe_table(pb::DescribeTableRequest { table: "nope".into(), options: None }).await).0, Code::NotFound);
+    let mut bad = get_json("sums", "");
+    bad.key_ref = Some(pb::get_request::KeyRef::KeyJson("{nope".into()));
+    let (c, m) = code(q.get(bad).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("key_json"), "{m}");
+    let mut wrong_type = get_json("sums", "");
+    wrong_type.key_ref = Some(pb::get_request::KeyRef::KeyJson("5".into()));
+    assert_eq!(code(q.get(wrong_type).await).0, Code::InvalidArgument);
+    assert_eq!(code(q.get(pb::GetRequest { table: "sums".into(), ..Default::default() }).await).0, Code::InvalidArgument);
+    let mut future = get_json("sums", "k00");
+    future.at = at_version(1_000_000);
+    let s = q.get(future).await.expect_err("future version");
+    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+    assert!(s.message().contains("latest version"), "{}", s.message());
+    let detail = pb::ErrorDetail::decode(s.metadata().get_bin("strata-error-detail-bin").unwrap().to_bytes().unwrap()).unwrap();
+    assert!(detail.latest_version.is_some_and(|v| v > 0) && detail.table == "sums");
+    // `last` keeps one version per key: k00 as of the middle was
+    // overwritten since, so that state is gone.
+    let mut old = get_json("last", "k00");
+    old.at = at_time(f.t_mid);
+    let (c, m) = code(q.get(old).await);
+    assert_eq!(c, Code::OutOfRange, "{m}");
+    assert!(m.contains("retention"), "{m}");
+    // k20 was not written since: its value then is its latest, still kept.
+    let mut kept = get_json("last", "k20");
+    kept.at = at_time(f.t_mid);
+    assert_eq!(value_of(&q.get(kept).await.unwrap().into_inner()), Some(3));
+
+    // Malformed protobuf: a field claiming more bytes than there are.
+    let (c, m) = raw_unary(ch.clone(), "/strata.v1.Query/Get", vec![0x0A, 0x10, b'x']).await;
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    // Oversized request (the bound is 1 MiB here).
+    let mut huge = get_json("sums", "");
+    huge.key_ref = Some(pb::get_request::KeyRef::KeyJson(format!("\"{}\"", "x".repeat(2 << 20))));
+    let (c, m) = raw_unary(ch.clone(), "/strata.v1.Query/Get", huge.encode_to_vec()).await;
+    assert_eq!(c, Code::ResourceExhausted, "{m}");
+    // Subscribe is not built yet.
+    let Err(s) = q.subscribe(pb::SubscribeRequest { table: "sums".into(), ..Default::default() }).await else {
+        panic!("Subscribe answered a stream")
+    };
+    assert_eq!(s.code(), Code::Unimplemented);
+
+    // Health and reflection.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
+        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+    }
+    let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl.server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let services: BTreeSet<String> = match resp.message_response.unwrap() {
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(l) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    for s in ["strata.v1.Query", "strata.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(services.contains(s), "{services:?}");
+    }
+
+    drop((q, admin, ch));
+    tokio::task::block_in_place(move || f.app.shutdown().unwrap());
+}
+
+/// Sends `body` as the request message of `path` without encoding it, and
+/// returns the status.
+async fn raw_unary(ch: Channel, path: &'static str, body: Vec<u8>) -> (Code, String) {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let r = grpc.unary(tonic::Request::new(body), tonic::codegen::http::uri::PathAndQuery::from_static(path), RawCodec).await;
+    code(r)
+}
+
+/// A codec that sends bytes as they are and reads replies as bytes.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+/// Two instances share the partitions: each serves its own, reports the
+/// others as unavailable (forwarding comes later), and the two partial
+/// scans together hold every key exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("events", PARTITIONS).unwrap();
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = config(&kafka, "pair", sa.path());
+    ca.instance_id = Some("a".into());
+    let mut cb = config(&kafka, "pair", sb.path());
+    cb.instance_id = Some("b".into());
+    kafka.create_app_topics(&ca, &topology(), PARTITIONS).unwrap();
+    let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), i as i64)).collect();
+    produce(&kafka, &recs);
+    let (a, b) = tokio::task::block_in_place(|| {
+        let a = App::new(ca).unwrap().start(topology()).unwrap();
+        a.wait_running(PARTITIONS as usize, Duration::from_secs(60)).unwrap();
+        let b = App::new(cb).unwrap().start(topology()).unwrap();
+        // Wait for the rebalance to settle: every partition running on
+        // exactly one of the two, each with some.
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            let running = |app: &RunningApp| -> BTreeSet<u32> {
+                app.registry()
+                    .partitions()
+                    .into_iter()
+                    .filter(|(t, _, s)| t == "sums" && *s == strata_engine::PartitionState::Running)
+                    .map(|(_, p, _)| p.0)
+                    .collect()
+            };
+            let (pa, pb) = (running(&a), running(&b));
+            if !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && pa.len() + pb.len() == PARTITIONS as usize {
+                break;
+            }
+            assert!(Instant::now() < end, "no settled assignment: a {pa:?}, b {pb:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (a, b)
+    });
+    let mut all = Vec::new();
+    for app in [&a, &b] {
+        let (mut q, _, _) = clients(app.grpc_addr().unwrap()).await;
+        let mine: BTreeSet<u32> = app.registry().partitions().into_iter().filter(|(t, _, _)| t == "sums").map(|(_, p, _)| p.0).collect();
+        // Converged values, read where they live.
+        let end = Instant::now() + Duration::from_secs(60);
+        let items = loop {
+            let r = q.scan(pb::ScanRequest { table: "sums".into(), ..Default::default() }).await.unwrap().into_inner();
+            assert!(r.partial, "partitions elsewhere make the scan partial");
+            let missing: BTreeSet<u32> = r.unavailable.iter().map(|u| u.partition).collect();
+            assert_eq!(missing, (0..PARTITIONS).filter(|p| !mine.contains(p)).collect::<BTreeSet<u32>>());
+            assert!(r.unavailable.iter().all(|u| u.code == Code::Unavailable as i32 && u.message.contains("not owned")), "{:?}", r.unavailable);
+            assert!(r.items.iter().all(|i| mine.contains(&i.partition)));
+            let sum: i64 = r.items.iter().map(|i| i.entry.as_ref().unwrap().value_json.parse::<i64>().unwrap()).sum();
+            let want: i64 = (0..KEYS).filter(|i| mine.contains(&app.partition_of(key(*i).as_bytes()).0)).map(|i| i as i64).sum();
+            if sum == want {
+                break r.items;
+            }
+            assert!(Instant::now() < end, "values not converged on {mine:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        all.extend(items.into_iter().map(|i| i.key_json));
+        // A key owned by the other instance: UNAVAILABLE, saying what to do.
+        let other = (0..KEYS).map(key).find(|k| !mine.contains(&app.partition_of(k.as_bytes()).0)).unwrap();
+        let s = q.get(get_json("sums", &other)).await.expect_err("owned elsewhere");
+        assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+        assert!(s.message().contains("not owned by this instance"), "{}", s.message());
+        // DescribeTable lists the others as unreachable from here.
+        let d = q.describe_table(pb::DescribeTableRequest { table: "sums".into(), options: None }).await.unwrap().into_inner();
+        for p in d.partitions {
+            let local = matches!(p.state, Some(pb::partition_info::State::Running(_)));
+            assert_eq!(local, mine.contains(&p.partition), "{p:?}");
+        }
+    }
+    all.sort();
+    let want: Vec<String> = (0..KEYS).map(|i| format!("\"{}\"", key(i))).collect();
+    assert_eq!(all, want, "every key exactly once across the two instances");
+    tokio::task::block_in_place(move || {
+        b.shutdown().unwrap();
+        a.shutdown().unwrap();
+    });
+}
