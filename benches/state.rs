@@ -2,11 +2,13 @@
 //!
 //! Every figure is reported next to a baseline taken in the same process on
 //! the same disk, and as a ratio to it: committed puts/s against plain
-//! `WriteBatch`es, latest-get latency against `DB::get`, as-of reads on a key
-//! with many versions against one with few, a key's history against a raw
-//! iterator over as many adjacent keys, and a rewind on a large table against
-//! the same rewind on a small one. Nothing here asserts a time; the ratios are
-//! for a person (and `docs/benchmarks.md`) to judge.
+//! `WriteBatch`es (and against raw RocksDB writing strata's own column
+//! families, which separates the layout's cost from strata's), latest-get
+//! latency against `DB::get`, as-of reads on a key with many versions against
+//! one with few, a key's history against a raw iterator over as many adjacent
+//! keys, and a rewind on a large table against the same rewind on a small one
+//! and against a tenth of the changes. Nothing here asserts a time; the
+//! ratios are for a person (and `docs/benchmarks.md`) to judge.
 //!
 //! The raw database is opened with the options of `RocksEnv` that matter for
 //! these workloads: same block cache size, write-buffer budget charged to that
@@ -569,7 +571,7 @@ impl Bench {
         self.rows.push(row(what, ns(p(a, q)), ns(p(b, q)), format!("{ratio:.2}x"), aim));
     }
 
-    /// 1. Committed puts. The raw loads run first and are left to finish
+    /// Phase 1, committed puts. The raw loads run first and are left to finish
     /// their compactions, so the versioned load does not pay for them.
     fn puts(&mut self) -> Result<()> {
         let s = &self.s;
@@ -607,7 +609,7 @@ impl Bench {
         Ok(())
     }
 
-    /// 2. Latest gets.
+    /// Phase 2, latest gets.
     fn gets(&mut self) -> Result<()> {
         println!("[2/5] {} latest gets per store ...", self.s.gets);
         let (hs, hr) = latest_gets(&self.table.reader(), &self.raw, &self.s, &mut self.rng)?;
@@ -623,7 +625,7 @@ impl Bench {
         Ok(())
     }
 
-    /// 3 and 4. A deep and a shallow key, then as-of reads and history.
+    /// Phases 3 and 4: a deep and a shallow key, then as-of reads and history.
     fn versions(&mut self) -> Result<()> {
         let s = &self.s;
         println!(
@@ -695,9 +697,9 @@ impl Bench {
         Ok(())
     }
 
-    /// 5. Rewinds on the large table, on a small one, and of a tenth of the
-    /// changes on the large one (the time should drop about tenfold if it
-    /// follows the changes).
+    /// Phase 5, rewinds: on the large table, on a small one, and of a tenth
+    /// of the changes on the large one (the time should drop about tenfold
+    /// if it follows the changes).
     fn rewinds(&mut self) -> Result<()> {
         let s = &self.s;
         println!(
@@ -718,8 +720,8 @@ impl Bench {
         }
         type Split = (Duration, Duration);
         let med = |v: &[Split], f: fn(&Split) -> Duration| median(v.iter().map(f).collect());
-        let (total, plan, commit): (fn(&Split) -> Duration, fn(&Split) -> Duration, fn(&Split) -> Duration) =
-            (|x| x.0 + x.1, |x| x.0, |x| x.1);
+        type Pick = fn(&Split) -> Duration;
+        let (total, plan, commit): (Pick, Pick, Pick) = (|x| x.0 + x.1, |x| x.0, |x| x.1);
         let (bt, st, tt) = (med(&big, total), med(&sm, total), med(&tenths, total));
         let ratio = bt.as_secs_f64() / st.as_secs_f64();
         let what = format!("rewind {} changes + commit, {} vs {} keys (median)", s.changes, s.keys, s.small_keys);
@@ -738,6 +740,26 @@ impl Bench {
         self.rows.push(row(&what, ms(bt), ms(tt), format!("{:.1}x", bt.as_secs_f64() / tt.as_secs_f64()), aim));
         let keys_per_s = thousands(s.changes as f64 / bt.as_secs_f64());
         self.rows.push(row("  rewound keys/s (large table)", keys_per_s, none(), none(), none()));
+
+        // What the plan does per changed key, on each table: a latest get
+        // and a read at the target version (a history seek).
+        let (big_r, small_r) = (self.table.reader(), small.reader());
+        let (big_v, small_v) = (Version(big_r.latest_version().0 - 1), Version(small_r.latest_version().0 - 1));
+        let (mut hb, mut hs) = (histogram(), histogram());
+        let lookups = |r: &PartitionReader<RocksStore>, k: &[u8], v: Version| -> Result<()> {
+            let (now, then) = (r.get(k)?, r.get_at(k, At::Version(v))?);
+            if now.is_none() || then.is_none() {
+                bail!("a loaded key is missing");
+            }
+            Ok(())
+        };
+        for _ in 0..s.gets / 10 {
+            let (kb, ks) = (key(self.rng.random_range(0..s.keys)), key(self.rng.random_range(0..s.small_keys)));
+            timed(&mut hb, || lookups(&big_r, &kb, big_v))?;
+            timed(&mut hs, || lookups(&small_r, &ks, small_v))?;
+        }
+        let what = format!("  per-key lookups of a plan (get + get_at) p50, {} vs {} keys", s.keys, s.small_keys);
+        self.latency_row(&what, &hb, &hs, 0.5, None);
         Ok(())
     }
 

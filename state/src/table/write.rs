@@ -338,9 +338,14 @@ impl<S: KvStore> TablePartition<S> {
         }
         batch.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&checkpoint));
         shared.store.write(batch).map_err(|e| shared.store_err(e, None))?;
+        // Refresh cached keys only: filling the cache with every write would
+        // let one large commit (or rewind) evict the owner's hot keys;
+        // `read` fills it on a miss.
         if let Some(cache) = self.cache.as_mut() {
             for r in records {
-                cache.put(r.key.clone(), r.value.clone());
+                if let Some(slot) = cache.peek_mut(&r.key) {
+                    *slot = r.value.clone();
+                }
             }
         }
         shared.last_time.store(checkpoint.time.0, Ordering::Release);
