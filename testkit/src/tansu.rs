@@ -355,9 +355,19 @@ fn spawn_broker(binary: &Path, log: &Path) -> Result<(Process, u16)> {
     .stdout(stdout)
     .stderr(stderr);
     clean_env(&mut cmd);
-    let broker = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("starting {} broker", binary.display()), e))?;
+    // A freshly written executable can be briefly "busy" (ETXTBSY) while
+    // another thread's fork still holds its write handle: retry a little.
+    let mut attempts = 0;
+    let broker = loop {
+        match cmd.spawn() {
+            Ok(b) => break b,
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(Error::io(format!("starting {} broker", binary.display()), e)),
+        }
+    };
     let pid = broker.id().to_string();
     let mut process = Process {
         broker,
