@@ -207,13 +207,15 @@ impl<S: KvStore> TablePartition<S> {
                 p.position = Offset(last.0 + 1);
             }
             p.read += b.records.len() as u64;
-            p.applied += self.restore(&b.records)?.applied as u64;
+            let end = b.end;
+            let empty = b.records.is_empty();
+            p.applied += self.restore(b.records)?.applied as u64;
             p.rate = p.read as f64 / started.elapsed().as_secs_f64().max(1e-9);
             p.eta = p.end_estimate.filter(|_| p.rate > 0.0).map(|end| {
                 std::time::Duration::from_secs_f64(end.0.saturating_sub(p.position.0) as f64 / p.rate)
             });
             progress(&p);
-            if b.end || b.records.is_empty() {
+            if end || empty {
                 return Ok(p);
             }
         }

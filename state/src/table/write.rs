@@ -215,7 +215,7 @@ impl<S: KvStore> TablePartition<S> {
     /// Applies records read back from the changelog, in order. Records at or
     /// below the latest version are skipped (a changelog may repeat records
     /// after a retried produce); a gap in versions is an error.
-    pub fn restore(&mut self, records: &[(Offset, ChangeRecord)]) -> Result<RestoreStep> {
+    pub fn restore(&mut self, records: Vec<(Offset, ChangeRecord)>) -> Result<RestoreStep> {
         if !self.staging.is_empty() || self.prepared.is_some() {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
@@ -227,6 +227,7 @@ impl<S: KvStore> TablePartition<S> {
         let mut latest = self.checkpoint.version;
         let mut fresh: Vec<ChangeRecord> = Vec::with_capacity(records.len());
         let mut offsets: Vec<Offset> = Vec::with_capacity(records.len());
+        let end = records.last().map(|(o, _)| ChangelogPosition(*o));
         for (off, r) in records {
             if r.version <= latest {
                 step.skipped += 1;
@@ -246,8 +247,8 @@ impl<S: KvStore> TablePartition<S> {
                 });
             }
             latest = r.version;
-            fresh.push(r.clone());
-            offsets.push(*off);
+            fresh.push(r);
+            offsets.push(off);
         }
         // Input positions implied by the restored records' lineage.
         let mut inputs: BTreeMap<(String, u32), u64> = self
@@ -269,7 +270,6 @@ impl<S: KvStore> TablePartition<S> {
         step.applied = fresh.len();
         // Skipped duplicates still move the changelog position on, so the
         // next restore does not read them again.
-        let end = records.last().map(|(o, _)| ChangelogPosition(*o));
         if !fresh.is_empty() || end > self.checkpoint.changelog {
             self.write_records(&fresh, &offsets, &inputs)?;
             if end > self.checkpoint.changelog {
