@@ -53,10 +53,10 @@ use strata_engine::kafka::output::OutputProducer;
 use strata_engine::partitioner::partition_for;
 use strata_engine::serde::{Utf8, json};
 use strata_engine::{App, AppConfig, OutRecord, TableOptions, Topology};
-use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata_state::store::rocks::RocksConfig;
 use strata_state::changelog::ChangelogBatch;
+use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 use strata_state::store::RocksEnv;
+use strata_state::store::rocks::RocksConfig;
 use strata_state::{
     ChangeRecord, ChangelogReader, Granularity, Lineage, Location, Offset, Partition, Retention,
     TableConfig, TableName, TablePartition, Timestamp, Version, VersionFlags,
@@ -558,7 +558,7 @@ fn blind_puts(dir: &Path, n: u64, value_bytes: usize, sorted: bool, meter: CpuMe
         }
         i += batch.len() as u64;
         if sorted {
-            batch.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            batch.sort_unstable_by_key(|a| a.0);
         }
         let mut wb = WriteBatch::default();
         for (k, v) in &batch {
