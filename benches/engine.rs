@@ -45,7 +45,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
-use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteBatch, WriteBufferManager, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteBatch, WriteBufferManager,
+    WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 use strata_engine::kafka::changelog::KafkaChangelogReader;
 use strata_engine::kafka::client::KafkaConfig;
@@ -92,13 +95,28 @@ struct Sizes {
 
 /// (flag, environment variable, help).
 const KNOBS: &[(&str, &str, &str)] = &[
-    ("--records", "STRATA_BENCH_RECORDS", "input records (1,000,000; --quick 100,000)"),
-    ("--keys", "STRATA_BENCH_KEYS", "distinct keys (100,000; --quick 10,000)"),
-    ("--workers", "STRATA_BENCH_WORKERS", "engine worker threads (2, the AppConfig default)"),
+    (
+        "--records",
+        "STRATA_BENCH_RECORDS",
+        "input records (1,000,000; --quick 100,000)",
+    ),
+    (
+        "--keys",
+        "STRATA_BENCH_KEYS",
+        "distinct keys (100,000; --quick 10,000)",
+    ),
+    (
+        "--workers",
+        "STRATA_BENCH_WORKERS",
+        "engine worker threads (2, the AppConfig default)",
+    ),
 ];
 
 fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
-    let n = raw.replace('_', "").parse::<usize>().with_context(|| format!("{flag}: {raw:?} is not a count"))?;
+    let n = raw
+        .replace('_', "")
+        .parse::<usize>()
+        .with_context(|| format!("{flag}: {raw:?} is not a count"))?;
     match flag {
         "--records" => s.records = n,
         "--keys" => s.keys = n,
@@ -118,16 +136,30 @@ fn usage() -> String {
 
 fn parse_sizes() -> Result<Sizes> {
     // cargo passes `--bench` to harness-less benches; it means nothing here.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());
         std::process::exit(0);
     }
-    let quick = args.iter().any(|a| a == "--quick") || std::env::var("STRATA_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("STRATA_BENCH_QUICK").is_ok_and(|v| v == "1");
     let mut s = if quick {
-        Sizes { records: 100_000, keys: 10_000, workers: 2, quick }
+        Sizes {
+            records: 100_000,
+            keys: 10_000,
+            workers: 2,
+            quick,
+        }
     } else {
-        Sizes { records: 1_000_000, keys: 100_000, workers: 2, quick }
+        Sizes {
+            records: 1_000_000,
+            keys: 100_000,
+            workers: 2,
+            quick,
+        }
     };
     for (flag, var, _) in KNOBS {
         if let Ok(v) = std::env::var(var) {
@@ -138,7 +170,12 @@ fn parse_sizes() -> Result<Sizes> {
     while let Some(a) = it.next() {
         let (flag, value) = match a.split_once('=') {
             Some((f, v)) => (f.to_string(), v.to_string()),
-            None => (a.clone(), it.next().with_context(|| format!("{a} needs a value\n{}", usage()))?.clone()),
+            None => (
+                a.clone(),
+                it.next()
+                    .with_context(|| format!("{a} needs a value\n{}", usage()))?
+                    .clone(),
+            ),
         };
         set(&mut s, &flag, &value).with_context(usage)?;
     }
@@ -156,7 +193,10 @@ fn print_command() {
     if let Ok(v) = std::env::var("STRATA_BENCH_QUICK") {
         env.push(format!("STRATA_BENCH_QUICK={v}"));
     }
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let mut cmd = env.join(" ");
     if !cmd.is_empty() {
         cmd.push(' ');
@@ -210,8 +250,14 @@ struct Input {
 fn produce_input(bootstrap: &str, s: &Sizes) -> Result<(Input, Duration)> {
     let producer = OutputProducer::new(&KafkaConfig::new(bootstrap), BTreeMap::new())?;
     let names: Vec<String> = (0..s.keys).map(key_name).collect();
-    let parts: Vec<u32> = names.iter().map(|n| partition_for(n.as_bytes(), PARTITIONS).0).collect();
-    let mut input = Input { counts: BTreeMap::new(), oracle: vec![Agg::default(); s.keys] };
+    let parts: Vec<u32> = names
+        .iter()
+        .map(|n| partition_for(n.as_bytes(), PARTITIONS).0)
+        .collect();
+    let mut input = Input {
+        counts: BTreeMap::new(),
+        oracle: vec![Agg::default(); s.keys],
+    };
     let topic: std::sync::Arc<str> = std::sync::Arc::from(INPUT);
     let mut batch = Vec::with_capacity(PRODUCE_BATCH);
     let started = Instant::now();
@@ -222,7 +268,12 @@ fn produce_input(bootstrap: &str, s: &Sizes) -> Result<(Input, Duration)> {
         a.count += 1;
         a.sum += amount;
         let value = serde_json::to_vec(&Event { amount })?;
-        batch.push(OutRecord { topic: topic.clone(), key: Some(names[k].clone().into_bytes()), value: Some(value), headers: vec![] });
+        batch.push(OutRecord {
+            topic: topic.clone(),
+            key: Some(names[k].clone().into_bytes()),
+            value: Some(value),
+            headers: vec![],
+        });
         if batch.len() == PRODUCE_BATCH {
             producer.produce(&batch)?;
             batch.clear();
@@ -259,7 +310,10 @@ fn parse_stat(line: &str) -> Option<(String, u32, u64)> {
 }
 
 fn cpu_ticks(path: &str) -> u64 {
-    std::fs::read_to_string(path).ok().and_then(|l| parse_stat(&l)).map_or(0, |(_, _, t)| t)
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|l| parse_stat(&l))
+        .map_or(0, |(_, _, t)| t)
 }
 
 /// This process's CPU time, exited threads included.
@@ -270,9 +324,17 @@ fn self_cpu() -> u64 {
 /// Busy time of all CPUs of the machine (user, nice, system, irq, softirq,
 /// steal), from `/proc/stat`.
 fn machine_busy() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return 0 };
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0 };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
 }
 
@@ -280,14 +342,28 @@ fn machine_busy() -> u64 {
 /// children of pid 2, in brackets).
 fn all_procs() -> HashMap<u32, (String, u64)> {
     let mut out = HashMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(line) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(line) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
         if let Some((comm, ppid, t)) = parse_stat(&line) {
             // A kworker's name changes with the work it runs.
-            let comm = if comm.starts_with("kworker") { "kworker".to_string() } else { comm };
-            let name = if ppid == 2 || pid == 2 { format!("[{comm}]") } else { comm };
+            let comm = if comm.starts_with("kworker") {
+                "kworker".to_string()
+            } else {
+                comm
+            };
+            let name = if ppid == 2 || pid == 2 {
+                format!("[{comm}]")
+            } else {
+                comm
+            };
             out.insert(pid, (name, t));
         }
     }
@@ -303,11 +379,17 @@ fn driver_cpu() -> u64 {
 /// (`strata-worker-0` and `strata-worker-1` are one group).
 fn thread_cpu() -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(line) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Ok(line) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
         if let Some((comm, _, t)) = parse_stat(&line) {
-            let group: String = comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '#').to_string();
+            let group: String = comm
+                .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '#')
+                .to_string();
             *out.entry(group).or_default() += t;
         }
     }
@@ -355,16 +437,33 @@ struct CpuMeter {
 impl CpuMeter {
     fn start(tck: f64, broker: Option<u32>) -> CpuMeter {
         let broker0 = broker.map_or(0, |p| cpu_ticks(&format!("/proc/{p}/stat")));
-        CpuMeter { tck, broker, self0: self_cpu(), driver0: driver_cpu(), broker0, machine0: machine_busy(), procs0: all_procs(), threads0: thread_cpu() }
+        CpuMeter {
+            tck,
+            broker,
+            self0: self_cpu(),
+            driver0: driver_cpu(),
+            broker0,
+            machine0: machine_busy(),
+            procs0: all_procs(),
+            threads0: thread_cpu(),
+        }
     }
 
     fn stop(&self) -> Cpu {
         let process = self_cpu().saturating_sub(self.self0) as f64 / self.tck;
         let driver = driver_cpu().saturating_sub(self.driver0) as f64 / self.tck;
-        let broker = self.broker.map_or(0, |p| cpu_ticks(&format!("/proc/{p}/stat")).saturating_sub(self.broker0)) as f64 / self.tck;
+        let broker = self.broker.map_or(0, |p| {
+            cpu_ticks(&format!("/proc/{p}/stat")).saturating_sub(self.broker0)
+        }) as f64
+            / self.tck;
         let mut threads: Vec<(String, f64)> = thread_cpu()
             .into_iter()
-            .map(|(n, t)| (n.clone(), t.saturating_sub(self.threads0.get(&n).copied().unwrap_or(0)) as f64 / self.tck))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    t.saturating_sub(self.threads0.get(&n).copied().unwrap_or(0)) as f64 / self.tck,
+                )
+            })
             .filter(|(_, s)| *s > 0.0)
             .collect();
         let live: f64 = threads.iter().map(|(_, s)| s).sum();
@@ -385,10 +484,20 @@ impl CpuMeter {
                 *by_comm.entry(comm).or_default() += t - before;
             }
         }
-        let mut top_others: Vec<(String, f64)> = by_comm.into_iter().map(|(c, t)| (c, t as f64 / self.tck)).collect();
+        let mut top_others: Vec<(String, f64)> = by_comm
+            .into_iter()
+            .map(|(c, t)| (c, t as f64 / self.tck))
+            .collect();
         top_others.sort_by(|a, b| b.1.total_cmp(&a.1));
         top_others.truncate(4);
-        Cpu { process, driver, broker, others, top_others, threads }
+        Cpu {
+            process,
+            driver,
+            broker,
+            others,
+            top_others,
+            threads,
+        }
     }
 }
 
@@ -450,14 +559,22 @@ fn raw_consume(bootstrap: &str, input: &Input, meter: CpuMeter) -> Result<Measur
     let end = Instant::now();
     let cpu = meter.stop();
     if seen != input.counts {
-        bail!("raw consume saw {seen:?} at EOF, but {:?} were produced", input.counts);
+        bail!(
+            "raw consume saw {seen:?} at EOF, but {:?} were produced",
+            input.counts
+        );
     }
     std::hint::black_box(bytes);
     let (first, last) = first.zip(last).context("raw consume: no record")?;
     // The window ends at the last record, not at EOF: on Tansu the fetch that
     // reports EOF waits out `fetch.wait.max.ms` (500 ms), which is end
     // detection, not consuming.
-    Ok(Measured { records: seen.values().sum(), steady: last - first, total: end - started, cpu })
+    Ok(Measured {
+        records: seen.values().sum(),
+        steady: last - first,
+        total: end - started,
+        cpu,
+    })
 }
 
 // ---------------------------------------------------------------- RocksDB ceilings
@@ -474,7 +591,11 @@ struct RawDb {
 impl RawDb {
     fn open(path: &Path, c: &RocksConfig) -> Result<RawDb> {
         let cache = Cache::new_lru_cache(c.block_cache_bytes);
-        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(c.write_buffer_budget_bytes, false, cache.clone());
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            c.write_buffer_budget_bytes,
+            false,
+            cache.clone(),
+        );
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_cache_index_and_filter_blocks(true);
@@ -493,7 +614,11 @@ impl RawDb {
         let db = DB::open(&o, path).context("opening raw RocksDB")?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(!c.wal);
-        Ok(RawDb { db, write_opts, _cache: cache })
+        Ok(RawDb {
+            db,
+            write_opts,
+            _cache: cache,
+        })
     }
 }
 
@@ -527,12 +652,25 @@ fn raw_rmw(dir: &Path, s: &Sizes, input: &Input, meter: CpuMeter) -> Result<Meas
     let elapsed = started.elapsed();
     let cpu = meter.stop();
     for k in (0..s.keys).step_by((s.keys / SAMPLED_KEYS).max(1)) {
-        let got = raw.db.get(&names[k])?.map(|b| ValueCodec::<Agg>::decode(&codec, &b)).transpose()?.unwrap_or_default();
+        let got = raw
+            .db
+            .get(&names[k])?
+            .map(|b| ValueCodec::<Agg>::decode(&codec, &b))
+            .transpose()?
+            .unwrap_or_default();
         if got != input.oracle[k] {
-            bail!("raw RMW: key {k} holds {got:?}, expected {:?}", input.oracle[k]);
+            bail!(
+                "raw RMW: key {k} holds {got:?}, expected {:?}",
+                input.oracle[k]
+            );
         }
     }
-    Ok(Measured { records: s.records as u64, steady: elapsed, total: elapsed, cpu })
+    Ok(Measured {
+        records: s.records as u64,
+        steady: elapsed,
+        total: elapsed,
+        cpu,
+    })
 }
 
 /// Ceiling of (d): blind puts of `n` distinct keys (in random order) with
@@ -540,8 +678,17 @@ fn raw_rmw(dir: &Path, s: &Sizes, input: &Input, meter: CpuMeter) -> Result<Meas
 /// `sorted`, each batch's puts are sorted by key first (an experiment: how
 /// much of a put is the memtable skip-list search that a random order
 /// defeats).
-fn blind_puts(dir: &Path, n: u64, value_bytes: usize, sorted: bool, meter: CpuMeter) -> Result<Measured> {
-    let raw = RawDb::open(&dir.join(if sorted { "blind-sorted" } else { "blind" }), &RocksConfig::default())?;
+fn blind_puts(
+    dir: &Path,
+    n: u64,
+    value_bytes: usize,
+    sorted: bool,
+    meter: CpuMeter,
+) -> Result<Measured> {
+    let raw = RawDb::open(
+        &dir.join(if sorted { "blind-sorted" } else { "blind" }),
+        &RocksConfig::default(),
+    )?;
     let mut batch: Vec<([u8; 16], Vec<u8>)> = Vec::with_capacity(RESTORE_BATCH);
     let started = Instant::now();
     let mut i = 0;
@@ -567,20 +714,32 @@ fn blind_puts(dir: &Path, n: u64, value_bytes: usize, sorted: bool, meter: CpuMe
         raw.db.write_opt(wb, &raw.write_opts)?;
     }
     let elapsed = started.elapsed();
-    Ok(Measured { records: n, steady: elapsed, total: elapsed, cpu: meter.stop() })
+    Ok(Measured {
+        records: n,
+        steady: elapsed,
+        total: elapsed,
+        cpu: meter.stop(),
+    })
 }
 
 // ---------------------------------------------------------------- (c) the engine
 
 fn topology(granularity: Granularity) -> Topology {
     let t = Topology::new();
-    let options = TableOptions { retention: Retention::Unlimited, granularity };
-    t.stream(INPUT, Utf8, json::<Event>()).aggregate(TABLE, options, |_k, e: Event, old: Option<Agg>| {
-        let mut a = old.unwrap_or_default();
-        a.count += 1;
-        a.sum += e.amount;
-        Some(a)
-    });
+    let options = TableOptions {
+        retention: Retention::Unlimited,
+        granularity,
+    };
+    t.stream(INPUT, Utf8, json::<Event>()).aggregate(
+        TABLE,
+        options,
+        |_k, e: Event, old: Option<Agg>| {
+            let mut a = old.unwrap_or_default();
+            a.count += 1;
+            a.sum += e.amount;
+            Some(a)
+        },
+    );
     t
 }
 
@@ -605,23 +764,40 @@ fn committed(consumer: &BaseConsumer) -> Option<BTreeMap<u32, u64>> {
     for p in 0..PARTITIONS {
         tpl.add_partition(INPUT, p as i32);
     }
-    let c = consumer.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .ok()?;
     Some(
         c.elements()
             .iter()
-            .map(|e| (e.partition() as u32, match e.offset() {
-                KOffset::Offset(o) => o as u64,
-                _ => 0,
-            }))
+            .map(|e| {
+                (
+                    e.partition() as u32,
+                    match e.offset() {
+                        KOffset::Offset(o) => o as u64,
+                        _ => 0,
+                    },
+                )
+            })
             .collect(),
     )
 }
 
-fn run_engine(tansu: &Tansu, s: &Sizes, input: &Input, granularity: Granularity, state: &Path, meter: CpuMeter) -> Result<EngineRun> {
-    let app = format!("bench-{}", match granularity {
-        Granularity::PerCommit => "per-commit",
-        Granularity::PerMutation => "per-mutation",
-    });
+fn run_engine(
+    tansu: &Tansu,
+    s: &Sizes,
+    input: &Input,
+    granularity: Granularity,
+    state: &Path,
+    meter: CpuMeter,
+) -> Result<EngineRun> {
+    let app = format!(
+        "bench-{}",
+        match granularity {
+            Granularity::PerCommit => "per-commit",
+            Granularity::PerMutation => "per-mutation",
+        }
+    );
     let mut config = AppConfig::new(app.clone(), tansu.bootstrap());
     config.state_dir = state.to_path_buf();
     config.kafka.session_timeout = Duration::from_secs(6);
@@ -639,7 +815,12 @@ fn run_engine(tansu: &Tansu, s: &Sizes, input: &Input, granularity: Granularity,
     let mut last_seen = BTreeMap::new();
     let end = loop {
         if first.is_none() {
-            let n: u64 = running.registry().task_stats().values().map(|t| t.records_in).sum();
+            let n: u64 = running
+                .registry()
+                .task_stats()
+                .values()
+                .map(|t| t.records_in)
+                .sum();
             if n > 0 {
                 first = Some((Instant::now(), n));
             }
@@ -654,7 +835,10 @@ fn run_engine(tansu: &Tansu, s: &Sizes, input: &Input, granularity: Granularity,
             }
         }
         if started.elapsed() > PHASE_TIMEOUT {
-            bail!("{app}: not all input committed after {PHASE_TIMEOUT:?}: committed {last_seen:?}, produced {:?}", input.counts);
+            bail!(
+                "{app}: not all input committed after {PHASE_TIMEOUT:?}: committed {last_seen:?}, produced {:?}",
+                input.counts
+            );
         }
         std::thread::sleep(Duration::from_millis(1));
     };
@@ -671,7 +855,10 @@ fn run_engine(tansu: &Tansu, s: &Sizes, input: &Input, granularity: Granularity,
             .transpose()?
             .unwrap_or_default();
         if got != input.oracle[k] {
-            bail!("{app}: key {name} holds {got:?}, expected {:?}", input.oracle[k]);
+            bail!(
+                "{app}: key {name} holds {got:?}, expected {:?}",
+                input.oracle[k]
+            );
         }
     }
     running.shutdown()?;
@@ -713,7 +900,14 @@ struct RestoreRun {
     cpu: Cpu,
 }
 
-fn restore(tansu: &Tansu, s: &Sizes, input: &Input, app: &str, dir: &Path, meter: CpuMeter) -> Result<RestoreRun> {
+fn restore(
+    tansu: &Tansu,
+    s: &Sizes,
+    input: &Input,
+    app: &str,
+    dir: &Path,
+    meter: CpuMeter,
+) -> Result<RestoreRun> {
     let env = RocksEnv::new(RocksConfig::default())?;
     let name = TableName::new(TABLE)?;
     let topic = format!("{app}-{TABLE}-changelog");
@@ -721,10 +915,24 @@ fn restore(tansu: &Tansu, s: &Sizes, input: &Input, app: &str, dir: &Path, meter
     let mut tables = Vec::new();
     for p in 0..PARTITIONS {
         let t0 = Instant::now();
-        let mut table = TablePartition::open_rocks(dir.join(p.to_string()), &env, TableConfig::new(name.clone(), Partition(p)))?;
-        let location = Location { table: name.clone(), partition: Partition(p) };
-        let inner = KafkaChangelogReader::new(&KafkaConfig::new(tansu.bootstrap()), topic.clone(), location)?;
-        let mut reader = TimedReader { inner, spent: Duration::ZERO };
+        let mut table = TablePartition::open_rocks(
+            dir.join(p.to_string()),
+            &env,
+            TableConfig::new(name.clone(), Partition(p)),
+        )?;
+        let location = Location {
+            table: name.clone(),
+            partition: Partition(p),
+        };
+        let inner = KafkaChangelogReader::new(
+            &KafkaConfig::new(tansu.bootstrap()),
+            topic.clone(),
+            location,
+        )?;
+        let mut reader = TimedReader {
+            inner,
+            spent: Duration::ZERO,
+        };
         let progress = table.restore_from(&mut reader, RESTORE_BATCH, &mut |_| {})?;
         elapsed += t0.elapsed();
         reading += reader.spent;
@@ -742,21 +950,39 @@ fn restore(tansu: &Tansu, s: &Sizes, input: &Input, app: &str, dir: &Path, meter
             .transpose()?
             .unwrap_or_default();
         if got != input.oracle[k] {
-            bail!("restore of {app}: key {key} holds {got:?}, expected {:?}", input.oracle[k]);
+            bail!(
+                "restore of {app}: key {key} holds {got:?}, expected {:?}",
+                input.oracle[k]
+            );
         }
     }
-    Ok(RestoreRun { records, elapsed, reading, cpu })
+    Ok(RestoreRun {
+        records,
+        elapsed,
+        reading,
+        cpu,
+    })
 }
 
 /// The payload size of a typical changelog record of this workload.
 fn changelog_value_bytes() -> Result<usize> {
-    let value = ValueCodec::<Agg>::encode(&Bincode, &Agg { count: 10, sum: 5_000 })?;
+    let value = ValueCodec::<Agg>::encode(
+        &Bincode,
+        &Agg {
+            count: 10,
+            sum: 5_000,
+        },
+    )?;
     let r = ChangeRecord {
         key: key_name(42).to_key_bytes(),
         version: Version(123_456),
         time: Timestamp::now(),
         flags: VersionFlags::NONE,
-        lineage: Some(Lineage { topic: INPUT.into(), partition: Partition(1), offset: Offset(123_456) }),
+        lineage: Some(Lineage {
+            topic: INPUT.into(),
+            partition: Partition(1),
+            offset: Offset(123_456),
+        }),
         value: Some(value),
     };
     Ok(r.encode_value().len())
@@ -795,7 +1021,12 @@ fn us_quantile(v: &[u64], q: f64) -> String {
 }
 
 fn cpu_line(c: &Cpu, per: u64) -> String {
-    let top: Vec<String> = c.threads.iter().take(8).map(|(n, s)| format!("{n} {s:.2}")).collect();
+    let top: Vec<String> = c
+        .threads
+        .iter()
+        .take(8)
+        .map(|(n, s)| format!("{n} {s:.2}"))
+        .collect();
     format!(
         "process {:.2} s ({:.2} µs/rec; main thread {:.2} s), broker {:.2} s ({:.2} µs/rec), other processes {:.2} s ({}); threads: {}",
         c.process,
@@ -804,7 +1035,11 @@ fn cpu_line(c: &Cpu, per: u64) -> String {
         c.broker,
         1e6 * c.broker / per as f64,
         c.others,
-        c.top_others.iter().map(|(n, s)| format!("{n} {s:.2}")).collect::<Vec<_>>().join(", "),
+        c.top_others
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         top.join(", ")
     )
 }
@@ -812,7 +1047,12 @@ fn cpu_line(c: &Cpu, per: u64) -> String {
 fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpus} CPUs, {model}")
@@ -821,14 +1061,23 @@ fn machine() -> String {
 fn main() -> Result<()> {
     let s = parse_sizes()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rdkafka::client=off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rdkafka::client=off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     print_command();
     println!("machine: {}", machine());
-    println!("sizes:   {} records, {} keys, {} partitions, {} worker threads", s.records, s.keys, PARTITIONS, s.workers);
+    println!(
+        "sizes:   {} records, {} keys, {} partitions, {} worker threads",
+        s.records, s.keys, PARTITIONS, s.workers
+    );
     let tck = clock_ticks();
-    let root = tempfile::Builder::new().prefix("strata-bench-engine-").tempdir().context("temp dir")?;
+    let root = tempfile::Builder::new()
+        .prefix("strata-bench-engine-")
+        .tempdir()
+        .context("temp dir")?;
 
     let tansu = Tansu::start()?;
     tansu.create_topic(INPUT, PARTITIONS)?;
@@ -839,7 +1088,12 @@ fn main() -> Result<()> {
 
     println!("\n[0/5] producing {} records ...", s.records);
     let (input, produced_in) = produce_input(&tansu.bootstrap(), &s)?;
-    println!("      {:.2} s ({} rec/s), per partition {:?}", produced_in.as_secs_f64(), thousands(rate(s.records as u64, produced_in)), input.counts);
+    println!(
+        "      {:.2} s ({} rec/s), per partition {:?}",
+        produced_in.as_secs_f64(),
+        thousands(rate(s.records as u64, produced_in)),
+        input.counts
+    );
 
     println!("[1/5] (a) raw consume with rdkafka BaseConsumer ...");
     let consume = raw_consume(&tansu.bootstrap(), &input, CpuMeter::start(tck, broker))?;
@@ -854,11 +1108,18 @@ fn main() -> Result<()> {
 
     println!("[2/5] (b) raw RocksDB read-modify-write, WriteBatch of {RMW_BATCH} ...");
     let rmw = raw_rmw(root.path(), &s, &input, CpuMeter::start(tck, broker))?;
-    println!("      {} rec/s ({:.2} s)", thousands(rmw.rate()), rmw.steady.as_secs_f64());
+    println!(
+        "      {} rec/s ({:.2} s)",
+        thousands(rmw.rate()),
+        rmw.steady.as_secs_f64()
+    );
     println!("      cpu: {}", cpu_line(&rmw.cpu, rmw.records));
 
     let mut runs = Vec::new();
-    for (i, g) in [Granularity::PerCommit, Granularity::PerMutation].into_iter().enumerate() {
+    for (i, g) in [Granularity::PerCommit, Granularity::PerMutation]
+        .into_iter()
+        .enumerate()
+    {
         println!("[{}/5] (c) engine, {g:?} ...", 3 + i);
         let dir = root.path().join(format!("state-{i}"));
         let r = run_engine(&tansu, &s, &input, g, &dir, CpuMeter::start(tck, broker))?;
@@ -879,7 +1140,10 @@ fn main() -> Result<()> {
             us_quantile(&r.commit_us, 0.5),
             us_quantile(&r.commit_us, 0.99)
         );
-        println!("      cpu (start to all committed): {}", cpu_line(&r.cpu, s.records as u64));
+        println!(
+            "      cpu (start to all committed): {}",
+            cpu_line(&r.cpu, s.records as u64)
+        );
         runs.push((g, r));
     }
 
@@ -887,9 +1151,19 @@ fn main() -> Result<()> {
     let mut restores = Vec::new();
     for (i, (g, r)) in runs.iter().enumerate() {
         let dir = root.path().join(format!("restore-{i}"));
-        let rr = restore(&tansu, &s, &input, &r.app, &dir, CpuMeter::start(tck, broker))?;
+        let rr = restore(
+            &tansu,
+            &s,
+            &input,
+            &r.app,
+            &dir,
+            CpuMeter::start(tck, broker),
+        )?;
         if rr.records != r.changelog_records {
-            println!("      note: {} changelog records read, {} written", rr.records, r.changelog_records);
+            println!(
+                "      note: {} changelog records read, {} written",
+                rr.records, r.changelog_records
+            );
         }
         println!(
             "      {g:?}: {} records in {:.2} s = {} rec/s (reads {:.2} s = {} rec/s alone)",
@@ -904,10 +1178,26 @@ fn main() -> Result<()> {
     }
     let blind_n = restores.iter().map(|r| r.records).max().unwrap_or(0).max(1);
     let value_bytes = changelog_value_bytes()?;
-    let blind = blind_puts(root.path(), blind_n, value_bytes, false, CpuMeter::start(tck, broker))?;
-    println!("      blind puts: {} records of {value_bytes} bytes = {} rec/s", blind_n, thousands(blind.rate()));
+    let blind = blind_puts(
+        root.path(),
+        blind_n,
+        value_bytes,
+        false,
+        CpuMeter::start(tck, broker),
+    )?;
+    println!(
+        "      blind puts: {} records of {value_bytes} bytes = {} rec/s",
+        blind_n,
+        thousands(blind.rate())
+    );
     println!("      cpu: {}", cpu_line(&blind.cpu, blind.records));
-    let sorted = blind_puts(root.path(), blind_n, value_bytes, true, CpuMeter::start(tck, broker))?;
+    let sorted = blind_puts(
+        root.path(),
+        blind_n,
+        value_bytes,
+        true,
+        CpuMeter::start(tck, broker),
+    )?;
     println!(
         "      experiment, the same puts sorted by key within each batch: {} rec/s ({:.2}x)",
         thousands(sorted.rate()),
@@ -918,8 +1208,14 @@ fn main() -> Result<()> {
     let (a, b, w) = (consume.rate(), rmw.rate(), blind.rate());
     println!("\n| measurement | records/s | ceiling (same run) | ratio | aim | met |");
     println!("|---|---:|---|---:|---|---|");
-    println!("| (a) rdkafka BaseConsumer, raw consume | {} | (issue: ~2.3M) | | | |", thousands(a));
-    println!("| (b) RocksDB read-modify-write, WriteBatch of {RMW_BATCH} | {} | (issue: ~400k) | | | |", thousands(b));
+    println!(
+        "| (a) rdkafka BaseConsumer, raw consume | {} | (issue: ~2.3M) | | | |",
+        thousands(a)
+    );
+    println!(
+        "| (b) RocksDB read-modify-write, WriteBatch of {RMW_BATCH} | {} | (issue: ~400k) | | | |",
+        thousands(b)
+    );
     for (g, r) in &runs {
         let steady = rate(r.steady_records, r.steady);
         let (aim, goal) = match g {
@@ -957,13 +1253,21 @@ fn main() -> Result<()> {
             if x >= 560_000.0 { "yes" } else { "no" }
         );
     }
-    println!("| (d) ceiling: RocksDB blind puts, {value_bytes}-byte values, WriteBatch of {RESTORE_BATCH} | {} | (issue: ~700k) | | | |", thousands(w));
+    println!(
+        "| (d) ceiling: RocksDB blind puts, {value_bytes}-byte values, WriteBatch of {RESTORE_BATCH} | {} | (issue: ~700k) | | | |",
+        thousands(w)
+    );
 
-    println!("\n| CPU per record (µs) | this process | broker | changelog rec / input rec | other processes (CPU-s in the phase) |");
+    println!(
+        "\n| CPU per record (µs) | this process | broker | changelog rec / input rec | other processes (CPU-s in the phase) |"
+    );
     println!("|---|---:|---:|---:|---:|");
     let per = |c: &Cpu, n: u64| (1e6 * c.process / n as f64, 1e6 * c.broker / n as f64);
     let (p, q) = per(&consume.cpu, consume.records);
-    println!("| (a) raw consume | {p:.2} | {q:.2} | | {:.2} |", consume.cpu.others);
+    println!(
+        "| (a) raw consume | {p:.2} | {q:.2} | | {:.2} |",
+        consume.cpu.others
+    );
     let (p, _) = per(&rmw.cpu, rmw.records);
     println!("| (b) RocksDB RMW | {p:.2} | | | {:.2} |", rmw.cpu.others);
     for (g, r) in &runs {
@@ -977,10 +1281,16 @@ fn main() -> Result<()> {
     }
     for ((g, _), rr) in runs.iter().zip(&restores) {
         let (p, q) = per(&rr.cpu, rr.records);
-        println!("| (d) restore {g:?} (per changelog record) | {p:.2} | {q:.2} | | {:.2} |", rr.cpu.others);
+        println!(
+            "| (d) restore {g:?} (per changelog record) | {p:.2} | {q:.2} | | {:.2} |",
+            rr.cpu.others
+        );
     }
     let (p, _) = per(&blind.cpu, blind.records);
-    println!("| (d) blind WriteBatch | {p:.2} | | | {:.2} |", blind.cpu.others);
+    println!(
+        "| (d) blind WriteBatch | {p:.2} | | | {:.2} |",
+        blind.cpu.others
+    );
     if s.quick {
         println!("\n(--quick: sizes too small for the numbers to mean much)");
     }

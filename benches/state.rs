@@ -26,13 +26,16 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteBatch, WriteBufferManager, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, DBCompressionType, Options, WriteBatch, WriteBufferManager,
+    WriteOptions,
+};
 use strata_state::layout::{self, Entry, EntryKind, VersionRecord};
 use strata_state::store::RocksStore;
 use strata_state::store::rocks::{RocksConfig, RocksEnv};
 use strata_state::{
-    At, HistoryQuery, KeyRange, Partition, PartitionReader, TableConfig, TableName, TablePartition, Timestamp, Version,
-    VersionFlags,
+    At, HistoryQuery, KeyRange, Partition, PartitionReader, TableConfig, TableName, TablePartition,
+    Timestamp, Version, VersionFlags,
 };
 
 const KEY_BYTES: usize = 16;
@@ -89,23 +92,75 @@ impl Sizes {
 
 /// (flag, environment variable, help): every size can be set either way.
 const KNOBS: &[(&str, &str, &str)] = &[
-    ("--keys", "STRATA_BENCH_KEYS", "distinct keys in the large table (1,000,000)"),
-    ("--small-keys", "STRATA_BENCH_SMALL_KEYS", "keys in the small table of the rewind comparison (100,000)"),
-    ("--batch", "STRATA_BENCH_BATCH", "puts per commit / WriteBatch (1,000)"),
-    ("--value-bytes", "STRATA_BENCH_VALUE_BYTES", "value size (32)"),
-    ("--gets", "STRATA_BENCH_GETS", "latest gets measured per store (200,000)"),
-    ("--versions", "STRATA_BENCH_VERSIONS", "versions of the deep key (1,000)"),
-    ("--few-versions", "STRATA_BENCH_FEW_VERSIONS", "versions of the shallow key (10)"),
-    ("--as-of-reads", "STRATA_BENCH_AS_OF_READS", "as-of reads measured per key (50,000)"),
-    ("--history-calls", "STRATA_BENCH_HISTORY_CALLS", "history calls measured (2,000)"),
-    ("--changes", "STRATA_BENCH_CHANGES", "keys changed before each rewind (10,000)"),
-    ("--rewind-reps", "STRATA_BENCH_REWIND_REPS", "rewinds per table (5)"),
+    (
+        "--keys",
+        "STRATA_BENCH_KEYS",
+        "distinct keys in the large table (1,000,000)",
+    ),
+    (
+        "--small-keys",
+        "STRATA_BENCH_SMALL_KEYS",
+        "keys in the small table of the rewind comparison (100,000)",
+    ),
+    (
+        "--batch",
+        "STRATA_BENCH_BATCH",
+        "puts per commit / WriteBatch (1,000)",
+    ),
+    (
+        "--value-bytes",
+        "STRATA_BENCH_VALUE_BYTES",
+        "value size (32)",
+    ),
+    (
+        "--gets",
+        "STRATA_BENCH_GETS",
+        "latest gets measured per store (200,000)",
+    ),
+    (
+        "--versions",
+        "STRATA_BENCH_VERSIONS",
+        "versions of the deep key (1,000)",
+    ),
+    (
+        "--few-versions",
+        "STRATA_BENCH_FEW_VERSIONS",
+        "versions of the shallow key (10)",
+    ),
+    (
+        "--as-of-reads",
+        "STRATA_BENCH_AS_OF_READS",
+        "as-of reads measured per key (50,000)",
+    ),
+    (
+        "--history-calls",
+        "STRATA_BENCH_HISTORY_CALLS",
+        "history calls measured (2,000)",
+    ),
+    (
+        "--changes",
+        "STRATA_BENCH_CHANGES",
+        "keys changed before each rewind (10,000)",
+    ),
+    (
+        "--rewind-reps",
+        "STRATA_BENCH_REWIND_REPS",
+        "rewinds per table (5)",
+    ),
     ("--seed", "STRATA_BENCH_SEED", "random seed (42)"),
-    ("--dir", "STRATA_BENCH_DIR", "where the temporary databases go (the system temp dir)"),
+    (
+        "--dir",
+        "STRATA_BENCH_DIR",
+        "where the temporary databases go (the system temp dir)",
+    ),
 ];
 
 fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
-    let n = || raw.replace('_', "").parse::<usize>().with_context(|| format!("{flag}: {raw:?} is not a count"));
+    let n = || {
+        raw.replace('_', "")
+            .parse::<usize>()
+            .with_context(|| format!("{flag}: {raw:?} is not a count"))
+    };
     match flag {
         "--keys" => s.keys = n()?,
         "--small-keys" => s.small_keys = n()?,
@@ -135,12 +190,16 @@ fn usage() -> String {
 
 fn parse_sizes() -> Result<Sizes> {
     // cargo passes `--bench` to harness-less benches; it means nothing here.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{}", usage());
         std::process::exit(0);
     }
-    let quick = args.iter().any(|a| a == "--quick") || std::env::var("STRATA_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let quick = args.iter().any(|a| a == "--quick")
+        || std::env::var("STRATA_BENCH_QUICK").is_ok_and(|v| v == "1");
     let mut s = if quick { Sizes::quick() } else { Sizes::full() };
     for (flag, var, _) in KNOBS {
         if let Ok(v) = std::env::var(var) {
@@ -151,15 +210,27 @@ fn parse_sizes() -> Result<Sizes> {
     while let Some(a) = it.next() {
         let (flag, value) = match a.split_once('=') {
             Some((f, v)) => (f.to_string(), v.to_string()),
-            None => (a.clone(), it.next().with_context(|| format!("{a} needs a value\n{}", usage()))?.clone()),
+            None => (
+                a.clone(),
+                it.next()
+                    .with_context(|| format!("{a} needs a value\n{}", usage()))?
+                    .clone(),
+            ),
         };
         set(&mut s, &flag, &value).with_context(usage)?;
     }
-    if s.batch == 0 || s.keys == 0 || s.small_keys == 0 || s.changes == 0 || s.changes > s.small_keys {
+    if s.batch == 0
+        || s.keys == 0
+        || s.small_keys == 0
+        || s.changes == 0
+        || s.changes > s.small_keys
+    {
         bail!("sizes must be positive and --changes at most --small-keys: {s:?}");
     }
     if s.few_versions == 0 || s.few_versions > s.versions || s.versions < 2 || s.value_bytes < 8 {
-        bail!("need 1 <= --few-versions <= --versions, --versions >= 2 and --value-bytes >= 8: {s:?}");
+        bail!(
+            "need 1 <= --few-versions <= --versions, --versions >= 2 and --value-bytes >= 8: {s:?}"
+        );
     }
     Ok(s)
 }
@@ -219,8 +290,11 @@ impl RawDb {
 
     fn open_with(path: &Path, c: &RocksConfig, cfs: &[&str]) -> Result<RawDb> {
         let cache = Cache::new_lru_cache(c.block_cache_bytes);
-        let wbm =
-            WriteBufferManager::new_write_buffer_manager_with_cache(c.write_buffer_budget_bytes, false, cache.clone());
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            c.write_buffer_budget_bytes,
+            false,
+            cache.clone(),
+        );
         let cf_options = |bloom: bool| {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -246,22 +320,32 @@ impl RawDb {
         o.set_paranoid_checks(true);
         o.set_keep_log_file_num(2);
         // As in `RocksEnv`: a bloom filter only where point lookups go.
-        let descriptors = cfs.iter().map(|n| rocksdb::ColumnFamilyDescriptor::new(*n, cf_options(*n == "latest")));
+        let descriptors = cfs
+            .iter()
+            .map(|n| rocksdb::ColumnFamilyDescriptor::new(*n, cf_options(*n == "latest")));
         let db = DB::open_cf_descriptors(&o, path, descriptors).context("open raw RocksDB")?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(!c.wal);
-        Ok(RawDb { db, write_opts, _cache: cache })
+        Ok(RawDb {
+            db,
+            write_opts,
+            _cache: cache,
+        })
     }
 
     /// Flushes memtables and waits for background compactions to finish, so
     /// the next measurement does not share the CPU with them.
     fn settle(&self) -> Result<Duration> {
         let t = Instant::now();
-        let cfs: Vec<_> = LAYOUT_CFS.iter().filter_map(|n| self.db.cf_handle(n)).collect();
+        let cfs: Vec<_> = LAYOUT_CFS
+            .iter()
+            .filter_map(|n| self.db.cf_handle(n))
+            .collect();
         if cfs.is_empty() {
             self.db.flush()?
         } else {
-            self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?
+            self.db
+                .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?
         }
         let busy = |p: &str| self.db.property_int_value(p).map(|v| v.unwrap_or(0) > 0);
         while busy("rocksdb.num-running-compactions")?
@@ -282,7 +366,10 @@ type Table = TablePartition<RocksStore>;
 
 fn open_table(env: &RocksEnv, path: &Path) -> Result<Table> {
     let store = RocksStore::open(path, env)?;
-    Ok(TablePartition::open(store, TableConfig::new(TableName::new("bench")?, Partition(0)))?)
+    Ok(TablePartition::open(
+        store,
+        TableConfig::new(TableName::new("bench")?, Partition(0)),
+    )?)
 }
 
 /// The commit clock: strictly increasing fake milliseconds.
@@ -349,7 +436,13 @@ struct Row {
 }
 
 fn row(what: &str, strata: String, baseline: String, ratio: String, aim: String) -> Row {
-    Row { what: what.into(), strata, baseline, ratio, aim }
+    Row {
+        what: what.into(),
+        strata,
+        baseline,
+        ratio,
+        aim,
+    }
 }
 
 fn verdict(ok: bool, aim: &str) -> String {
@@ -359,7 +452,13 @@ fn verdict(ok: bool, aim: &str) -> String {
 // ---------------------------------------------------------------- phases
 
 /// Loads keys `0..n` in batches: versioned puts then one commit per batch.
-fn load_table(t: &mut Table, s: &Sizes, n: usize, clock: &mut Clock, commits: &mut Histogram<u64>) -> Result<Duration> {
+fn load_table(
+    t: &mut Table,
+    s: &Sizes,
+    n: usize,
+    clock: &mut Clock,
+    commits: &mut Histogram<u64>,
+) -> Result<Duration> {
     let mut v = Vec::with_capacity(s.value_bytes);
     let start = Instant::now();
     for lo in (0..n).step_by(s.batch) {
@@ -395,7 +494,10 @@ fn load_raw(r: &RawDb, s: &Sizes, n: usize, batches: &mut Histogram<u64>) -> Res
 /// them (entry in `latest` and `history`, record in `versions`), but with
 /// plain `WriteBatch`es: RocksDB's cost of the layout, without strata.
 fn load_layout(r: &RawDb, s: &Sizes, n: usize, batches: &mut Histogram<u64>) -> Result<Duration> {
-    let handle = |name| r.db.cf_handle(name).with_context(|| format!("column family {name}"));
+    let handle = |name| {
+        r.db.cf_handle(name)
+            .with_context(|| format!("column family {name}"))
+    };
     let (latest, history, versions) = (handle("latest")?, handle("history")?, handle("versions")?);
     let mut v = Vec::with_capacity(s.value_bytes);
     let start = Instant::now();
@@ -404,7 +506,11 @@ fn load_layout(r: &RawDb, s: &Sizes, n: usize, batches: &mut Histogram<u64>) -> 
         let mut wb = WriteBatch::default();
         for i in lo..(lo + s.batch).min(n) {
             value(i, 0, s.value_bytes, &mut v);
-            let (k, version, time) = (key(i), Version(i as u64 + 1), Timestamp((lo / s.batch) as u64 + 1));
+            let (k, version, time) = (
+                key(i),
+                Version(i as u64 + 1),
+                Timestamp((lo / s.batch) as u64 + 1),
+            );
             let entry = Entry {
                 version,
                 time,
@@ -463,7 +569,13 @@ fn latest_gets(
 /// Commits `s.versions` versions of a deep key and `s.few_versions` of a
 /// shallow one, spread over the same version range. Returns the first
 /// version of that range.
-fn write_versions(t: &mut Table, s: &Sizes, clock: &mut Clock, deep: &[u8], shallow: &[u8]) -> Result<Version> {
+fn write_versions(
+    t: &mut Table,
+    s: &Sizes,
+    clock: &mut Clock,
+    deep: &[u8],
+    shallow: &[u8],
+) -> Result<Version> {
     let first = t.latest_version().next();
     let every = s.versions / s.few_versions;
     let mut v = Vec::new();
@@ -508,7 +620,10 @@ fn change_and_rewind(
     t.commit(clock.tick(), &[])?;
     let committed = b.elapsed();
     if plan.changes.len() != changes {
-        bail!("rewind planned {} changes, expected {changes}", plan.changes.len());
+        bail!(
+            "rewind planned {} changes, expected {changes}",
+            plan.changes.len()
+        );
     }
     let i = picked[0];
     value(i, 0, s.value_bytes, &mut v);
@@ -539,11 +654,22 @@ fn load_average() -> String {
 
 fn print_command() {
     let argv: Vec<String> = std::env::args().collect();
-    let vars: Vec<String> =
-        std::env::vars().filter(|(k, _)| k.starts_with("STRATA_BENCH_")).map(|(k, v)| format!("{k}={v}")).collect();
+    let vars: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("STRATA_BENCH_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let prefix: String = vars.iter().map(|v| format!("{v} ")).collect();
-    let args: Vec<&str> = argv.iter().skip(1).map(String::as_str).filter(|a| *a != "--bench").collect();
-    let tail = if args.is_empty() { String::new() } else { format!(" -- {}", args.join(" ")) };
+    let args: Vec<&str> = argv
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    let tail = if args.is_empty() {
+        String::new()
+    } else {
+        format!(" -- {}", args.join(" "))
+    };
     println!("command: {prefix}cargo bench --bench state{tail}");
     println!("binary:  {prefix}{}", argv.join(" "));
 }
@@ -565,18 +691,37 @@ struct Bench {
 
 impl Bench {
     /// A row comparing two latency histograms at quantile `q`.
-    fn latency_row(&mut self, what: &str, a: &Histogram<u64>, b: &Histogram<u64>, q: f64, aim: Option<(f64, &str)>) {
+    fn latency_row(
+        &mut self,
+        what: &str,
+        a: &Histogram<u64>,
+        b: &Histogram<u64>,
+        q: f64,
+        aim: Option<(f64, &str)>,
+    ) {
         let ratio = p(a, q) as f64 / p(b, q) as f64;
-        let aim = aim.map(|(max, text)| verdict(ratio <= max, text)).unwrap_or_default();
-        self.rows.push(row(what, ns(p(a, q)), ns(p(b, q)), format!("{ratio:.2}x"), aim));
+        let aim = aim
+            .map(|(max, text)| verdict(ratio <= max, text))
+            .unwrap_or_default();
+        self.rows.push(row(
+            what,
+            ns(p(a, q)),
+            ns(p(b, q)),
+            format!("{ratio:.2}x"),
+            aim,
+        ));
     }
 
     /// Phase 1, committed puts. The raw loads run first and are left to finish
     /// their compactions, so the versioned load does not pay for them.
     fn puts(&mut self) -> Result<()> {
         let s = &self.s;
-        println!("\n[1/5] loading {} keys in batches of {} ...", s.keys, s.batch);
-        let (mut raw_batches, mut layout_batches, mut commits) = (histogram(), histogram(), histogram());
+        println!(
+            "\n[1/5] loading {} keys in batches of {} ...",
+            s.keys, s.batch
+        );
+        let (mut raw_batches, mut layout_batches, mut commits) =
+            (histogram(), histogram(), histogram());
         let raw_load = load_raw(&self.raw, s, s.keys, &mut raw_batches)?;
         let raw_settle = self.raw.settle()?;
         let layout_load = {
@@ -598,14 +743,42 @@ impl Bench {
             strata_load.as_secs_f64(),
             strata_flush.as_secs_f64()
         );
-        let (sr, rr, lr) = (rate(s.keys, strata_load), rate(s.keys, raw_load), rate(s.keys, layout_load));
+        let (sr, rr, lr) = (
+            rate(s.keys, strata_load),
+            rate(s.keys, raw_load),
+            rate(s.keys, layout_load),
+        );
         let what = format!("committed puts/s ({} keys, batches of {})", s.keys, s.batch);
         let pct = |x: f64, y: f64, of: &str| format!("{:.0}% of {of}", 100.0 * x / y);
-        self.rows.push(row(&what, thousands(sr), thousands(rr), pct(sr, rr, "raw"), verdict(sr >= 0.5 * rr, ">= 50%")));
+        self.rows.push(row(
+            &what,
+            thousands(sr),
+            thousands(rr),
+            pct(sr, rr, "raw"),
+            verdict(sr >= 0.5 * rr, ">= 50%"),
+        ));
         let what = "  vs raw RocksDB writing strata's 3 column families";
-        self.rows.push(row(what, thousands(sr), thousands(lr), pct(sr, lr, "raw-layout"), String::new()));
-        self.latency_row("  commit / WriteBatch latency p50", &commits, &raw_batches, 0.5, None);
-        self.latency_row("  commit / WriteBatch latency p99", &commits, &raw_batches, 0.99, None);
+        self.rows.push(row(
+            what,
+            thousands(sr),
+            thousands(lr),
+            pct(sr, lr, "raw-layout"),
+            String::new(),
+        ));
+        self.latency_row(
+            "  commit / WriteBatch latency p50",
+            &commits,
+            &raw_batches,
+            0.5,
+            None,
+        );
+        self.latency_row(
+            "  commit / WriteBatch latency p99",
+            &commits,
+            &raw_batches,
+            0.99,
+            None,
+        );
         Ok(())
     }
 
@@ -653,20 +826,33 @@ impl Bench {
             let (a, b) = if n < s.as_of_reads / 10 {
                 (reader.get_at(&deep, at)?, reader.get_at(&shallow, at)?)
             } else {
-                (timed(&mut hd, || reader.get_at(&deep, at))?, timed(&mut hsh, || reader.get_at(&shallow, at))?)
+                (
+                    timed(&mut hd, || reader.get_at(&deep, at))?,
+                    timed(&mut hsh, || reader.get_at(&shallow, at))?,
+                )
             };
             if a.is_none() || b.is_none() {
                 bail!("as-of read at {at:?} found nothing");
             }
         }
 
-        println!("[4/5] {} history calls of {} versions ...", s.history_calls, s.versions);
-        let q = HistoryQuery { limit: s.versions, ..HistoryQuery::default() };
+        println!(
+            "[4/5] {} history calls of {} versions ...",
+            s.history_calls, s.versions
+        );
+        let q = HistoryQuery {
+            limit: s.versions,
+            ..HistoryQuery::default()
+        };
         let (mut hh, mut hi) = (histogram(), histogram());
         let raw = &self.raw;
         for n in 0..s.history_calls * 11 / 10 {
             let warm = n < s.history_calls / 10;
-            let got = if warm { reader.history(&deep, &q)? } else { timed(&mut hh, || reader.history(&deep, &q))? };
+            let got = if warm {
+                reader.history(&deep, &q)?
+            } else {
+                timed(&mut hh, || reader.history(&deep, &q))?
+            };
             let scan = || -> Result<usize> {
                 let mut it = raw.db.raw_iterator();
                 it.seek(b"hist-");
@@ -680,7 +866,11 @@ impl Bench {
             };
             let scanned = if warm { scan()? } else { timed(&mut hi, scan)? };
             if got.entries.len() != s.versions || scanned != s.versions {
-                bail!("history returned {} entries and the raw scan {scanned}, not {}", got.entries.len(), s.versions);
+                bail!(
+                    "history returned {} entries and the raw scan {scanned}, not {}",
+                    got.entries.len(),
+                    s.versions
+                );
             }
         }
 
@@ -689,11 +879,29 @@ impl Bench {
         self.latency_row(&what, &hd, &hsh, 0.5, Some((1.5, "flat (<= 1.5x)")));
         self.latency_row("get_at p99", &hd, &hsh, 0.99, None);
         let raw_gets = std::mem::replace(&mut self.raw_gets, histogram());
-        self.latency_row("get_at p50 (deep key) vs raw latest get p50", &hd, &raw_gets, 0.5, None);
-        self.latency_row(&format!("history(1 key, {versions} versions) p50"), &hh, &hi, 0.5, None);
+        self.latency_row(
+            "get_at p50 (deep key) vs raw latest get p50",
+            &hd,
+            &raw_gets,
+            0.5,
+            None,
+        );
+        self.latency_row(
+            &format!("history(1 key, {versions} versions) p50"),
+            &hh,
+            &hi,
+            0.5,
+            None,
+        );
         self.latency_row("history p99", &hh, &hi, 0.99, None);
         let per_entry = |h: &Histogram<u64>| ns(p(h, 0.5) / versions as u64);
-        self.rows.push(row("  history per entry p50", per_entry(&hh), per_entry(&hi), String::new(), String::new()));
+        self.rows.push(row(
+            "  history per entry p50",
+            per_entry(&hh),
+            per_entry(&hi),
+            String::new(),
+            String::new(),
+        ));
         Ok(())
     }
 
@@ -708,14 +916,36 @@ impl Bench {
         );
         let mut small = open_table(&self.env, &self.root.path().join("small"))?;
         let mut small_clock = Clock(0);
-        load_table(&mut small, s, s.small_keys, &mut small_clock, &mut histogram())?;
+        load_table(
+            &mut small,
+            s,
+            s.small_keys,
+            &mut small_clock,
+            &mut histogram(),
+        )?;
         small.flush()?;
         let tenth = (s.changes / 10).max(1);
         let (mut big, mut sm, mut tenths) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..s.rewind_reps as u64 {
             let (t, clock, rng) = (&mut self.table, &mut self.clock, &mut self.rng);
-            big.push(change_and_rewind(t, s, s.keys, s.changes, clock, rng, 100 + r)?);
-            sm.push(change_and_rewind(&mut small, s, s.small_keys, s.changes, &mut small_clock, rng, 100 + r)?);
+            big.push(change_and_rewind(
+                t,
+                s,
+                s.keys,
+                s.changes,
+                clock,
+                rng,
+                100 + r,
+            )?);
+            sm.push(change_and_rewind(
+                &mut small,
+                s,
+                s.small_keys,
+                s.changes,
+                &mut small_clock,
+                rng,
+                100 + r,
+            )?);
             tenths.push(change_and_rewind(t, s, s.keys, tenth, clock, rng, 200 + r)?);
         }
         type Split = (Duration, Duration);
@@ -724,8 +954,17 @@ impl Bench {
         let (total, plan, commit): (Pick, Pick, Pick) = (|x| x.0 + x.1, |x| x.0, |x| x.1);
         let (bt, st, tt) = (med(&big, total), med(&sm, total), med(&tenths, total));
         let ratio = bt.as_secs_f64() / st.as_secs_f64();
-        let what = format!("rewind {} changes + commit, {} vs {} keys (median)", s.changes, s.keys, s.small_keys);
-        self.rows.push(row(&what, ms(bt), ms(st), format!("{ratio:.2}x"), verdict(ratio <= 1.5, "near 1 (<= 1.5x)")));
+        let what = format!(
+            "rewind {} changes + commit, {} vs {} keys (median)",
+            s.changes, s.keys, s.small_keys
+        );
+        self.rows.push(row(
+            &what,
+            ms(bt),
+            ms(st),
+            format!("{ratio:.2}x"),
+            verdict(ratio <= 1.5, "near 1 (<= 1.5x)"),
+        ));
         let none = String::new;
         self.rows.push(row(
             "  of which plan + stage (median)",
@@ -734,17 +973,41 @@ impl Bench {
             none(),
             none(),
         ));
-        self.rows.push(row("  of which commit (median)", ms(med(&big, commit)), ms(med(&sm, commit)), none(), none()));
-        let what = format!("rewind {} vs {tenth} changes + commit, {} keys (median)", s.changes, s.keys);
+        self.rows.push(row(
+            "  of which commit (median)",
+            ms(med(&big, commit)),
+            ms(med(&sm, commit)),
+            none(),
+            none(),
+        ));
+        let what = format!(
+            "rewind {} vs {tenth} changes + commit, {} keys (median)",
+            s.changes, s.keys
+        );
         let aim = format!("changes ratio {:.1}x", s.changes as f64 / tenth as f64);
-        self.rows.push(row(&what, ms(bt), ms(tt), format!("{:.1}x", bt.as_secs_f64() / tt.as_secs_f64()), aim));
+        self.rows.push(row(
+            &what,
+            ms(bt),
+            ms(tt),
+            format!("{:.1}x", bt.as_secs_f64() / tt.as_secs_f64()),
+            aim,
+        ));
         let keys_per_s = thousands(s.changes as f64 / bt.as_secs_f64());
-        self.rows.push(row("  rewound keys/s (large table)", keys_per_s, none(), none(), none()));
+        self.rows.push(row(
+            "  rewound keys/s (large table)",
+            keys_per_s,
+            none(),
+            none(),
+            none(),
+        ));
 
         // What the plan does per changed key, on each table: a latest get
         // and a read at the target version (a history seek).
         let (big_r, small_r) = (self.table.reader(), small.reader());
-        let (big_v, small_v) = (Version(big_r.latest_version().0 - 1), Version(small_r.latest_version().0 - 1));
+        let (big_v, small_v) = (
+            Version(big_r.latest_version().0 - 1),
+            Version(small_r.latest_version().0 - 1),
+        );
         let (mut hb, mut hs) = (histogram(), histogram());
         let lookups = |r: &PartitionReader<RocksStore>, k: &[u8], v: Version| -> Result<()> {
             let (now, then) = (r.get(k)?, r.get_at(k, At::Version(v))?);
@@ -754,21 +1017,33 @@ impl Bench {
             Ok(())
         };
         for _ in 0..s.gets / 10 {
-            let (kb, ks) = (key(self.rng.random_range(0..s.keys)), key(self.rng.random_range(0..s.small_keys)));
+            let (kb, ks) = (
+                key(self.rng.random_range(0..s.keys)),
+                key(self.rng.random_range(0..s.small_keys)),
+            );
             timed(&mut hb, || lookups(&big_r, &kb, big_v))?;
             timed(&mut hs, || lookups(&small_r, &ks, small_v))?;
         }
-        let what = format!("  per-key lookups of a plan (get + get_at) p50, {} vs {} keys", s.keys, s.small_keys);
+        let what = format!(
+            "  per-key lookups of a plan (get + get_at) p50, {} vs {} keys",
+            s.keys, s.small_keys
+        );
         self.latency_row(&what, &hb, &hs, 0.5, None);
         Ok(())
     }
 
     fn report(&self) {
-        println!("\nload:    {} (1-minute load average at end)\n", load_average());
+        println!(
+            "\nload:    {} (1-minute load average at end)\n",
+            load_average()
+        );
         println!("| measurement | strata | baseline | ratio | aim |");
         println!("|---|---:|---:|---:|---|");
         for r in &self.rows {
-            println!("| {} | {} | {} | {} | {} |", r.what, r.strata, r.baseline, r.ratio, r.aim);
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                r.what, r.strata, r.baseline, r.ratio, r.aim
+            );
         }
         println!(
             "\nbaseline column: puts and latest gets: raw RocksDB (one column family; the second puts row: raw \
@@ -785,9 +1060,15 @@ fn main() -> Result<()> {
     let config = RocksConfig::default();
     println!("sizes:   {s:?}");
     println!("rocks:   {config:?}");
-    let root = tempfile::Builder::new().prefix("strata-bench-").tempdir_in(&s.dir).context("temp dir")?;
+    let root = tempfile::Builder::new()
+        .prefix("strata-bench-")
+        .tempdir_in(&s.dir)
+        .context("temp dir")?;
     println!("dir:     {}", root.path().display());
-    println!("load:    {} (1-minute load average at start)", load_average());
+    println!(
+        "load:    {} (1-minute load average at start)",
+        load_average()
+    );
     let env = RocksEnv::new(config.clone())?;
     let mut b = Bench {
         rng: StdRng::seed_from_u64(s.seed),

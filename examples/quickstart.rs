@@ -36,14 +36,26 @@ fn orders(from: usize, n: usize) -> Vec<OutRecord> {
     (from..from + n)
         .map(|i| {
             let customer = format!("customer-{:02}", (i * 7) % CUSTOMERS);
-            let order = Order { customer: customer.clone(), cents: (i % 90) as i64 + 10 };
-            OutRecord { topic: "orders".into(), key: Some(customer.into_bytes()), value: Some(serde_json::to_vec(&order).unwrap()), headers: vec![] }
+            let order = Order {
+                customer: customer.clone(),
+                cents: (i % 90) as i64 + 10,
+            };
+            OutRecord {
+                topic: "orders".into(),
+                key: Some(customer.into_bytes()),
+                value: Some(serde_json::to_vec(&order).unwrap()),
+                headers: vec![],
+            }
         })
         .collect()
 }
 
 fn processed(app: &RunningApp) -> u64 {
-    app.registry().task_stats().values().map(|s| s.records_in).sum()
+    app.registry()
+        .task_stats()
+        .values()
+        .map(|s| s.records_in)
+        .sum()
 }
 
 fn wait_processed(app: &RunningApp, n: u64) -> anyhow::Result<()> {
@@ -58,13 +70,22 @@ fn wait_processed(app: &RunningApp, n: u64) -> anyhow::Result<()> {
 }
 
 fn totals(app: &RunningApp, customer: &str, at: At) -> anyhow::Result<Option<(u64, Totals)>> {
-    let reader = app.reader_for_key("customer_totals", customer.as_bytes()).context("partition not owned here")?;
+    let reader = app
+        .reader_for_key("customer_totals", customer.as_bytes())
+        .context("partition not owned here")?;
     let key = customer.to_string().to_key_bytes();
-    Ok(reader.get_at(&key, at)?.map(|v| (v.version.0, ValueCodec::<Totals>::decode(&Bincode, &v.value).unwrap())))
+    Ok(reader.get_at(&key, at)?.map(|v| {
+        (
+            v.version.0,
+            ValueCodec::<Totals>::decode(&Bincode, &v.value).unwrap(),
+        )
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
     let started = Instant::now();
     let kafka = EmbeddedKafka::start(1)?;
     kafka.create_topic("orders", PARTITIONS)?;
@@ -106,40 +127,102 @@ fn main() -> anyhow::Result<()> {
     println!("\nlatest totals:");
     for c in ["customer-00", "customer-07", "customer-21"] {
         let (v, t) = totals(&app, c, At::Latest)?.context("missing")?;
-        println!("  {c}: {} orders, {} cents (version {v})", t.orders, t.cents);
+        println!(
+            "  {c}: {} orders, {} cents (version {v})",
+            t.orders, t.cents
+        );
     }
 
     let c = "customer-07";
-    let reader = app.reader_for_key("customer_totals", c.as_bytes()).context("not owned")?;
-    let h = reader.history(&c.to_string().to_key_bytes(), &HistoryQuery { limit: 3, order: Sort::Descending, ..Default::default() })?;
+    let reader = app
+        .reader_for_key("customer_totals", c.as_bytes())
+        .context("not owned")?;
+    let h = reader.history(
+        &c.to_string().to_key_bytes(),
+        &HistoryQuery {
+            limit: 3,
+            order: Sort::Descending,
+            ..Default::default()
+        },
+    )?;
     println!("\nlast 3 versions of {c}:");
     for e in &h.entries {
         let t: Totals = ValueCodec::decode(&Bincode, e.value.as_deref().unwrap_or_default())?;
-        let src = e.lineage.as_ref().map(|l| format!("{}/{}@{}", l.topic, l.partition.0, l.offset.0)).unwrap_or_default();
-        println!("  version {} at {} ms: {} orders, {} cents (from {src})", e.version.0, e.time.0, t.orders, t.cents);
+        let src = e
+            .lineage
+            .as_ref()
+            .map(|l| format!("{}/{}@{}", l.topic, l.partition.0, l.offset.0))
+            .unwrap_or_default();
+        println!(
+            "  version {} at {} ms: {} orders, {} cents (from {src})",
+            e.version.0, e.time.0, t.orders, t.cents
+        );
     }
 
     let (_, before) = totals(&app, c, At::Time(between))?.context("missing then")?;
-    println!("\n{c} as of the moment between the waves: {} orders, {} cents", before.orders, before.cents);
+    println!(
+        "\n{c} as of the moment between the waves: {} orders, {} cents",
+        before.orders, before.cents
+    );
 
     // Rewind the customer's partition to that moment: dry run, then for real.
     let p = app.partition_of(c.as_bytes());
-    let plan = app.rewind("customer_totals", p, At::Time(between), KeyRange::all(), true)?;
-    println!("\nrewind of partition {} to the moment between the waves would change {} keys (dry run)", p.0, plan.changes.len());
-    let done = app.rewind("customer_totals", p, At::Time(between), KeyRange::all(), false)?;
+    let plan = app.rewind(
+        "customer_totals",
+        p,
+        At::Time(between),
+        KeyRange::all(),
+        true,
+    )?;
+    println!(
+        "\nrewind of partition {} to the moment between the waves would change {} keys (dry run)",
+        p.0,
+        plan.changes.len()
+    );
+    let done = app.rewind(
+        "customer_totals",
+        p,
+        At::Time(between),
+        KeyRange::all(),
+        false,
+    )?;
     let (v, after) = totals(&app, c, At::Latest)?.context("missing after")?;
-    let flags = reader.get(&c.to_string().to_key_bytes())?.map(|x| x.flags).unwrap_or_default();
-    println!("rewound {} keys; {c} is now {} orders, {} cents (version {v}, rewind flag {})", done.changes.len(), after.orders, after.cents, flags.is_rewind());
+    let flags = reader
+        .get(&c.to_string().to_key_bytes())?
+        .map(|x| x.flags)
+        .unwrap_or_default();
+    println!(
+        "rewound {} keys; {c} is now {} orders, {} cents (version {v}, rewind flag {})",
+        done.changes.len(),
+        after.orders,
+        after.cents,
+        flags.is_rewind()
+    );
     if after != before {
         bail!("the rewind did not restore {c}'s earlier totals");
     }
     // The rewind is itself a version: undo it.
-    let undo = app.rewind("customer_totals", p, At::Version(plan.from), KeyRange::all(), false)?;
+    let undo = app.rewind(
+        "customer_totals",
+        p,
+        At::Version(plan.from),
+        KeyRange::all(),
+        false,
+    )?;
     let (_, again) = totals(&app, c, At::Latest)?.context("missing")?;
-    println!("undid the rewind ({} keys): {c} is back to {} orders, {} cents", undo.changes.len(), again.orders, again.cents);
+    println!(
+        "undid the rewind ({} keys): {c} is back to {} orders, {} cents",
+        undo.changes.len(),
+        again.orders,
+        again.cents
+    );
 
     let stats = app.registry().task_stats();
-    println!("\ncommits: {}, changelog records: {}", stats.values().map(|s| s.commits).sum::<u64>(), stats.values().map(|s| s.changelog_records).sum::<u64>());
+    println!(
+        "\ncommits: {}, changelog records: {}",
+        stats.values().map(|s| s.commits).sum::<u64>(),
+        stats.values().map(|s| s.changelog_records).sum::<u64>()
+    );
     app.shutdown()?;
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())

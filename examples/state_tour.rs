@@ -12,8 +12,8 @@ use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 use strata_state::store::rocks::RocksConfig;
 use strata_state::store::{RocksEnv, RocksStore};
 use strata_state::{
-    At, HistoryQuery, KeyRange, Lineage, Offset, Order, Partition, PartitionReader, ScanRequest, Table, TableConfig,
-    TableName, TablePartition, Timestamp, Version, VersionFlags,
+    At, HistoryQuery, KeyRange, Lineage, Offset, Order, Partition, PartitionReader, ScanRequest,
+    Table, TableConfig, TableName, TablePartition, Timestamp, Version, VersionFlags,
 };
 
 /// The value type: any serde type works; the typed API stores it as bincode.
@@ -104,7 +104,10 @@ fn main() -> Result<()> {
         ..RocksConfig::default()
     })?;
     let mut table = open_table(&env, dir.path())?;
-    println!("opened table `accounts` partition 0 in {}", dir.path().display());
+    println!(
+        "opened table `accounts` partition 0 in {}",
+        dir.path().display()
+    );
 
     let (alice, bob, carol) = ("alice".to_string(), "bob".to_string(), "carol".to_string());
     let payment = |offset| {
@@ -200,7 +203,9 @@ fn main() -> Result<()> {
 
     // A rewind is planned (a dry run changes nothing), then staged and
     // committed as new versions flagged REWIND, so it can itself be undone.
-    let plan = table.partition().plan_rewind(before_bad_data, &KeyRange::all())?;
+    let plan = table
+        .partition()
+        .plan_rewind(before_bad_data, &KeyRange::all())?;
     println!(
         "\nrewind plan: back to {} from {}, {} key(s) to change (dry run, nothing written)",
         plan.target,
@@ -214,7 +219,9 @@ fn main() -> Result<()> {
         };
         println!("    {:<6} {to}", show_key(&d.key)?);
     }
-    table.partition().rewind(before_bad_data, &KeyRange::all())?;
+    table
+        .partition()
+        .rewind(before_bad_data, &KeyRange::all())?;
     let c4 = table.commit(at(30))?;
     println!(
         "rewind committed as versions {}..={} at {}",
@@ -223,7 +230,10 @@ fn main() -> Result<()> {
         show_time(c4.time)
     );
 
-    println!("\nthe table after the rewind (version {}):", raw.latest_version());
+    println!(
+        "\nthe table after the rewind (version {}):",
+        raw.latest_version()
+    );
     print_table(&raw, At::Latest)?;
     println!(
         "  the bad data is still in history: alice at version 5 = {}",

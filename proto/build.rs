@@ -10,7 +10,11 @@ use std::path::PathBuf;
 const PROTO_ROOT: &str = "proto";
 
 /// Every file of the `strata.v1` package, dependencies first.
-const FILES: &[&str] = &["strata/v1/common.proto", "strata/v1/query.proto", "strata/v1/admin.proto"];
+const FILES: &[&str] = &[
+    "strata/v1/common.proto",
+    "strata/v1/query.proto",
+    "strata/v1/admin.proto",
+];
 
 /// Where the encoded descriptor set goes, inside `OUT_DIR`.
 const DESCRIPTOR_FILE: &str = "strata_v1_descriptor.bin";
@@ -33,7 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("compiling {PROTO_ROOT}/{FILES:?}: {e:?}").into());
     }
 
-    std::fs::write(out_dir.join(DESCRIPTOR_FILE), compiler.encode_file_descriptor_set())?;
+    std::fs::write(
+        out_dir.join(DESCRIPTOR_FILE),
+        compiler.encode_file_descriptor_set(),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -6,5 +6,5 @@
 //! See `examples/quickstart.rs` for a complete app.
 
 pub use strata_engine::*;
-pub use strata_state as state;
 pub use strata_proto as proto;
+pub use strata_state as state;

@@ -138,16 +138,25 @@ impl QueryConfig {
             return Err(Error::config("query.threads", "must be between 1 and 64"));
         }
         if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
-            return Err(Error::config("query.default_page_size", "must be at least 1 and at most query.max_page_size"));
+            return Err(Error::config(
+                "query.default_page_size",
+                "must be at least 1 and at most query.max_page_size",
+            ));
         }
         if self.max_message_bytes < 64 << 10 {
-            return Err(Error::config("query.max_message_bytes", "must be at least 64 KiB"));
+            return Err(Error::config(
+                "query.max_message_bytes",
+                "must be at least 64 KiB",
+            ));
         }
         if self.max_diff_keys == 0 {
             return Err(Error::config("query.max_diff_keys", "must be at least 1"));
         }
         if self.default_rewind_listed > self.max_rewind_listed {
-            return Err(Error::config("query.default_rewind_listed", "must be at most query.max_rewind_listed"));
+            return Err(Error::config(
+                "query.default_rewind_listed",
+                "must be at most query.max_rewind_listed",
+            ));
         }
         if self.default_deadline.is_zero() {
             return Err(Error::config("query.default_deadline", "must be positive"));
@@ -158,7 +167,10 @@ impl QueryConfig {
 
 impl AppConfig {
     /// Defaults for `application_id` against `bootstrap_servers`.
-    pub fn new(application_id: impl Into<String>, bootstrap_servers: impl Into<String>) -> AppConfig {
+    pub fn new(
+        application_id: impl Into<String>,
+        bootstrap_servers: impl Into<String>,
+    ) -> AppConfig {
         let application_id = application_id.into();
         let mut kafka = KafkaConfig::new(bootstrap_servers);
         kafka.client_id_prefix = application_id.clone();
@@ -192,7 +204,10 @@ impl AppConfig {
         if let Some(name) = logical.strip_prefix(crate::topology::REPARTITION_PREFIX) {
             return format!("{}-{name}-repartition", self.application_id);
         }
-        self.topics.get(logical).cloned().unwrap_or_else(|| logical.to_string())
+        self.topics
+            .get(logical)
+            .cloned()
+            .unwrap_or_else(|| logical.to_string())
     }
 
     /// The changelog topic of a table.
@@ -213,15 +228,27 @@ impl AppConfig {
     /// Checks every setting, naming the offending key.
     pub fn validate(&self) -> Result<()> {
         let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if self.application_id.is_empty() || self.application_id.len() > 100 || !self.application_id.chars().all(id_ok) {
-            return Err(Error::config("application_id", format!("{:?}: use 1-100 characters of [A-Za-z0-9._-]", self.application_id)));
+        if self.application_id.is_empty()
+            || self.application_id.len() > 100
+            || !self.application_id.chars().all(id_ok)
+        {
+            return Err(Error::config(
+                "application_id",
+                format!(
+                    "{:?}: use 1-100 characters of [A-Za-z0-9._-]",
+                    self.application_id
+                ),
+            ));
         }
         self.kafka.validate()?;
         if self.commit_interval.is_zero() {
             return Err(Error::config("commit_interval", "must be positive"));
         }
         if self.worker_threads == 0 || self.worker_threads > 1024 {
-            return Err(Error::config("worker_threads", "must be between 1 and 1024"));
+            return Err(Error::config(
+                "worker_threads",
+                "must be between 1 and 1024",
+            ));
         }
         if self.max_buffered_outputs == 0 {
             return Err(Error::config("max_buffered_outputs", "must be at least 1"));
@@ -234,7 +261,10 @@ impl AppConfig {
         }
         for (l, p) in &self.topics {
             if p.is_empty() {
-                return Err(Error::config(format!("topics.{l}"), "maps to an empty topic name"));
+                return Err(Error::config(
+                    format!("topics.{l}"),
+                    "maps to an empty topic name",
+                ));
             }
         }
         self.rocks.validate()?;
@@ -245,17 +275,28 @@ impl AppConfig {
 
     fn validate_directory(&self) -> Result<()> {
         if let Some(e) = &self.advertised_endpoint {
-            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"));
             let authority = rest.map(|r| r.trim_end_matches('/'));
             let ok = authority.is_some_and(|a| {
-                !a.contains('/') && a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+                !a.contains('/')
+                    && a.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    })
             });
             if !ok {
-                return Err(Error::config("advertised_endpoint", format!("{e:?}: use http://host:port or https://host:port")));
+                return Err(Error::config(
+                    "advertised_endpoint",
+                    format!("{e:?}: use http://host:port or https://host:port"),
+                ));
             }
         }
         if self.directory_interval.is_zero() || self.directory_interval > Duration::from_secs(60) {
-            return Err(Error::config("directory_interval", "must be between 1 ms and 60 s"));
+            return Err(Error::config(
+                "directory_interval",
+                "must be between 1 ms and 60 s",
+            ));
         }
         let ttl = self.directory_ttl.unwrap_or(self.kafka.session_timeout * 3);
         if ttl < self.directory_interval * 3 {
@@ -265,7 +306,11 @@ impl AppConfig {
                     "{} ms must be at least three directory_interval ({} ms): instances heartbeat every third of it{}",
                     ttl.as_millis(),
                     self.directory_interval.as_millis(),
-                    if self.directory_ttl.is_none() { " (it defaults to three kafka.session_timeout)" } else { "" }
+                    if self.directory_ttl.is_none() {
+                        " (it defaults to three kafka.session_timeout)"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

@@ -57,9 +57,21 @@ pub trait TableAccess {
     /// else committed.
     fn get(&mut self, table: TableId, key: &[u8]) -> strata_state::Result<Option<Vec<u8>>>;
     /// A key's committed value as of a time.
-    fn get_at(&mut self, table: TableId, key: &[u8], time: strata_state::Timestamp) -> strata_state::Result<Option<Vec<u8>>>;
+    fn get_at(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        time: strata_state::Timestamp,
+    ) -> strata_state::Result<Option<Vec<u8>>>;
     /// Stages a write (`None` deletes).
-    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Option<Lineage>, replay: bool);
+    fn put(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        value: Option<&[u8]>,
+        lineage: Option<Lineage>,
+        replay: bool,
+    );
 }
 
 /// The context of one record's processing.
@@ -78,7 +90,12 @@ impl<'a> Ctx<'a> {
         meta: &'a RecordMeta,
         trace: &'a mut Vec<Arc<str>>,
     ) -> Ctx<'a> {
-        Ctx { tables, outputs, meta, trace }
+        Ctx {
+            tables,
+            outputs,
+            meta,
+            trace,
+        }
     }
 
     /// The record being processed.
@@ -87,12 +104,21 @@ impl<'a> Ctx<'a> {
     }
 
     /// Reads a key of a table (staged writes included).
-    pub fn table_get(&mut self, table: TableId, key: &[u8]) -> strata_state::Result<Option<Vec<u8>>> {
+    pub fn table_get(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+    ) -> strata_state::Result<Option<Vec<u8>>> {
         self.tables.get(table, key)
     }
 
     /// Reads a key of a table as of a time (committed versions only).
-    pub fn table_get_at(&mut self, table: TableId, key: &[u8], time: strata_state::Timestamp) -> strata_state::Result<Option<Vec<u8>>> {
+    pub fn table_get_at(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        time: strata_state::Timestamp,
+    ) -> strata_state::Result<Option<Vec<u8>>> {
         self.tables.get_at(table, key, time)
     }
 
@@ -100,18 +126,34 @@ impl<'a> Ctx<'a> {
     /// for timers and rewinds, whose pseudo-topics contain a `:`, which no
     /// Kafka topic name can).
     pub fn table_put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>) {
-        let lineage = (!self.meta.topic.contains(':'))
-            .then(|| Lineage { topic: self.meta.topic.to_string(), partition: self.meta.partition, offset: self.meta.offset });
-        self.tables.put(table, key, value, lineage, self.meta.replay);
+        let lineage = (!self.meta.topic.contains(':')).then(|| Lineage {
+            topic: self.meta.topic.to_string(),
+            partition: self.meta.partition,
+            offset: self.meta.offset,
+        });
+        self.tables
+            .put(table, key, value, lineage, self.meta.replay);
     }
 
     /// Queues a record for `topic` (logical name), produced at the next
     /// commit, with trace and source headers.
     pub fn send(&mut self, topic: &Arc<str>, key: Option<Vec<u8>>, value: Option<Vec<u8>>) {
-        let trace = self.trace.iter().map(|s| &**s).collect::<Vec<_>>().join(",");
+        let trace = self
+            .trace
+            .iter()
+            .map(|s| &**s)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut headers = vec![
             (TRACE_HEADER.to_string(), trace.into_bytes()),
-            (SOURCE_HEADER.to_string(), format!("{}/{}@{}", self.meta.topic, self.meta.partition.0, self.meta.offset.0).into_bytes()),
+            (
+                SOURCE_HEADER.to_string(),
+                format!(
+                    "{}/{}@{}",
+                    self.meta.topic, self.meta.partition.0, self.meta.offset.0
+                )
+                .into_bytes(),
+            ),
         ];
         if self.meta.replay {
             headers.push((REPLAY_HEADER.to_string(), b"1".to_vec()));
@@ -119,7 +161,12 @@ impl<'a> Ctx<'a> {
         if self.meta.rewind {
             headers.push((REWIND_HEADER.to_string(), b"1".to_vec()));
         }
-        self.outputs.push(OutRecord { topic: topic.clone(), key, value, headers });
+        self.outputs.push(OutRecord {
+            topic: topic.clone(),
+            key,
+            value,
+            headers,
+        });
     }
 
     /// Runs `f` with `name` on the trace.

@@ -139,10 +139,18 @@ enum ClaimState {
 impl Claim {
     fn new(p: Partition, state: &PartitionState, since: Timestamp) -> Claim {
         let (state, restored_records, restore_rate) = match state {
-            PartitionState::Restoring { records, rate } => (ClaimState::Restoring, Some(*records), Some(*rate)),
+            PartitionState::Restoring { records, rate } => {
+                (ClaimState::Restoring, Some(*records), Some(*rate))
+            }
             PartitionState::Running => (ClaimState::Running, None, None),
         };
-        Claim { partition: p.0, state, restored_records, restore_rate, since_ms: since.0 }
+        Claim {
+            partition: p.0,
+            state,
+            restored_records,
+            restore_rate,
+            since_ms: since.0,
+        }
     }
 
     fn state(&self) -> PartitionState {
@@ -196,17 +204,28 @@ impl View {
     fn live(&self, now: Timestamp, ttl: Duration) -> impl Iterator<Item = &Announcement> {
         let ttl_ms = ttl.as_millis() as u64;
         // A timestamp ahead of `now` (clock skew) is live.
-        self.members.values().filter(move |a| now.0.saturating_sub(a.updated_ms) <= ttl_ms)
+        self.members
+            .values()
+            .filter(move |a| now.0.saturating_sub(a.updated_ms) <= ttl_ms)
     }
 
     /// Every partition's winning claim among live members.
-    fn winners(&self, now: Timestamp, ttl: Duration, only: Option<u32>) -> BTreeMap<u32, (&Announcement, &Claim)> {
+    fn winners(
+        &self,
+        now: Timestamp,
+        ttl: Duration,
+        only: Option<u32>,
+    ) -> BTreeMap<u32, (&Announcement, &Claim)> {
         fn rank<'a>(a: &'a Announcement, c: &Claim) -> (u64, u64, &'a str) {
             (c.since_ms, a.updated_ms, a.member.as_str())
         }
         let mut best: BTreeMap<u32, (&Announcement, &Claim)> = BTreeMap::new();
         for a in self.live(now, ttl) {
-            for c in a.partitions.iter().filter(|c| only.is_none_or(|p| p == c.partition)) {
+            for c in a
+                .partitions
+                .iter()
+                .filter(|c| only.is_none_or(|p| p == c.partition))
+            {
                 match best.entry(c.partition) {
                     Entry::Vacant(v) => {
                         v.insert((a, c));
@@ -222,7 +241,12 @@ impl View {
         best
     }
 
-    fn owners(&self, now: Timestamp, ttl: Duration, only: Option<u32>) -> BTreeMap<Partition, Owner> {
+    fn owners(
+        &self,
+        now: Timestamp,
+        ttl: Duration,
+        only: Option<u32>,
+    ) -> BTreeMap<Partition, Owner> {
         self.winners(now, ttl, only)
             .into_iter()
             .map(|(p, (a, c))| {
@@ -244,7 +268,11 @@ impl View {
                 member: a.member.clone(),
                 endpoint: a.endpoint.clone(),
                 epoch: a.epoch,
-                partitions: a.partitions.iter().map(|c| (Partition(c.partition), c.state())).collect(),
+                partitions: a
+                    .partitions
+                    .iter()
+                    .map(|c| (Partition(c.partition), c.state()))
+                    .collect(),
                 updated: Timestamp(a.updated_ms),
             })
             .collect()
@@ -255,7 +283,8 @@ impl View {
     fn prune(&mut self, now: Timestamp, ttl: Duration) -> usize {
         let before = self.members.len();
         let keep_ms = ttl.as_millis() as u64 * 2;
-        self.members.retain(|_, a| now.0.saturating_sub(a.updated_ms) <= keep_ms);
+        self.members
+            .retain(|_, a| now.0.saturating_sub(a.updated_ms) <= keep_ms);
         before - self.members.len()
     }
 }
@@ -292,7 +321,12 @@ impl std::fmt::Debug for Directory {
 impl Directory {
     pub(crate) fn new(member: String, ttl: Duration) -> Directory {
         Directory {
-            inner: Arc::new(Shared { member, ttl, view: RwLock::new(View::default()), caught_up: AtomicBool::new(false) }),
+            inner: Arc::new(Shared {
+                member,
+                ttl,
+                view: RwLock::new(View::default()),
+                caught_up: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -338,7 +372,12 @@ impl Directory {
     pub fn snapshot_at(&self, now: Timestamp) -> DirectorySnapshot {
         let caught_up = self.is_caught_up();
         let ttl = self.inner.ttl;
-        self.read(|v| DirectorySnapshot { at: now, owners: v.owners(now, ttl, None), members: v.members(now, ttl), caught_up })
+        self.read(|v| DirectorySnapshot {
+            at: now,
+            owners: v.owners(now, ttl, None),
+            members: v.members(now, ttl),
+            caught_up,
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
@@ -349,11 +388,19 @@ impl Directory {
     }
 
     pub(crate) fn apply(&self, key: &str, value: Option<Announcement>) -> Applied {
-        self.inner.view.write().unwrap_or_else(|e| e.into_inner()).apply(key, value)
+        self.inner
+            .view
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(key, value)
     }
 
     pub(crate) fn prune(&self, now: Timestamp) -> usize {
-        self.inner.view.write().unwrap_or_else(|e| e.into_inner()).prune(now, self.inner.ttl)
+        self.inner
+            .view
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .prune(now, self.inner.ttl)
     }
 
     pub(crate) fn set_caught_up(&self) -> bool {
@@ -392,15 +439,26 @@ impl DirectoryService {
     /// Starts following the directory topic, and publishing this instance's
     /// ownership if it advertises an endpoint.
     pub(crate) fn start(config: &AppConfig, registry: Registry) -> Result<DirectoryService> {
-        let ttl = config.directory_ttl.unwrap_or(config.kafka.session_timeout * 3);
+        let ttl = config
+            .directory_ttl
+            .unwrap_or(config.kafka.session_timeout * 3);
         let member = member_id(config);
         let directory = Directory::new(member.clone(), ttl);
-        let mut service = DirectoryService { directory: directory.clone(), publisher: None, follower: None };
+        let mut service = DirectoryService {
+            directory: directory.clone(),
+            publisher: None,
+            follower: None,
+        };
         let follower = follower::Follower::new(config, directory)?;
-        service.follower = Some(Stoppable::spawn("strata-directory-follow", move |stop| follower.run(stop))?);
+        service.follower = Some(Stoppable::spawn("strata-directory-follow", move |stop| {
+            follower.run(stop)
+        })?);
         if let Some(endpoint) = &config.advertised_endpoint {
-            let publisher = publisher::Publisher::new(config, registry, member.clone(), endpoint.clone(), ttl)?;
-            service.publisher = Some(Stoppable::spawn("strata-directory-publish", move |stop| publisher.run(stop))?);
+            let publisher =
+                publisher::Publisher::new(config, registry, member.clone(), endpoint.clone(), ttl)?;
+            service.publisher = Some(Stoppable::spawn("strata-directory-publish", move |stop| {
+                publisher.run(stop)
+            })?);
         }
         tracing::info!(
             member = %member, endpoint = ?config.advertised_endpoint, topic = %config.directory_topic(),
@@ -443,12 +501,18 @@ struct Stoppable {
 }
 
 impl Stoppable {
-    fn spawn(name: &'static str, f: impl FnOnce(mpsc::Receiver<()>) + Send + 'static) -> Result<Stoppable> {
+    fn spawn(
+        name: &'static str,
+        f: impl FnOnce(mpsc::Receiver<()>) + Send + 'static,
+    ) -> Result<Stoppable> {
         let (stop, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || f(rx))
-            .map_err(|e| Error::Io { context: format!("spawning thread {name}"), source: e })?;
+            .map_err(|e| Error::Io {
+                context: format!("spawning thread {name}"),
+                source: e,
+            })?;
         Ok(Stoppable { name, stop, handle })
     }
 
@@ -462,7 +526,10 @@ impl Stoppable {
 
 /// Whether the thread should stop, waiting up to `wait` for the signal.
 fn stopped(stop: &mpsc::Receiver<()>, wait: Duration) -> bool {
-    !matches!(stop.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout))
+    !matches!(
+        stop.recv_timeout(wait),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    )
 }
 
 /// The instance's member id: its static membership id, or one unique to
@@ -475,11 +542,23 @@ fn member_id(config: &AppConfig) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect::<String>())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                .collect::<String>()
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{host}-{}-{nanos}-{}", std::process::id(), STARTS.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{host}-{}-{nanos}-{}",
+        std::process::id(),
+        STARTS.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 #[cfg(test)]
@@ -508,7 +587,9 @@ mod tests {
     }
 
     fn owner_of(v: &View, p: u32, now: u64) -> Option<String> {
-        v.owners(Timestamp(now), TTL, Some(p)).remove(&Partition(p)).map(|o| o.member)
+        v.owners(Timestamp(now), TTL, Some(p))
+            .remove(&Partition(p))
+            .map(|o| o.member)
     }
 
     use ClaimState::{Restoring, Running};
@@ -518,12 +599,24 @@ mod tests {
         let mut v = View::default();
         // `a` acquired partition 0 at 1000 and keeps heartbeating; `b`
         // acquired it at 5000 (a missed its revocation).
-        assert_eq!(v.apply("a", Some(ann("a", 9_000, &[(0, Running, 1_000), (1, Running, 1_000)]))), Applied::Joined);
+        assert_eq!(
+            v.apply(
+                "a",
+                Some(ann("a", 9_000, &[(0, Running, 1_000), (1, Running, 1_000)]))
+            ),
+            Applied::Joined
+        );
         v.apply("b", Some(ann("b", 5_000, &[(0, Restoring, 5_000)])));
         assert_eq!(owner_of(&v, 0, 9_000).as_deref(), Some("b"));
         assert_eq!(owner_of(&v, 1, 9_000).as_deref(), Some("a"));
         let o = v.owners(Timestamp(9_000), TTL, None);
-        assert_eq!(o[&Partition(0)].state, PartitionState::Restoring { records: 42, rate: 0.0 });
+        assert_eq!(
+            o[&Partition(0)].state,
+            PartitionState::Restoring {
+                records: 42,
+                rate: 0.0
+            }
+        );
         assert_eq!(o[&Partition(0)].endpoint, "http://b:7001");
         assert_eq!(o.len(), 2);
         // Same acquisition time: the later announcement, then the greater id.
@@ -561,11 +654,17 @@ mod tests {
     #[test]
     fn tombstones_remove_members_and_later_records_replace_earlier() {
         let mut v = View::default();
-        v.apply("a", Some(ann("a", 1_000, &[(0, Running, 1_000), (1, Running, 1_000)])));
+        v.apply(
+            "a",
+            Some(ann("a", 1_000, &[(0, Running, 1_000), (1, Running, 1_000)])),
+        );
         v.apply("b", Some(ann("b", 1_000, &[(0, Running, 500)])));
         assert_eq!(owner_of(&v, 0, 2_000).as_deref(), Some("a"));
         // a releases partition 0: its new announcement replaces the old.
-        assert_eq!(v.apply("a", Some(ann("a", 1_500, &[(1, Running, 1_000)]))), Applied::Updated);
+        assert_eq!(
+            v.apply("a", Some(ann("a", 1_500, &[(1, Running, 1_000)]))),
+            Applied::Updated
+        );
         assert_eq!(owner_of(&v, 0, 2_000).as_deref(), Some("b"));
         // a leaves.
         assert_eq!(v.apply("a", None), Applied::Left);
@@ -613,7 +712,12 @@ mod tests {
         assert!(s.caught_up);
         assert_eq!(s.members.len(), 2);
         assert_eq!(s.owners[&Partition(0)].member, d.member_id());
-        assert_eq!(d.owner_at(Partition(1), Timestamp(2_000)).map(|o| o.member).as_deref(), Some("you"));
+        assert_eq!(
+            d.owner_at(Partition(1), Timestamp(2_000))
+                .map(|o| o.member)
+                .as_deref(),
+            Some("you")
+        );
         assert_eq!(d.owner_at(Partition(1), Timestamp(20_000)), None);
     }
 

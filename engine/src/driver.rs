@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use strata_state::store::MemoryStore;
 use strata_state::{
-    ChangelogWriter, InputOffset, MemoryChangelog, Offset, Partition, PartitionReader, TableConfig, TableName,
-    TablePartition, Timestamp,
+    ChangelogWriter, InputOffset, MemoryChangelog, Offset, Partition, PartitionReader, TableConfig,
+    TableName, TablePartition, Timestamp,
 };
 
 use crate::context::OutRecord;
@@ -63,13 +63,17 @@ impl CommitIo for Io<'_> {
     }
     fn produce(&mut self, records: &[OutRecord]) -> Result<()> {
         for r in records {
-            self.outputs.entry(r.topic.to_string()).or_default().push(r.clone());
+            self.outputs
+                .entry(r.topic.to_string())
+                .or_default()
+                .push(r.clone());
         }
         Ok(())
     }
     fn commit_offsets(&mut self, positions: &[InputOffset]) -> Result<()> {
         for p in positions {
-            self.committed.insert((p.topic.clone(), p.partition.0), p.next.0);
+            self.committed
+                .insert((p.topic.clone(), p.partition.0), p.next.0);
         }
         Ok(())
     }
@@ -85,7 +89,11 @@ impl TestDriver {
         }
         let tables = topology.table_names().len();
         let mut d = TestDriver {
-            inputs: topology.source_topics().into_iter().map(|t| (t, vec![Vec::new(); partitions as usize])).collect(),
+            inputs: topology
+                .source_topics()
+                .into_iter()
+                .map(|t| (t, vec![Vec::new(); partitions as usize]))
+                .collect(),
             topology,
             partitions,
             app: "test-driver".into(),
@@ -93,7 +101,13 @@ impl TestDriver {
             processed: BTreeMap::new(),
             committed: BTreeMap::new(),
             outputs: BTreeMap::new(),
-            stores: (0..tables).map(|_| (0..partitions).map(|_| (MemoryStore::new(), MemoryChangelog::new())).collect()).collect(),
+            stores: (0..tables)
+                .map(|_| {
+                    (0..partitions)
+                        .map(|_| (MemoryStore::new(), MemoryChangelog::new()))
+                        .collect()
+                })
+                .collect(),
             tasks: Vec::new(),
             fed: BTreeMap::new(),
         };
@@ -103,10 +117,18 @@ impl TestDriver {
 
     fn start_tasks(&mut self) -> Result<()> {
         let graph = self.topology.take_graph();
-        let g = graph.lock().map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+        let g = graph
+            .lock()
+            .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
         let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
         for s in &g.sources {
-            sources.entry(s.topic.clone()).or_default().push(TaskSource { run: s.run.clone(), on_error: s.on_error.clone() });
+            sources
+                .entry(s.topic.clone())
+                .or_default()
+                .push(TaskSource {
+                    run: s.run.clone(),
+                    on_error: s.on_error.clone(),
+                });
         }
         let sources: SourceMap = Arc::new(sources);
         let dlq: Arc<str> = Arc::from(format!("{}-dlq", self.app));
@@ -143,24 +165,54 @@ impl TestDriver {
     }
 
     /// Like [`TestDriver::pipe`], with an explicit record timestamp.
-    pub fn pipe_at(&mut self, topic: &str, key: &[u8], value: &[u8], timestamp: Timestamp) -> Result<(Partition, Offset)> {
+    pub fn pipe_at(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        timestamp: Timestamp,
+    ) -> Result<(Partition, Offset)> {
         let p = self.partition_of(key);
-        self.append(topic, p, Some(key.to_vec()), Some(value.to_vec()), timestamp.0 as i64)
+        self.append(
+            topic,
+            p,
+            Some(key.to_vec()),
+            Some(value.to_vec()),
+            timestamp.0 as i64,
+        )
     }
 
     /// Appends a record to a given partition and processes it.
-    pub fn pipe_to(&mut self, topic: &str, p: Partition, key: Option<Vec<u8>>, value: Option<Vec<u8>>) -> Result<(Partition, Offset)> {
+    pub fn pipe_to(
+        &mut self,
+        topic: &str,
+        p: Partition,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(Partition, Offset)> {
         let now = self.now.0 as i64;
         self.append(topic, p, key, value, now)
     }
 
-    fn append(&mut self, topic: &str, p: Partition, key: Option<Vec<u8>>, value: Option<Vec<u8>>, timestamp: i64) -> Result<(Partition, Offset)> {
-        let parts = self
-            .inputs
-            .get_mut(topic)
-            .ok_or_else(|| Error::Topology(format!("{topic:?} is not an input topic of the topology")))?;
-        let log = parts.get_mut(p.0 as usize).ok_or_else(|| Error::config("partition", format!("{p} out of range")))?;
-        log.push(Stored { key, value, timestamp });
+    fn append(
+        &mut self,
+        topic: &str,
+        p: Partition,
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+        timestamp: i64,
+    ) -> Result<(Partition, Offset)> {
+        let parts = self.inputs.get_mut(topic).ok_or_else(|| {
+            Error::Topology(format!("{topic:?} is not an input topic of the topology"))
+        })?;
+        let log = parts
+            .get_mut(p.0 as usize)
+            .ok_or_else(|| Error::config("partition", format!("{p} out of range")))?;
+        log.push(Stored {
+            key,
+            value,
+            timestamp,
+        });
         let offset = Offset(log.len() as u64 - 1);
         self.run_pending(topic, p)?;
         Ok((p, offset))
@@ -168,7 +220,11 @@ impl TestDriver {
 
     fn run_pending(&mut self, topic: &str, p: Partition) -> Result<()> {
         let key = (topic.to_string(), p.0);
-        let from = *self.processed.get(&key).or(self.committed.get(&key)).unwrap_or(&0);
+        let from = *self
+            .processed
+            .get(&key)
+            .or(self.committed.get(&key))
+            .unwrap_or(&0);
         let records = &self.inputs[topic][p.0 as usize];
         let topic_arc: Arc<str> = Arc::from(topic);
         let task = &mut self.tasks[p.0 as usize];
@@ -208,14 +264,20 @@ impl TestDriver {
         for _round in 0..MAX_ROUNDS {
             for task in &mut self.tasks {
                 let p = task.partition.0 as usize;
-                let changelogs: Vec<&mut MemoryChangelog> = self.stores.iter_mut().map(|per| &mut per[p].1).collect();
-                let mut io = Io { changelogs, outputs: &mut self.outputs, committed: &mut self.committed };
+                let changelogs: Vec<&mut MemoryChangelog> =
+                    self.stores.iter_mut().map(|per| &mut per[p].1).collect();
+                let mut io = Io {
+                    changelogs,
+                    outputs: &mut self.outputs,
+                    committed: &mut self.committed,
+                };
                 task.commit(&mut io, now)?;
             }
             let mut fed_any = false;
             for topic in self.topology.internal_topics() {
                 let from = self.fed.get(&topic).copied().unwrap_or(0);
-                let records: Vec<OutRecord> = self.output(&topic).get(from..).unwrap_or(&[]).to_vec();
+                let records: Vec<OutRecord> =
+                    self.output(&topic).get(from..).unwrap_or(&[]).to_vec();
                 self.fed.insert(topic.clone(), from + records.len());
                 for r in records {
                     let p = partition_for(r.key.as_deref().unwrap_or(&[]), self.partitions);
@@ -227,7 +289,9 @@ impl TestDriver {
                 return Ok(());
             }
         }
-        Err(Error::Topology(format!("repartitioned records still flowing after {MAX_ROUNDS} commit rounds: a cycle?")))
+        Err(Error::Topology(format!(
+            "repartitioned records still flowing after {MAX_ROUNDS} commit rounds: a cycle?"
+        )))
     }
 
     /// Simulates a crash and restart: uncommitted work is lost, tables are
@@ -237,7 +301,11 @@ impl TestDriver {
         self.tasks.clear();
         self.processed.clear();
         self.start_tasks()?;
-        let keys: Vec<(String, u32)> = self.inputs.iter().flat_map(|(t, ps)| (0..ps.len() as u32).map(move |p| (t.clone(), p))).collect();
+        let keys: Vec<(String, u32)> = self
+            .inputs
+            .iter()
+            .flat_map(|(t, ps)| (0..ps.len() as u32).map(move |p| (t.clone(), p)))
+            .collect();
         for (t, p) in keys {
             self.run_pending(&t, Partition(p))?;
         }
@@ -246,7 +314,13 @@ impl TestDriver {
 
     /// Rewinds one partition of a table to `at` (or a key range of it),
     /// sends the changes downstream flagged as a rewind, and commits.
-    pub fn rewind(&mut self, table: &str, partition: Partition, at: strata_state::At, range: &strata_state::KeyRange) -> Result<strata_state::RewindPlan> {
+    pub fn rewind(
+        &mut self,
+        table: &str,
+        partition: Partition,
+        at: strata_state::At,
+        range: &strata_state::KeyRange,
+    ) -> Result<strata_state::RewindPlan> {
         let i = self
             .topology
             .table_names()
@@ -255,11 +329,16 @@ impl TestDriver {
             .ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
         let emit = {
             let graph = self.topology.take_graph();
-            let g = graph.lock().map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+            let g = graph
+                .lock()
+                .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
             g.tables[i].emit_change.clone()
         };
         self.commit()?;
-        let task = self.tasks.get_mut(partition.0 as usize).ok_or_else(|| Error::config("partition", format!("{partition} out of range")))?;
+        let task = self
+            .tasks
+            .get_mut(partition.0 as usize)
+            .ok_or_else(|| Error::config("partition", format!("{partition} out of range")))?;
         let plan = task.rewind(i, &emit, at, range)?;
         self.commit()?;
         Ok(plan)
@@ -278,18 +357,29 @@ impl TestDriver {
             .iter()
             .position(|t| t == name)
             .ok_or_else(|| Error::Topology(format!("no table named {name:?}")))?;
-        let task = self.tasks.get(partition.0 as usize).ok_or_else(|| Error::config("partition", format!("{partition} out of range")))?;
+        let task = self
+            .tasks
+            .get(partition.0 as usize)
+            .ok_or_else(|| Error::config("partition", format!("{partition} out of range")))?;
         Ok(task.tables.tables[i].reader())
     }
 
     /// A reader of the partition of `table` that holds `key` (its encoded
     /// form must be what the topic's producer partitioned by).
-    pub fn table_for_key(&self, name: &str, partition_key: &[u8]) -> Result<PartitionReader<MemoryStore>> {
+    pub fn table_for_key(
+        &self,
+        name: &str,
+        partition_key: &[u8],
+    ) -> Result<PartitionReader<MemoryStore>> {
         self.table(name, self.partition_of(partition_key))
     }
 
     /// The number of changelog records of a table partition.
     pub fn changelog_len(&self, name: &str, partition: Partition) -> usize {
-        self.topology.table_names().iter().position(|t| t == name).map_or(0, |i| self.stores[i][partition.0 as usize].1.len())
+        self.topology
+            .table_names()
+            .iter()
+            .position(|t| t == name)
+            .map_or(0, |i| self.stores[i][partition.0 as usize].1.len())
     }
 }

@@ -31,7 +31,9 @@ pub enum Error {
     },
 
     /// A write to Kafka timed out: the records may or may not have landed.
-    #[error("kafka: {context}: outcome unknown (timed out after {timeout_ms} ms); resolve before writing again")]
+    #[error(
+        "kafka: {context}: outcome unknown (timed out after {timeout_ms} ms); resolve before writing again"
+    )]
     OutcomeUnknown {
         /// What was being written.
         context: String,
@@ -77,11 +79,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// Wraps a Kafka error with what was being done.
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Error {
-        Error::Kafka { context: context.into(), source }
+        Error::Kafka {
+            context: context.into(),
+            source,
+        }
     }
 
     /// A configuration error.
     pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::Config { key: key.into(), reason: reason.into() }
+        Error::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -64,8 +64,16 @@ mod tests {
             (b"a-little-bit-long-string", -985981536),
         ];
         for (input, want) in cases {
-            assert_eq!(murmur2(input) as i32, want, "{:?}", std::str::from_utf8(input));
+            assert_eq!(
+                murmur2(input) as i32,
+                want,
+                "{:?}",
+                std::str::from_utf8(input)
+            );
         }
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
     }
 }

@@ -52,9 +52,16 @@ struct Inner {
 }
 
 impl Registry {
-    pub(crate) fn set_table(&self, table: &str, p: Partition, reader: PartitionReader<RocksStore>, state: PartitionState) {
+    pub(crate) fn set_table(
+        &self,
+        table: &str,
+        p: Partition,
+        reader: PartitionReader<RocksStore>,
+        state: PartitionState,
+    ) {
         if let Ok(mut g) = self.inner.write() {
-            g.tables.insert((table.to_string(), p.0), Slot { reader, state });
+            g.tables
+                .insert((table.to_string(), p.0), Slot { reader, state });
         }
     }
 
@@ -85,7 +92,9 @@ impl Registry {
     /// The input partitions whose task is open and processing here (for a
     /// topology without tables, the only record of what is owned here).
     pub fn assigned(&self) -> Vec<Partition> {
-        let Ok(g) = self.inner.read() else { return Vec::new() };
+        let Ok(g) = self.inner.read() else {
+            return Vec::new();
+        };
         g.assigned.iter().map(|p| Partition(*p)).collect()
     }
 
@@ -110,31 +119,52 @@ impl Registry {
     /// Records not yet consumed, per input topic and partition (from the
     /// consumer's statistics, refreshed every second).
     pub fn lag(&self) -> BTreeMap<(String, Partition), u64> {
-        let Ok(g) = self.inner.read() else { return BTreeMap::new() };
-        g.lag.iter().map(|((t, p), l)| ((t.clone(), Partition(*p)), *l)).collect()
+        let Ok(g) = self.inner.read() else {
+            return BTreeMap::new();
+        };
+        g.lag
+            .iter()
+            .map(|((t, p), l)| ((t.clone(), Partition(*p)), *l))
+            .collect()
     }
 
     /// The reader of a running table partition owned here.
     pub fn reader(&self, table: &str, p: Partition) -> Option<PartitionReader<RocksStore>> {
         let g = self.inner.read().ok()?;
-        g.tables.get(&(table.to_string(), p.0)).filter(|s| s.state == PartitionState::Running).map(|s| s.reader.clone())
+        g.tables
+            .get(&(table.to_string(), p.0))
+            .filter(|s| s.state == PartitionState::Running)
+            .map(|s| s.reader.clone())
     }
 
     /// Every table partition owned here, with its state.
     pub fn partitions(&self) -> Vec<(String, Partition, PartitionState)> {
-        let Ok(g) = self.inner.read() else { return Vec::new() };
-        g.tables.iter().map(|((t, p), s)| (t.clone(), Partition(*p), s.state.clone())).collect()
+        let Ok(g) = self.inner.read() else {
+            return Vec::new();
+        };
+        g.tables
+            .iter()
+            .map(|((t, p), s)| (t.clone(), Partition(*p), s.state.clone()))
+            .collect()
     }
 
     /// Counters of every task owned here.
     pub fn task_stats(&self) -> BTreeMap<Partition, TaskStats> {
-        let Ok(g) = self.inner.read() else { return BTreeMap::new() };
-        g.tasks.iter().map(|(p, s)| (Partition(*p), s.clone())).collect()
+        let Ok(g) = self.inner.read() else {
+            return BTreeMap::new();
+        };
+        g.tasks
+            .iter()
+            .map(|(p, s)| (Partition(*p), s.clone()))
+            .collect()
     }
 
     /// Recent commit latencies, in microseconds.
     pub fn commit_latencies_us(&self) -> Vec<u64> {
-        self.inner.read().map(|g| g.commit_latency_us.clone()).unwrap_or_default()
+        self.inner
+            .read()
+            .map(|g| g.commit_latency_us.clone())
+            .unwrap_or_default()
     }
 
     /// The counters in Prometheus' text format.
@@ -143,10 +173,26 @@ impl Registry {
         let mut out = String::new();
         let stats = self.task_stats();
         for (name, help, get) in [
-            ("strata_records_in_total", "Input records processed", (|s: &TaskStats| s.records_in) as fn(&TaskStats) -> u64),
-            ("strata_records_out_total", "Records produced to outputs", |s| s.records_out),
-            ("strata_poison_records_total", "Records skipped or dead-lettered", |s| s.poison),
-            ("strata_changelog_records_total", "Changelog records written", |s| s.changelog_records),
+            (
+                "strata_records_in_total",
+                "Input records processed",
+                (|s: &TaskStats| s.records_in) as fn(&TaskStats) -> u64,
+            ),
+            (
+                "strata_records_out_total",
+                "Records produced to outputs",
+                |s| s.records_out,
+            ),
+            (
+                "strata_poison_records_total",
+                "Records skipped or dead-lettered",
+                |s| s.poison,
+            ),
+            (
+                "strata_changelog_records_total",
+                "Changelog records written",
+                |s| s.changelog_records,
+            ),
             ("strata_commits_total", "Commits completed", |s| s.commits),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -154,24 +200,45 @@ impl Registry {
                 let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", p.0, get(s));
             }
         }
-        let _ = writeln!(out, "# HELP strata_consumer_lag Records not yet consumed\n# TYPE strata_consumer_lag gauge");
+        let _ = writeln!(
+            out,
+            "# HELP strata_consumer_lag Records not yet consumed\n# TYPE strata_consumer_lag gauge"
+        );
         for ((t, p), l) in self.lag() {
-            let _ = writeln!(out, "strata_consumer_lag{{topic=\"{t}\",partition=\"{}\"}} {l}", p.0);
+            let _ = writeln!(
+                out,
+                "strata_consumer_lag{{topic=\"{t}\",partition=\"{}\"}} {l}",
+                p.0
+            );
         }
         let lat = self.commit_latencies_us();
         if !lat.is_empty() {
             let mut sorted = lat.clone();
             sorted.sort_unstable();
             let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize];
-            let _ = writeln!(out, "# HELP strata_commit_latency_us Recent commit latency\n# TYPE strata_commit_latency_us summary");
+            let _ = writeln!(
+                out,
+                "# HELP strata_commit_latency_us Recent commit latency\n# TYPE strata_commit_latency_us summary"
+            );
             for (name, f) in [("0.5", 0.5), ("0.99", 0.99)] {
-                let _ = writeln!(out, "strata_commit_latency_us{{quantile=\"{name}\"}} {}", q(f));
+                let _ = writeln!(
+                    out,
+                    "strata_commit_latency_us{{quantile=\"{name}\"}} {}",
+                    q(f)
+                );
             }
         }
-        let _ = writeln!(out, "# HELP strata_table_restoring Table partitions restoring (1) or running (0)\n# TYPE strata_table_restoring gauge");
+        let _ = writeln!(
+            out,
+            "# HELP strata_table_restoring Table partitions restoring (1) or running (0)\n# TYPE strata_table_restoring gauge"
+        );
         for (t, p, state) in self.partitions() {
             let v = matches!(state, PartitionState::Restoring { .. }) as u8;
-            let _ = writeln!(out, "strata_table_restoring{{table=\"{t}\",partition=\"{}\"}} {v}", p.0);
+            let _ = writeln!(
+                out,
+                "strata_table_restoring{{table=\"{t}\",partition=\"{}\"}} {v}",
+                p.0
+            );
         }
         out
     }

@@ -56,13 +56,17 @@ pub fn bincode<T>() -> Bincode<T> {
 
 impl<T: Serialize + DeserializeOwned + 'static> Serde<T> for Bincode<T> {
     fn encode(&self, value: &T) -> Result<Vec<u8>, String> {
-        ::bincode::serde::encode_to_vec(value, ::bincode::config::standard()).map_err(|e| format!("bincode encode: {e}"))
+        ::bincode::serde::encode_to_vec(value, ::bincode::config::standard())
+            .map_err(|e| format!("bincode encode: {e}"))
     }
     fn decode(&self, bytes: &[u8]) -> Result<T, String> {
         let (v, n) = ::bincode::serde::decode_from_slice(bytes, ::bincode::config::standard())
             .map_err(|e| format!("bincode decode: {e}"))?;
         if n != bytes.len() {
-            return Err(format!("bincode decode: {} trailing bytes", bytes.len() - n));
+            return Err(format!(
+                "bincode decode: {} trailing bytes",
+                bytes.len() - n
+            ));
         }
         Ok(v)
     }

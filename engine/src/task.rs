@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strata_state::store::KvStore;
-use strata_state::{ChangelogWriter, InputOffset, Lineage, Offset, Partition, TablePartition, Timestamp, VersionFlags};
+use strata_state::{
+    ChangelogWriter, InputOffset, Lineage, Offset, Partition, TablePartition, Timestamp,
+    VersionFlags,
+};
 
 use crate::context::{Ctx, OutRecord, RecordMeta, SOURCE_HEADER, TableAccess};
 use crate::topology::{ChangeFn, OnError, RecordError, SourceFn, TableId, TimerSpec};
@@ -43,12 +46,31 @@ impl<S: KvStore> TableAccess for TaskTables<S> {
         self.tables[table.0].read(key)
     }
 
-    fn get_at(&mut self, table: TableId, key: &[u8], time: Timestamp) -> strata_state::Result<Option<Vec<u8>>> {
-        Ok(self.tables[table.0].reader().get_at(key, strata_state::At::Time(time))?.map(|v| v.value))
+    fn get_at(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        time: Timestamp,
+    ) -> strata_state::Result<Option<Vec<u8>>> {
+        Ok(self.tables[table.0]
+            .reader()
+            .get_at(key, strata_state::At::Time(time))?
+            .map(|v| v.value))
     }
 
-    fn put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>, lineage: Option<Lineage>, replay: bool) {
-        let flags = if replay { VersionFlags::REPLAY } else { VersionFlags::NONE };
+    fn put(
+        &mut self,
+        table: TableId,
+        key: &[u8],
+        value: Option<&[u8]>,
+        lineage: Option<Lineage>,
+        replay: bool,
+    ) {
+        let flags = if replay {
+            VersionFlags::REPLAY
+        } else {
+            VersionFlags::NONE
+        };
         self.tables[table.0].stage(key, value, lineage, flags);
     }
 }
@@ -112,7 +134,12 @@ pub(crate) struct Task<S: KvStore> {
 }
 
 impl<S: KvStore> Task<S> {
-    pub fn new(partition: Partition, sources: SourceMap, tables: Vec<TablePartition<S>>, dlq_topic: Arc<str>) -> Task<S> {
+    pub fn new(
+        partition: Partition,
+        sources: SourceMap,
+        tables: Vec<TablePartition<S>>,
+        dlq_topic: Arc<str>,
+    ) -> Task<S> {
         Task {
             partition,
             sources,
@@ -138,7 +165,11 @@ impl<S: KvStore> Task<S> {
         at: strata_state::At,
         range: &strata_state::KeyRange,
     ) -> Result<strata_state::RewindPlan> {
-        let t = self.tables.tables.get_mut(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+        let t = self
+            .tables
+            .tables
+            .get_mut(table)
+            .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
         let plan = t.rewind(at, range)?;
         let meta = RecordMeta {
             topic: Arc::from(format!("rewind:{}", t.config().name)),
@@ -153,14 +184,19 @@ impl<S: KvStore> Task<S> {
             self.trace.clear();
             let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
             let value = change.before.as_ref().map(|v| v.value.as_slice());
-            emit(&mut ctx, &change.key, value).map_err(|e| Error::Topology(format!("sending a rewound change downstream: {e}")))?;
+            emit(&mut ctx, &change.key, value).map_err(|e| {
+                Error::Topology(format!("sending a rewound change downstream: {e}"))
+            })?;
         }
         Ok(plan)
     }
 
     /// Arms the topology's timers, first firing after `now`.
     pub fn set_timers(&mut self, timers: &[TimerSpec], now: Timestamp) {
-        self.timers = timers.iter().map(|t| (t.clone(), t.schedule.next_after(now))).collect();
+        self.timers = timers
+            .iter()
+            .map(|t| (t.clone(), t.schedule.next_after(now)))
+            .collect();
     }
 
     /// Fires every timer due at `now` (once each, however late: missed
@@ -200,7 +236,9 @@ impl<S: KvStore> Task<S> {
 
     /// Whether anything awaits a commit.
     pub fn has_pending(&self) -> bool {
-        self.dirty || !self.outputs.is_empty() || self.tables.tables.iter().any(|t| t.staged_len() > 0)
+        self.dirty
+            || !self.outputs.is_empty()
+            || self.tables.tables.iter().any(|t| t.staged_len() > 0)
     }
 
     /// Runs one record through the topology. Poison records follow their
@@ -214,12 +252,16 @@ impl<S: KvStore> Task<S> {
             replay: self.replay,
             rewind: false,
         };
-        self.positions.insert(rec.topic.clone(), Offset(rec.offset.0 + 1));
+        self.positions
+            .insert(rec.topic.clone(), Offset(rec.offset.0 + 1));
         self.dirty = true;
         self.stats.records_in += 1;
         let sources = self.sources.clone();
         let Some(list) = sources.get(&**rec.topic) else {
-            return Err(Error::Topology(format!("task {} got a record of unknown topic {}", self.partition, rec.topic)));
+            return Err(Error::Topology(format!(
+                "task {} got a record of unknown topic {}",
+                self.partition, rec.topic
+            )));
         };
         for src in list {
             self.trace.clear();
@@ -233,9 +275,18 @@ impl<S: KvStore> Task<S> {
 
     fn poison(&mut self, rec: &RawRecord<'_>, policy: &OnError, e: RecordError) -> Result<()> {
         self.stats.poison += 1;
-        let (topic, partition, offset) = (rec.topic.to_string(), rec.partition.0 as i32, rec.offset.0 as i64);
+        let (topic, partition, offset) = (
+            rec.topic.to_string(),
+            rec.partition.0 as i32,
+            rec.offset.0 as i64,
+        );
         match policy {
-            OnError::Stop => Err(Error::Poison { topic, partition, offset, reason: e.to_string() }),
+            OnError::Stop => Err(Error::Poison {
+                topic,
+                partition,
+                offset,
+                reason: e.to_string(),
+            }),
             OnError::Skip => {
                 tracing::warn!(%topic, partition, offset, error = %e, "skipping poison record");
                 Ok(())
@@ -252,7 +303,10 @@ impl<S: KvStore> Task<S> {
                     value: rec.value.map(<[u8]>::to_vec),
                     headers: vec![
                         (ERROR_HEADER.to_string(), e.to_string().into_bytes()),
-                        (SOURCE_HEADER.to_string(), format!("{topic}/{partition}@{offset}").into_bytes()),
+                        (
+                            SOURCE_HEADER.to_string(),
+                            format!("{topic}/{partition}@{offset}").into_bytes(),
+                        ),
                     ],
                 });
                 Ok(())
@@ -268,7 +322,11 @@ impl<S: KvStore> Task<S> {
         let inputs: Vec<InputOffset> = self
             .positions
             .iter()
-            .map(|(t, o)| InputOffset { topic: t.to_string(), partition: self.partition, next: *o })
+            .map(|(t, o)| InputOffset {
+                topic: t.to_string(),
+                partition: self.partition,
+                next: *o,
+            })
             .collect();
         // 1. Changelogs, acknowledged.
         let mut prepared = Vec::with_capacity(self.tables.tables.len());

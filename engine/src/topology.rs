@@ -48,7 +48,9 @@ pub(crate) struct Sinks<K, V> {
 
 impl<K: Clone, V: Clone> Sinks<K, V> {
     fn new() -> Arc<Self> {
-        Arc::new(Sinks { list: RwLock::new(Vec::new()) })
+        Arc::new(Sinks {
+            list: RwLock::new(Vec::new()),
+        })
     }
 
     fn add(&self, s: Sink<K, V>) {
@@ -59,7 +61,10 @@ impl<K: Clone, V: Clone> Sinks<K, V> {
 
     /// Sends one record to every downstream operator.
     pub(crate) fn emit(&self, ctx: &mut Ctx<'_>, k: K, v: V) -> Result<(), String> {
-        let list = self.list.read().map_err(|_| "topology lock poisoned".to_string())?;
+        let list = self
+            .list
+            .read()
+            .map_err(|_| "topology lock poisoned".to_string())?;
         match list.len() {
             0 => Ok(()),
             1 => list[0](ctx, k, v),
@@ -74,7 +79,9 @@ impl<K: Clone, V: Clone> Sinks<K, V> {
 }
 
 /// A source: decodes a raw record and feeds its stream.
-pub(crate) type SourceFn = Arc<dyn Fn(&mut Ctx<'_>, Option<&[u8]>, Option<&[u8]>) -> Result<(), RecordError> + Send + Sync>;
+pub(crate) type SourceFn = Arc<
+    dyn Fn(&mut Ctx<'_>, Option<&[u8]>, Option<&[u8]>) -> Result<(), RecordError> + Send + Sync,
+>;
 
 /// Why a record failed.
 #[derive(Debug, Clone)]
@@ -122,23 +129,33 @@ impl Schedule {
         use std::str::FromStr;
         cron::Schedule::from_str(expr)
             .map(|s| Schedule::Cron(Box::new(s)))
-            .map_err(|e| Error::config("timer.schedule", format!("{expr:?} is not a cron expression: {e}")))
+            .map_err(|e| {
+                Error::config(
+                    "timer.schedule",
+                    format!("{expr:?} is not a cron expression: {e}"),
+                )
+            })
     }
 
     /// The first firing strictly after `now`.
     pub fn next_after(&self, now: strata_state::Timestamp) -> Option<strata_state::Timestamp> {
         match self {
-            Schedule::Every(d) => Some(strata_state::Timestamp(now.0 + (d.as_millis() as u64).max(1))),
+            Schedule::Every(d) => Some(strata_state::Timestamp(
+                now.0 + (d.as_millis() as u64).max(1),
+            )),
             Schedule::Cron(s) => {
                 let at = chrono::DateTime::from_timestamp_millis(now.0 as i64)?;
-                s.after(&at).next().map(|t| strata_state::Timestamp(t.timestamp_millis().max(0) as u64))
+                s.after(&at)
+                    .next()
+                    .map(|t| strata_state::Timestamp(t.timestamp_millis().max(0) as u64))
             }
         }
     }
 }
 
 /// A timer's body: runs on the task's thread with access to its tables.
-pub(crate) type TimerFn = Arc<dyn Fn(&mut Ctx<'_>, strata_state::Timestamp) -> Result<(), String> + Send + Sync>;
+pub(crate) type TimerFn =
+    Arc<dyn Fn(&mut Ctx<'_>, strata_state::Timestamp) -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 pub(crate) struct TimerSpec {
@@ -158,13 +175,17 @@ pub struct TableOptions {
 
 impl Default for TableOptions {
     fn default() -> Self {
-        TableOptions { retention: Retention::Unlimited, granularity: Granularity::PerMutation }
+        TableOptions {
+            retention: Retention::Unlimited,
+            granularity: Granularity::PerMutation,
+        }
     }
 }
 
 /// Feeds a table's downstream (its `changes()` stream) with a change made
 /// outside its operator, such as a rewind: key and value as stored.
-pub(crate) type ChangeFn = Arc<dyn Fn(&mut Ctx<'_>, &[u8], Option<&[u8]>) -> Result<(), String> + Send + Sync>;
+pub(crate) type ChangeFn =
+    Arc<dyn Fn(&mut Ctx<'_>, &[u8], Option<&[u8]>) -> Result<(), String> + Send + Sync>;
 
 pub(crate) struct TableSpec {
     pub name: String,
@@ -208,20 +229,24 @@ impl TableCodecs {
     {
         TableCodecs {
             key_from_json: Arc::new(|text: &str| {
-                let k: K = serde_json::from_str(text).map_err(|e| format!("not a JSON key of this table: {e}"))?;
+                let k: K = serde_json::from_str(text)
+                    .map_err(|e| format!("not a JSON key of this table: {e}"))?;
                 Ok(k.to_key_bytes())
             }),
             key_to_json: Arc::new(|bytes: &[u8]| {
-                let k = K::decode_key(bytes).map_err(|e| format!("not a key of this table: {e}"))?;
+                let k =
+                    K::decode_key(bytes).map_err(|e| format!("not a key of this table: {e}"))?;
                 serde_json::to_string(&k).map_err(|e| format!("rendering the key as JSON: {e}"))
             }),
             value_to_json: Arc::new(|bytes: &[u8]| {
-                let a: A = ValueCodec::<A>::decode(&TableBincode, bytes).map_err(|e| format!("decoding the stored value: {e}"))?;
+                let a: A = ValueCodec::<A>::decode(&TableBincode, bytes)
+                    .map_err(|e| format!("decoding the stored value: {e}"))?;
                 serde_json::to_string(&a).map_err(|e| format!("rendering the value as JSON: {e}"))
             }),
             partition_key: partition_key.map(|f| -> JsonFn<[u8], Vec<u8>> {
                 Arc::new(move |bytes: &[u8]| {
-                    let k = K::decode_key(bytes).map_err(|e| format!("not a key of this table: {e}"))?;
+                    let k = K::decode_key(bytes)
+                        .map_err(|e| format!("not a key of this table: {e}"))?;
                     f(&k)
                 })
             }),
@@ -264,7 +289,12 @@ impl Topology {
     /// physical one by the app's config), decoded with the given codecs.
     /// Records that fail to decode go to the dead-letter topic unless
     /// [`Stream::on_error`] says otherwise.
-    pub fn stream<K, V>(&self, topic: &str, key: impl Serde<K>, value: impl Serde<V>) -> Stream<K, V>
+    pub fn stream<K, V>(
+        &self,
+        topic: &str,
+        key: impl Serde<K>,
+        value: impl Serde<V>,
+    ) -> Stream<K, V>
     where
         K: Clone + Send + 'static,
         V: Clone + Send + 'static,
@@ -280,12 +310,21 @@ impl Topology {
     where
         F: Fn(&mut Ctx<'_>, strata_state::Timestamp) -> Result<(), String> + Send + Sync + 'static,
     {
-        lock(&self.graph).timers.push(TimerSpec { name: Arc::from(name), schedule, run: Arc::new(f) });
+        lock(&self.graph).timers.push(TimerSpec {
+            name: Arc::from(name),
+            schedule,
+            run: Arc::new(f),
+        });
     }
 
     /// Names of the topology's internal topics (logical).
     pub fn internal_topics(&self) -> Vec<String> {
-        lock(&self.graph).sources.iter().filter(|s| s.internal).map(|s| s.topic.clone()).collect()
+        lock(&self.graph)
+            .sources
+            .iter()
+            .filter(|s| s.internal)
+            .map(|s| s.topic.clone())
+            .collect()
     }
 
     pub(crate) fn take_graph(&self) -> Arc<Mutex<Graph>> {
@@ -293,30 +332,51 @@ impl Topology {
     }
 }
 
-fn add_source<K, V>(graph: &Arc<Mutex<Graph>>, topic: &str, key: impl Serde<K>, value: impl Serde<V>, internal: bool) -> Stream<K, V>
+fn add_source<K, V>(
+    graph: &Arc<Mutex<Graph>>,
+    topic: &str,
+    key: impl Serde<K>,
+    value: impl Serde<V>,
+    internal: bool,
+) -> Stream<K, V>
 where
     K: Clone + Send + 'static,
     V: Clone + Send + 'static,
 {
     let sinks = Sinks::new();
-        let downstream = sinks.clone();
-        let key = Arc::new(key);
-        let pkey: PartitionKeyFn<K> = {
-            let key = key.clone();
-            Arc::new(move |k: &K| key.encode(k))
+    let downstream = sinks.clone();
+    let key = Arc::new(key);
+    let pkey: PartitionKeyFn<K> = {
+        let key = key.clone();
+        Arc::new(move |k: &K| key.encode(k))
+    };
+    let run: SourceFn = Arc::new(move |ctx, k, v| {
+        let k = key
+            .decode(k.unwrap_or(&[]))
+            .map_err(|e| RecordError::Decode(format!("key: {e}")))?;
+        let v = match v {
+            Some(v) => value
+                .decode(v)
+                .map_err(|e| RecordError::Decode(format!("value: {e}")))?,
+            None => return Err(RecordError::Decode("value: null payload".into())),
         };
-        let run: SourceFn = Arc::new(move |ctx, k, v| {
-            let k = key.decode(k.unwrap_or(&[])).map_err(|e| RecordError::Decode(format!("key: {e}")))?;
-            let v = match v {
-                Some(v) => value.decode(v).map_err(|e| RecordError::Decode(format!("value: {e}")))?,
-                None => return Err(RecordError::Decode("value: null payload".into())),
-            };
-            downstream.emit(ctx, k, v).map_err(RecordError::Operator)
-        });
-        let mut g = lock(graph);
-        g.sources.push(SourceSpec { topic: topic.to_string(), on_error: OnError::default(), run, internal });
-        let source = g.sources.len() - 1;
-        Stream { graph: graph.clone(), sinks, source: Some(source), topic: topic.to_string(), partition_key: Some(pkey) }
+        downstream.emit(ctx, k, v).map_err(RecordError::Operator)
+    });
+    let mut g = lock(graph);
+    g.sources.push(SourceSpec {
+        topic: topic.to_string(),
+        on_error: OnError::default(),
+        run,
+        internal,
+    });
+    let source = g.sources.len() - 1;
+    Stream {
+        graph: graph.clone(),
+        sinks,
+        source: Some(source),
+        topic: topic.to_string(),
+        partition_key: Some(pkey),
+    }
 }
 
 impl Topology {
@@ -326,13 +386,18 @@ impl Topology {
     pub fn validate(&self) -> Result<()> {
         let g = lock(&self.graph);
         if g.sources.is_empty() {
-            return Err(Error::Topology("no input stream: declare one with Topology::stream".into()));
+            return Err(Error::Topology(
+                "no input stream: declare one with Topology::stream".into(),
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for t in &g.tables {
             strata_state::TableName::new(t.name.clone())?;
             if !names.insert(t.name.clone()) {
-                return Err(Error::Topology(format!("table {:?} declared twice", t.name)));
+                return Err(Error::Topology(format!(
+                    "table {:?} declared twice",
+                    t.name
+                )));
             }
         }
         Ok(())
@@ -340,12 +405,20 @@ impl Topology {
 
     /// Names of the tables, in declaration order.
     pub fn table_names(&self) -> Vec<String> {
-        lock(&self.graph).tables.iter().map(|t| t.name.clone()).collect()
+        lock(&self.graph)
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// Logical names of the input topics (repartition topics included).
     pub fn source_topics(&self) -> Vec<String> {
-        let mut t: Vec<String> = lock(&self.graph).sources.iter().map(|s| s.topic.clone()).collect();
+        let mut t: Vec<String> = lock(&self.graph)
+            .sources
+            .iter()
+            .map(|s| s.topic.clone())
+            .collect();
         t.sort();
         t.dedup();
         t
@@ -387,7 +460,16 @@ where
 {
     fn derived<K2: Clone, V2: Clone>(&self) -> (Stream<K2, V2>, Arc<Sinks<K2, V2>>) {
         let sinks = Sinks::new();
-        (Stream { graph: self.graph.clone(), sinks: sinks.clone(), source: None, topic: self.topic.clone(), partition_key: None }, sinks)
+        (
+            Stream {
+                graph: self.graph.clone(),
+                sinks: sinks.clone(),
+                source: None,
+                topic: self.topic.clone(),
+                partition_key: None,
+            },
+            sinks,
+        )
     }
 
     fn op_name(&self, kind: &str) -> Arc<str> {
@@ -447,7 +529,13 @@ where
         let (mut out, sinks) = self.derived();
         out.partition_key = self.partition_key.clone();
         let name = self.op_name("filter");
-        self.sinks.add(Arc::new(move |ctx, k, v| if f(&k, &v) { ctx.traced(&name, |ctx| sinks.emit(ctx, k, v)) } else { Ok(()) }));
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            if f(&k, &v) {
+                ctx.traced(&name, |ctx| sinks.emit(ctx, k, v))
+            } else {
+                Ok(())
+            }
+        }));
         out
     }
 
@@ -477,7 +565,9 @@ where
         F: Fn(&mut Ctx<'_>, K, V) -> Result<(), String> + Send + Sync + 'static,
     {
         let name = self.op_name("process");
-        self.sinks.add(Arc::new(move |ctx, k, v| ctx.traced(&name, |ctx| f(ctx, k, v))));
+        self.sinks.add(Arc::new(move |ctx, k, v| {
+            ctx.traced(&name, |ctx| f(ctx, k, v))
+        }));
     }
 
     /// Writes each record to `topic` (a logical name), encoded with the
@@ -514,7 +604,9 @@ where
         let emit_change: ChangeFn = Arc::new(move |ctx, kb, vb| {
             let k = K::decode_key(kb).map_err(|e| e.to_string())?;
             let a = match vb {
-                Some(b) => Some(ValueCodec::<A>::decode(&TableBincode, b).map_err(|e| e.to_string())?),
+                Some(b) => {
+                    Some(ValueCodec::<A>::decode(&TableBincode, b).map_err(|e| e.to_string())?)
+                }
                 None => None,
             };
             rewinds.emit(ctx, k, a)
@@ -522,7 +614,13 @@ where
         let id = {
             let mut g = lock(&self.graph);
             let codecs = TableCodecs::new::<K, A>(self.partition_key.clone());
-            g.tables.push(TableSpec { name: name.to_string(), options, emit_change, codecs, topic: self.topic.clone() });
+            g.tables.push(TableSpec {
+                name: name.to_string(),
+                options,
+                emit_change,
+                codecs,
+                topic: self.topic.clone(),
+            });
             TableId(g.tables.len() - 1)
         };
         let downstream = changes.clone();
@@ -530,13 +628,16 @@ where
         self.sinks.add(Arc::new(move |ctx, k, v| {
             let kb = k.to_key_bytes();
             let old: Option<A> = match ctx.table_get(id, &kb).map_err(|e| e.to_string())? {
-                Some(bytes) => Some(ValueCodec::<A>::decode(&TableBincode, &bytes).map_err(|e| e.to_string())?),
+                Some(bytes) => Some(
+                    ValueCodec::<A>::decode(&TableBincode, &bytes).map_err(|e| e.to_string())?,
+                ),
                 None => None,
             };
             let new = f(&k, v, old);
             match &new {
                 Some(a) => {
-                    let bytes = ValueCodec::<A>::encode(&TableBincode, a).map_err(|e| e.to_string())?;
+                    let bytes =
+                        ValueCodec::<A>::encode(&TableBincode, a).map_err(|e| e.to_string())?;
                     ctx.table_put(id, &kb, Some(&bytes));
                 }
                 None => ctx.table_put(id, &kb, None),
@@ -609,12 +710,16 @@ where
         self.sinks.add(Arc::new(move |ctx, k, v| {
             let kb = k.to_key_bytes();
             let bytes = match ctx.record().timestamp {
-                Some(ts) if as_of && ts >= 0 => ctx.table_get_at(id, &kb, strata_state::Timestamp(ts as u64)),
+                Some(ts) if as_of && ts >= 0 => {
+                    ctx.table_get_at(id, &kb, strata_state::Timestamp(ts as u64))
+                }
                 _ => ctx.table_get(id, &kb),
             }
             .map_err(|e| e.to_string())?;
             let current: Option<A> = match bytes {
-                Some(b) => Some(ValueCodec::<A>::decode(&TableBincode, &b).map_err(|e| e.to_string())?),
+                Some(b) => {
+                    Some(ValueCodec::<A>::decode(&TableBincode, &b).map_err(|e| e.to_string())?)
+                }
                 None => None,
             };
             match f(&k, v, current) {
@@ -667,28 +772,51 @@ mod tests {
     use crate::serde::{Utf8, json};
 
     fn codecs(t: &Topology, table: &str) -> TableCodecs {
-        lock(&t.graph).tables.iter().find(|s| s.name == table).map(|s| s.codecs.clone()).unwrap()
+        lock(&t.graph)
+            .tables
+            .iter()
+            .find(|s| s.name == table)
+            .map(|s| s.codecs.clone())
+            .unwrap()
     }
 
     #[test]
     fn table_codecs_speak_json_and_find_the_record_key() {
         let t = Topology::new();
         let s = t.stream("in", json::<String>(), json::<i64>());
-        s.aggregate("sums", TableOptions::default(), |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v));
-        s.map(|k: String, v| (k.len() as u64, v)).aggregate("by_len", TableOptions::default(), |_k, v: i64, _| Some(v));
-        t.stream("pairs", Utf8, Utf8).filter(|_, _| true).aggregate("names", TableOptions::default(), |_k, v: String, _| Some(v));
+        s.aggregate(
+            "sums",
+            TableOptions::default(),
+            |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v),
+        );
+        s.map(|k: String, v| (k.len() as u64, v)).aggregate(
+            "by_len",
+            TableOptions::default(),
+            |_k, v: i64, _| Some(v),
+        );
+        t.stream("pairs", Utf8, Utf8).filter(|_, _| true).aggregate(
+            "names",
+            TableOptions::default(),
+            |_k, v: String, _| Some(v),
+        );
 
         let c = codecs(&t, "sums");
         let kb = (c.key_from_json)("\"ann\"").unwrap();
         assert_eq!(kb, "ann".to_string().to_key_bytes());
         assert_eq!((c.key_to_json)(&kb).unwrap(), "\"ann\"");
-        assert!((c.key_from_json)("5").is_err(), "a number is not a String key");
+        assert!(
+            (c.key_from_json)("5").is_err(),
+            "a number is not a String key"
+        );
         assert!((c.key_from_json)("{nope").is_err());
         let vb = ValueCodec::<i64>::encode(&TableBincode, &-42).unwrap();
         assert_eq!((c.value_to_json)(&vb).unwrap(), "-42");
         assert!((c.value_to_json)(&[0xff]).is_err());
         // The input's key codec is JSON: the record key is the JSON text.
-        assert_eq!((c.partition_key.as_ref().unwrap())(&kb).unwrap(), b"\"ann\"".to_vec());
+        assert_eq!(
+            (c.partition_key.as_ref().unwrap())(&kb).unwrap(),
+            b"\"ann\"".to_vec()
+        );
 
         // Re-keyed without a repartition: the record key is unknowable.
         let c = codecs(&t, "by_len");
@@ -698,6 +826,9 @@ mod tests {
         // A filter keeps keys, and UTF-8 keys are their own record keys.
         let c = codecs(&t, "names");
         let kb = (c.key_from_json)("\"bob\"").unwrap();
-        assert_eq!((c.partition_key.as_ref().unwrap())(&kb).unwrap(), b"bob".to_vec());
+        assert_eq!(
+            (c.partition_key.as_ref().unwrap())(&kb).unwrap(),
+            b"bob".to_vec()
+        );
     }
 }

@@ -9,12 +9,18 @@ use std::time::{Duration, Instant};
 
 use strata_engine::kafka::output::OutputProducer;
 use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, EmbeddedKafka, Error, OutRecord, RunningApp, TableOptions, Topology};
+use strata_engine::{
+    App, AppConfig, EmbeddedKafka, Error, OutRecord, RunningApp, TableOptions, Topology,
+};
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 
 fn counts() -> Topology {
     let t = Topology::new();
-    t.stream("words", Utf8, json::<u64>()).aggregate("counts", TableOptions::default(), |_w, n: u64, old: Option<u64>| Some(old.unwrap_or(0) + n));
+    t.stream("words", Utf8, json::<u64>()).aggregate(
+        "counts",
+        TableOptions::default(),
+        |_w, n: u64, old: Option<u64>| Some(old.unwrap_or(0) + n),
+    );
     t
 }
 
@@ -27,9 +33,18 @@ fn config(kafka: &EmbeddedKafka, app: &str, state: &Path) -> AppConfig {
 }
 
 fn produce(kafka: &EmbeddedKafka, n: u64) {
-    let p = OutputProducer::new(&strata_engine::kafka::client::KafkaConfig::new(kafka.bootstrap_servers()), BTreeMap::new()).unwrap();
+    let p = OutputProducer::new(
+        &strata_engine::kafka::client::KafkaConfig::new(kafka.bootstrap_servers()),
+        BTreeMap::new(),
+    )
+    .unwrap();
     let recs: Vec<OutRecord> = (0..n)
-        .map(|i| OutRecord { topic: "words".into(), key: Some(format!("w{}", i % 20).into_bytes()), value: Some(b"1".to_vec()), headers: vec![] })
+        .map(|i| OutRecord {
+            topic: "words".into(),
+            key: Some(format!("w{}", i % 20).into_bytes()),
+            value: Some(b"1".to_vec()),
+            headers: vec![],
+        })
         .collect();
     p.produce(&recs).unwrap();
 }
@@ -74,8 +89,14 @@ fn runs_reports_metrics_and_rebuilds_unusable_local_state() {
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(records_in, 2_000, "{text}");
-    assert!(text.contains("strata_consumer_lag{topic=\"words\""), "{text}");
-    assert!(text.contains("strata_commit_latency_us{quantile=\"0.99\"}"), "{text}");
+    assert!(
+        text.contains("strata_consumer_lag{topic=\"words\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("strata_commit_latency_us{quantile=\"0.99\"}"),
+        "{text}"
+    );
     app.shutdown().unwrap();
 
     // Damage every table partition's files while the app is down.
@@ -84,7 +105,9 @@ fn runs_reports_metrics_and_rebuilds_unusable_local_state() {
         let dir = state.path().join("wc").join("counts").join(p.to_string());
         for f in std::fs::read_dir(&dir).unwrap() {
             let f = f.unwrap().path();
-            if f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST") || n == "CURRENT") {
+            if f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST") || n == "CURRENT")
+            {
                 std::fs::write(&f, b"garbage").unwrap();
                 damaged += 1;
             }
@@ -105,19 +128,34 @@ fn startup_refuses_missing_and_mismatched_topics() {
     let kafka = EmbeddedKafka::start(1).unwrap();
     let state = tempfile::tempdir().unwrap();
     let t = counts();
-    let err = App::new(config(&kafka, "x", state.path())).unwrap().start(t).err().expect("no input topic");
-    assert!(err.to_string().contains("\"words\" does not exist"), "{err}");
+    let err = App::new(config(&kafka, "x", state.path()))
+        .unwrap()
+        .start(t)
+        .err()
+        .expect("no input topic");
+    assert!(
+        err.to_string().contains("\"words\" does not exist"),
+        "{err}"
+    );
 
     kafka.create_topic("words", 2).unwrap();
     kafka.create_topic("clicks", 3).unwrap();
     let t = counts();
     t.stream("clicks", Utf8, Utf8).to("out", Utf8, Utf8);
-    let err = App::new(config(&kafka, "x", state.path())).unwrap().start(t).err().expect("mismatch");
+    let err = App::new(config(&kafka, "x", state.path()))
+        .unwrap()
+        .start(t)
+        .err()
+        .expect("mismatch");
     assert!(matches!(err, Error::Topology(_)));
     assert!(err.to_string().contains("not co-partitioned"), "{err}");
 
     // manage_topics off: internal topics must already exist.
-    let err = App::new(config(&kafka, "y", state.path())).unwrap().start(counts()).err().expect("no changelog topic");
+    let err = App::new(config(&kafka, "y", state.path()))
+        .unwrap()
+        .start(counts())
+        .err()
+        .expect("no changelog topic");
     assert!(err.to_string().contains("y-counts-changelog"), "{err}");
 }
 

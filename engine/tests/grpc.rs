@@ -16,8 +16,8 @@ use strata_engine::{App, AppConfig, EmbeddedKafka, OutRecord, RunningApp, TableO
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
-use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 use strata_state::Retention;
+use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -29,8 +29,15 @@ const PARTITIONS: u32 = 3;
 fn topology() -> Topology {
     let t = Topology::new();
     let s = t.stream("events", Utf8, json::<i64>());
-    s.aggregate("sums", TableOptions::default(), |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v));
-    let one = TableOptions { retention: Retention::last_versions(1).unwrap(), ..Default::default() };
+    s.aggregate(
+        "sums",
+        TableOptions::default(),
+        |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v),
+    );
+    let one = TableOptions {
+        retention: Retention::last_versions(1).unwrap(),
+        ..Default::default()
+    };
     s.aggregate("last", one, |_k, v: i64, _old: Option<i64>| Some(v));
     t
 }
@@ -50,37 +57,63 @@ fn key(i: usize) -> String {
 }
 
 fn produce(kafka: &EmbeddedKafka, records: &[(String, i64)]) {
-    let p = OutputProducer::new(&KafkaConfig::new(kafka.bootstrap_servers()), BTreeMap::new()).unwrap();
+    let p = OutputProducer::new(
+        &KafkaConfig::new(kafka.bootstrap_servers()),
+        BTreeMap::new(),
+    )
+    .unwrap();
     let recs: Vec<OutRecord> = records
         .iter()
-        .map(|(k, v)| OutRecord { topic: "events".into(), key: Some(k.clone().into_bytes()), value: Some(v.to_string().into_bytes()), headers: vec![] })
+        .map(|(k, v)| OutRecord {
+            topic: "events".into(),
+            key: Some(k.clone().into_bytes()),
+            value: Some(v.to_string().into_bytes()),
+            headers: vec![],
+        })
         .collect();
     p.produce(&recs).unwrap();
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 async fn clients(addr: SocketAddr) -> (QueryClient<Channel>, AdminClient<Channel>, Channel) {
-    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    (QueryClient::new(ch.clone()), AdminClient::new(ch.clone()), ch)
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (
+        QueryClient::new(ch.clone()),
+        AdminClient::new(ch.clone()),
+        ch,
+    )
 }
 
 fn get_json(table: &str, k: &str) -> pb::GetRequest {
     pb::GetRequest {
         table: table.into(),
-        key_ref: Some(pb::get_request::KeyRef::KeyJson(serde_json::to_string(k).unwrap())),
+        key_ref: Some(pb::get_request::KeyRef::KeyJson(
+            serde_json::to_string(k).unwrap(),
+        )),
         ..Default::default()
     }
 }
 
 fn at_time(t: u64) -> Option<pb::At> {
-    Some(pb::At { point: Some(pb::at::Point::TimeMs(t)) })
+    Some(pb::At {
+        point: Some(pb::at::Point::TimeMs(t)),
+    })
 }
 
 fn at_version(v: u64) -> Option<pb::At> {
-    Some(pb::At { point: Some(pb::at::Point::Version(v)) })
+    Some(pb::At {
+        point: Some(pb::at::Point::Version(v)),
+    })
 }
 
 fn found(r: &pb::GetResponse) -> Option<&pb::Entry> {
@@ -138,10 +171,13 @@ async fn fixture() -> Fixture {
     kafka.create_topic("events", PARTITIONS).unwrap();
     let state = tempfile::tempdir().unwrap();
     let cfg = config(&kafka, "grpc", state.path());
-    kafka.create_app_topics(&cfg, &topology(), PARTITIONS).unwrap();
+    kafka
+        .create_app_topics(&cfg, &topology(), PARTITIONS)
+        .unwrap();
     let app = tokio::task::block_in_place(|| {
         let app = App::new(cfg).unwrap().start(topology()).unwrap();
-        app.wait_running(PARTITIONS as usize, Duration::from_secs(60)).unwrap();
+        app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
+            .unwrap();
         app
     });
     let addr = app.grpc_addr().expect("grpc server");
@@ -168,7 +204,14 @@ async fn fixture() -> Fixture {
         *phase2.get_mut(&k).unwrap() += v;
     }
     wait_sums(&mut q, &phase2).await;
-    Fixture { _kafka: kafka, _state: state, app, t_mid, phase1, phase2 }
+    Fixture {
+        _kafka: kafka,
+        _state: state,
+        app,
+        t_mid,
+        phase1,
+        phase2,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +225,9 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     let by_bytes = q
         .get(pb::GetRequest {
             table: "sums".into(),
-            key_ref: Some(pb::get_request::KeyRef::Key("k13".to_string().to_key_bytes())),
+            key_ref: Some(pb::get_request::KeyRef::Key(
+                "k13".to_string().to_key_bytes(),
+            )),
             ..Default::default()
         })
         .await
@@ -196,16 +241,26 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     assert_eq!(by_json.key, b"k13".to_vec());
     let served = by_json.served.clone().unwrap();
     assert_eq!(served.read_version, served.latest_version);
-    assert_eq!(served.instance.as_ref().unwrap().endpoint, format!("http://{addr}"));
+    assert_eq!(
+        served.instance.as_ref().unwrap().endpoint,
+        format!("http://{addr}")
+    );
     assert!(e.lineage.as_ref().is_some_and(|l| l.topic == "events"));
     let p13 = served.partition;
     // A key never written is absent, not an error.
     assert!(found(&q.get(get_json("sums", "nope")).await.unwrap().into_inner()).is_none());
     // JSON only: no bytes.
     let mut req = get_json("sums", "k13");
-    req.options = Some(pb::RequestOptions { representation: pb::Representation::Json as i32, ..Default::default() });
+    req.options = Some(pb::RequestOptions {
+        representation: pb::Representation::Json as i32,
+        ..Default::default()
+    });
     let r = q.get(req).await.unwrap().into_inner();
-    assert!(r.key.is_empty() && found(&r).unwrap().value.is_empty() && found(&r).unwrap().value_json == "6");
+    assert!(
+        r.key.is_empty()
+            && found(&r).unwrap().value.is_empty()
+            && found(&r).unwrap().value_json == "6"
+    );
 
     // History of k00: newest first by default, values 16, 6, 3, 1.
     let h = q
@@ -217,7 +272,11 @@ async fn every_rpc_served_locally_with_the_error_contract() {
         .await
         .unwrap()
         .into_inner();
-    let vals: Vec<i64> = h.entries.iter().map(|e| e.value_json.parse().unwrap()).collect();
+    let vals: Vec<i64> = h
+        .entries
+        .iter()
+        .map(|e| e.value_json.parse().unwrap())
+        .collect();
     assert_eq!(vals, vec![16, 6, 3, 1]);
     assert!(h.entries.windows(2).all(|w| w[0].version > w[1].version));
     assert!(h.next_page_token.is_empty() && !h.truncated_by_retention);
@@ -275,10 +334,16 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     assert_eq!(r.served.unwrap().read_version, versions[1]);
     let mut req = get_json("sums", "k00");
     req.at = at_time(f.t_mid);
-    assert_eq!(value_of(&q.get(req).await.unwrap().into_inner()), Some(f.phase1["k00"]));
+    assert_eq!(
+        value_of(&q.get(req).await.unwrap().into_inner()),
+        Some(f.phase1["k00"])
+    );
     let mut req = get_json("sums", "k29");
     req.at = at_time(f.t_mid);
-    assert_eq!(value_of(&q.get(req).await.unwrap().into_inner()), Some(f.phase1["k29"]));
+    assert_eq!(
+        value_of(&q.get(req).await.unwrap().into_inner()),
+        Some(f.phase1["k29"])
+    );
 
     // Scan every partition in pages of 7: every key exactly once, in key
     // order within and across pages, with its latest value.
@@ -287,16 +352,27 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     let mut pages = 0;
     loop {
         let r = q
-            .scan(pb::ScanRequest { table: "sums".into(), page_size: 7, page_token: token.clone(), ..Default::default() })
+            .scan(pb::ScanRequest {
+                table: "sums".into(),
+                page_size: 7,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         assert!(!r.partial && r.unavailable.is_empty());
         assert!(r.items.len() <= 7);
         // Every partition on the first page; those finished are not read again.
-        assert!(r.served.len() <= PARTITIONS as usize && (pages > 0 || r.served.len() == PARTITIONS as usize));
+        assert!(
+            r.served.len() <= PARTITIONS as usize
+                && (pages > 0 || r.served.len() == PARTITIONS as usize)
+        );
         for it in &r.items {
-            seen.push((serde_json::from_str(&it.key_json).unwrap(), it.entry.as_ref().unwrap().value_json.parse().unwrap()));
+            seen.push((
+                serde_json::from_str(&it.key_json).unwrap(),
+                it.entry.as_ref().unwrap().value_json.parse().unwrap(),
+            ));
         }
         pages += 1;
         if r.next_page_token.is_empty() {
@@ -311,21 +387,51 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     let r = q
         .scan(pb::ScanRequest {
             table: "sums".into(),
-            keys: Some(pb::KeyFilter { filter: Some(pb::key_filter::Filter::PrefixUtf8("k0".into())) }),
+            keys: Some(pb::KeyFilter {
+                filter: Some(pb::key_filter::Filter::PrefixUtf8("k0".into())),
+            }),
             at: at_time(f.t_mid),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    let got: BTreeMap<String, i64> =
-        r.items.iter().map(|i| (serde_json::from_str(&i.key_json).unwrap(), i.entry.as_ref().unwrap().value_json.parse().unwrap())).collect();
-    let want: BTreeMap<String, i64> = f.phase1.iter().filter(|(k, _)| k.starts_with("k0")).map(|(k, v)| (k.clone(), *v)).collect();
+    let got: BTreeMap<String, i64> = r
+        .items
+        .iter()
+        .map(|i| {
+            (
+                serde_json::from_str(&i.key_json).unwrap(),
+                i.entry.as_ref().unwrap().value_json.parse().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, i64> = f
+        .phase1
+        .iter()
+        .filter(|(k, _)| k.starts_with("k0"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     assert_eq!(got, want);
     // One partition at a version is allowed; at a version over all is not.
-    let (c, m) = code(q.scan(pb::ScanRequest { table: "sums".into(), at: at_version(1), ..Default::default() }).await);
+    let (c, m) = code(
+        q.scan(pb::ScanRequest {
+            table: "sums".into(),
+            at: at_version(1),
+            ..Default::default()
+        })
+        .await,
+    );
     assert_eq!(c, Code::InvalidArgument, "{m}");
-    let r = q.scan(pb::ScanRequest { table: "sums".into(), partition: Some(p13), at: at_version(1), ..Default::default() }).await.unwrap();
+    let r = q
+        .scan(pb::ScanRequest {
+            table: "sums".into(),
+            partition: Some(p13),
+            at: at_version(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(r.get_ref().items.len(), 1, "one key written by version 1");
 
     // Diff from the middle to now, in pages of 3: exactly phase 2's keys,
@@ -334,7 +440,13 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     let mut token = Vec::new();
     loop {
         let r = q
-            .diff(pb::DiffRequest { table: "sums".into(), from: at_time(f.t_mid), page_size: 3, page_token: token.clone(), ..Default::default() })
+            .diff(pb::DiffRequest {
+                table: "sums".into(),
+                from: at_time(f.t_mid),
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -351,22 +463,51 @@ async fn every_rpc_served_locally_with_the_error_contract() {
         }
         token = r.next_page_token;
     }
-    let want: BTreeMap<String, (i64, i64)> = (0..10).map(|i| (key(i), (f.phase1[&key(i)], f.phase2[&key(i)]))).collect();
+    let want: BTreeMap<String, (i64, i64)> = (0..10)
+        .map(|i| (key(i), (f.phase1[&key(i)], f.phase2[&key(i)])))
+        .collect();
     assert_eq!(changed, want);
-    let (c, m) = code(q.diff(pb::DiffRequest { table: "sums".into(), ..Default::default() }).await);
+    let (c, m) = code(
+        q.diff(pb::DiffRequest {
+            table: "sums".into(),
+            ..Default::default()
+        })
+        .await,
+    );
     assert_eq!(c, Code::InvalidArgument, "{m}");
 
     // ListTables and DescribeTable.
-    let t = q.list_tables(pb::ListTablesRequest {}).await.unwrap().into_inner();
+    let t = q
+        .list_tables(pb::ListTablesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<&str> = t.tables.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["last", "sums"]);
-    assert_eq!(t.tables[0].retention.unwrap().policy, Some(pb::retention::Policy::LastVersions(1)));
-    assert!(t.tables.iter().all(|t| t.partitions == PARTITIONS && t.json && t.input_topics == ["events"]));
+    assert_eq!(
+        t.tables[0].retention.unwrap().policy,
+        Some(pb::retention::Policy::LastVersions(1))
+    );
+    assert!(
+        t.tables
+            .iter()
+            .all(|t| t.partitions == PARTITIONS && t.json && t.input_topics == ["events"])
+    );
     assert_eq!(t.tables[1].changelog_topic, "grpc-sums-changelog");
-    let d = q.describe_table(pb::DescribeTableRequest { table: "sums".into(), options: None }).await.unwrap().into_inner();
+    let d = q
+        .describe_table(pb::DescribeTableRequest {
+            table: "sums".into(),
+            options: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(d.partitions.len(), PARTITIONS as usize);
     for p in &d.partitions {
-        assert_eq!(p.state, Some(pb::partition_info::State::Running(pb::Running {})));
+        assert_eq!(
+            p.state,
+            Some(pb::partition_info::State::Running(pb::Running {}))
+        );
         assert!(p.latest_version > 0 && p.latest_time_ms > 0);
         assert_eq!(p.oldest_version, 0, "unlimited retention keeps everything");
         assert_eq!(p.owner.as_ref().unwrap().endpoint, format!("http://{addr}"));
@@ -374,7 +515,9 @@ async fn every_rpc_served_locally_with_the_error_contract() {
 
     // Rewind k05 to the middle: dry run, then a stale expectation, then
     // apply; the latest value is phase 1's again, flagged as a rewind.
-    let k05 = Some(pb::KeyFilter { filter: Some(pb::key_filter::Filter::KeyJson("\"k05\"".into())) });
+    let k05 = Some(pb::KeyFilter {
+        filter: Some(pb::key_filter::Filter::KeyJson("\"k05\"".into())),
+    });
     let rw = |dry_run: bool, expect: Vec<pb::PartitionVersion>| pb::RewindRequest {
         table: "sums".into(),
         keys: k05.clone(),
@@ -390,18 +533,37 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     assert_eq!(pr.status, pb::RewindStatus::Planned as i32);
     assert_eq!(pr.change_count, 1);
     assert_eq!(pr.changes[0].key_json, "\"k05\"");
-    assert_eq!(pr.changes[0].current.as_ref().unwrap().value_json, f.phase2["k05"].to_string());
-    assert_eq!(pr.changes[0].restored.as_ref().unwrap().value_json, f.phase1["k05"].to_string());
-    assert_eq!(value_of(&q.get(get_json("sums", "k05")).await.unwrap().into_inner()), Some(f.phase2["k05"]), "a dry run changes nothing");
-    let stale = vec![pb::PartitionVersion { partition: pr.partition, version: pr.from_version.saturating_sub(1) }];
+    assert_eq!(
+        pr.changes[0].current.as_ref().unwrap().value_json,
+        f.phase2["k05"].to_string()
+    );
+    assert_eq!(
+        pr.changes[0].restored.as_ref().unwrap().value_json,
+        f.phase1["k05"].to_string()
+    );
+    assert_eq!(
+        value_of(&q.get(get_json("sums", "k05")).await.unwrap().into_inner()),
+        Some(f.phase2["k05"]),
+        "a dry run changes nothing"
+    );
+    let stale = vec![pb::PartitionVersion {
+        partition: pr.partition,
+        version: pr.from_version.saturating_sub(1),
+    }];
     let (c, m) = code(admin.rewind(rw(false, stale)).await);
     assert_eq!(c, Code::FailedPrecondition, "{m}");
-    let expect = vec![pb::PartitionVersion { partition: pr.partition, version: pr.from_version }];
+    let expect = vec![pb::PartitionVersion {
+        partition: pr.partition,
+        version: pr.from_version,
+    }];
     let done = admin.rewind(rw(false, expect)).await.unwrap().into_inner();
     let dr = &done.partitions[0];
     assert_eq!(dr.status, pb::RewindStatus::Applied as i32, "{dr:?}");
     let nv = dr.new_versions.unwrap();
-    assert_eq!((nv.first, nv.last), (pr.from_version + 1, pr.from_version + 1));
+    assert_eq!(
+        (nv.first, nv.last),
+        (pr.from_version + 1, pr.from_version + 1)
+    );
     assert!(dr.commit_time_ms >= f.t_mid);
     let r = q.get(get_json("sums", "k05")).await.unwrap().into_inner();
     let e = found(&r).unwrap();
@@ -425,15 +587,44 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     let mut req = rw(true, vec![]);
     req.replay = true;
     assert_eq!(code(admin.rewind(req).await).0, Code::Unimplemented);
-    let (c, m) = code(admin.rewind(pb::RewindRequest { table: "sums".into(), to: at_version(1), ..Default::default() }).await);
+    let (c, m) = code(
+        admin
+            .rewind(pb::RewindRequest {
+                table: "sums".into(),
+                to: at_version(1),
+                ..Default::default()
+            })
+            .await,
+    );
     assert_eq!(c, Code::InvalidArgument, "{m}");
-    assert_eq!(code(admin.rewind(pb::RewindRequest { table: "sums".into(), ..Default::default() }).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(
+            admin
+                .rewind(pb::RewindRequest {
+                    table: "sums".into(),
+                    ..Default::default()
+                })
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
 
     // The error contract, case by case.
     let (c, m) = code(q.get(get_json("nope", "k00")).await);
     assert_eq!(c, Code::NotFound, "{m}");
     assert!(m.contains("sums"), "names the tables: {m}");
-    assert_eq!(code(q.describe_table(pb::DescribeTableRequest { table: "nope".into(), options: None }).await).0, Code::NotFound);
+    assert_eq!(
+        code(
+            q.describe_table(pb::DescribeTableRequest {
+                table: "nope".into(),
+                options: None
+            })
+            .await
+        )
+        .0,
+        Code::NotFound
+    );
     let mut bad = get_json("sums", "");
     bad.key_ref = Some(pb::get_request::KeyRef::KeyJson("{nope".into()));
     let (c, m) = code(q.get(bad).await);
@@ -442,13 +633,30 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     let mut wrong_type = get_json("sums", "");
     wrong_type.key_ref = Some(pb::get_request::KeyRef::KeyJson("5".into()));
     assert_eq!(code(q.get(wrong_type).await).0, Code::InvalidArgument);
-    assert_eq!(code(q.get(pb::GetRequest { table: "sums".into(), ..Default::default() }).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(
+            q.get(pb::GetRequest {
+                table: "sums".into(),
+                ..Default::default()
+            })
+            .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
     let mut future = get_json("sums", "k00");
     future.at = at_version(1_000_000);
     let s = q.get(future).await.expect_err("future version");
     assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
     assert!(s.message().contains("latest version"), "{}", s.message());
-    let detail = pb::ErrorDetail::decode(s.metadata().get_bin("strata-error-detail-bin").unwrap().to_bytes().unwrap()).unwrap();
+    let detail = pb::ErrorDetail::decode(
+        s.metadata()
+            .get_bin("strata-error-detail-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(detail.latest_version.is_some_and(|v| v > 0) && detail.table == "sums");
     // `last` keeps one version per key: k00 as of the middle was
     // overwritten since, so that state is gone.
@@ -467,11 +675,20 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     assert_eq!(c, Code::InvalidArgument, "{m}");
     // Oversized request (the bound is 1 MiB here).
     let mut huge = get_json("sums", "");
-    huge.key_ref = Some(pb::get_request::KeyRef::KeyJson(format!("\"{}\"", "x".repeat(2 << 20))));
+    huge.key_ref = Some(pb::get_request::KeyRef::KeyJson(format!(
+        "\"{}\"",
+        "x".repeat(2 << 20)
+    )));
     let (c, m) = raw_unary(ch.clone(), "/strata.v1.Query/Get", huge.encode_to_vec()).await;
     assert_eq!(c, Code::ResourceExhausted, "{m}");
     // Subscribe is not built yet.
-    let Err(s) = q.subscribe(pb::SubscribeRequest { table: "sums".into(), ..Default::default() }).await else {
+    let Err(s) = q
+        .subscribe(pb::SubscribeRequest {
+            table: "sums".into(),
+            ..Default::default()
+        })
+        .await
+    else {
         panic!("Subscribe answered a stream")
     };
     assert_eq!(s.code(), Code::Unimplemented);
@@ -479,15 +696,34 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     // Health and reflection.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
-        let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
-        assert_eq!(r.status(), tonic_health::pb::health_check_response::ServingStatus::Serving, "{service:?}");
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
     }
-    let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let mut refl =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
     let req = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
     };
-    let mut stream = refl.server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let mut stream = refl
+        .server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.message().await.unwrap().unwrap();
     let services: BTreeSet<String> = match resp.message_response.unwrap() {
         tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(l) => {
@@ -495,7 +731,11 @@ async fn every_rpc_served_locally_with_the_error_contract() {
         }
         other => panic!("{other:?}"),
     };
-    for s in ["strata.v1.Query", "strata.v1.Admin", "grpc.health.v1.Health"] {
+    for s in [
+        "strata.v1.Query",
+        "strata.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
         assert!(services.contains(s), "{services:?}");
     }
 
@@ -508,7 +748,13 @@ async fn every_rpc_served_locally_with_the_error_contract() {
 async fn raw_unary(ch: Channel, path: &'static str, body: Vec<u8>) -> (Code, String) {
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
-    let r = grpc.unary(tonic::Request::new(body), tonic::codegen::http::uri::PathAndQuery::from_static(path), RawCodec).await;
+    let r = grpc
+        .unary(
+            tonic::Request::new(body),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await;
     code(r)
 }
 
@@ -532,7 +778,11 @@ impl tonic::codec::Codec for RawCodec {
 impl tonic::codec::Encoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
         use prost::bytes::BufMut;
         dst.put_slice(&item);
         Ok(())
@@ -542,7 +792,10 @@ impl tonic::codec::Encoder for RawCodec {
 impl tonic::codec::Decoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
         use prost::bytes::Buf;
         let mut out = vec![0; src.remaining()];
         src.copy_to_slice(&mut out);
@@ -562,12 +815,15 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
     ca.instance_id = Some("a".into());
     let mut cb = config(&kafka, "pair", sb.path());
     cb.instance_id = Some("b".into());
-    kafka.create_app_topics(&ca, &topology(), PARTITIONS).unwrap();
+    kafka
+        .create_app_topics(&ca, &topology(), PARTITIONS)
+        .unwrap();
     let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), i as i64)).collect();
     produce(&kafka, &recs);
     let (a, b) = tokio::task::block_in_place(|| {
         let a = App::new(ca).unwrap().start(topology()).unwrap();
-        a.wait_running(PARTITIONS as usize, Duration::from_secs(60)).unwrap();
+        a.wait_running(PARTITIONS as usize, Duration::from_secs(60))
+            .unwrap();
         let b = App::new(cb).unwrap().start(topology()).unwrap();
         // Wait for the rebalance to settle: every partition running on
         // exactly one of the two, each with some.
@@ -582,10 +838,17 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
                     .collect()
             };
             let (pa, pb) = (running(&a), running(&b));
-            if !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && pa.len() + pb.len() == PARTITIONS as usize {
+            if !pa.is_empty()
+                && !pb.is_empty()
+                && pa.is_disjoint(&pb)
+                && pa.len() + pb.len() == PARTITIONS as usize
+            {
                 break;
             }
-            assert!(Instant::now() < end, "no settled assignment: a {pa:?}, b {pb:?}");
+            assert!(
+                Instant::now() < end,
+                "no settled assignment: a {pa:?}, b {pb:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         (a, b)
@@ -593,18 +856,49 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
     let mut all = Vec::new();
     for app in [&a, &b] {
         let (mut q, _, _) = clients(app.grpc_addr().unwrap()).await;
-        let mine: BTreeSet<u32> = app.registry().partitions().into_iter().filter(|(t, _, _)| t == "sums").map(|(_, p, _)| p.0).collect();
+        let mine: BTreeSet<u32> = app
+            .registry()
+            .partitions()
+            .into_iter()
+            .filter(|(t, _, _)| t == "sums")
+            .map(|(_, p, _)| p.0)
+            .collect();
         // Converged values, read where they live.
         let end = Instant::now() + Duration::from_secs(60);
         let items = loop {
-            let r = q.scan(pb::ScanRequest { table: "sums".into(), ..Default::default() }).await.unwrap().into_inner();
+            let r = q
+                .scan(pb::ScanRequest {
+                    table: "sums".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
             assert!(r.partial, "partitions elsewhere make the scan partial");
             let missing: BTreeSet<u32> = r.unavailable.iter().map(|u| u.partition).collect();
-            assert_eq!(missing, (0..PARTITIONS).filter(|p| !mine.contains(p)).collect::<BTreeSet<u32>>());
-            assert!(r.unavailable.iter().all(|u| u.code == Code::Unavailable as i32 && u.message.contains("not owned")), "{:?}", r.unavailable);
+            assert_eq!(
+                missing,
+                (0..PARTITIONS)
+                    .filter(|p| !mine.contains(p))
+                    .collect::<BTreeSet<u32>>()
+            );
+            assert!(
+                r.unavailable
+                    .iter()
+                    .all(|u| u.code == Code::Unavailable as i32 && u.message.contains("not owned")),
+                "{:?}",
+                r.unavailable
+            );
             assert!(r.items.iter().all(|i| mine.contains(&i.partition)));
-            let sum: i64 = r.items.iter().map(|i| i.entry.as_ref().unwrap().value_json.parse::<i64>().unwrap()).sum();
-            let want: i64 = (0..KEYS).filter(|i| mine.contains(&app.partition_of(key(*i).as_bytes()).0)).map(|i| i as i64).sum();
+            let sum: i64 = r
+                .items
+                .iter()
+                .map(|i| i.entry.as_ref().unwrap().value_json.parse::<i64>().unwrap())
+                .sum();
+            let want: i64 = (0..KEYS)
+                .filter(|i| mine.contains(&app.partition_of(key(*i).as_bytes()).0))
+                .map(|i| i as i64)
+                .sum();
             if sum == want {
                 break r.items;
             }
@@ -613,12 +907,29 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
         };
         all.extend(items.into_iter().map(|i| i.key_json));
         // A key owned by the other instance: UNAVAILABLE, saying what to do.
-        let other = (0..KEYS).map(key).find(|k| !mine.contains(&app.partition_of(k.as_bytes()).0)).unwrap();
-        let s = q.get(get_json("sums", &other)).await.expect_err("owned elsewhere");
+        let other = (0..KEYS)
+            .map(key)
+            .find(|k| !mine.contains(&app.partition_of(k.as_bytes()).0))
+            .unwrap();
+        let s = q
+            .get(get_json("sums", &other))
+            .await
+            .expect_err("owned elsewhere");
         assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
-        assert!(s.message().contains("not owned by this instance"), "{}", s.message());
+        assert!(
+            s.message().contains("not owned by this instance"),
+            "{}",
+            s.message()
+        );
         // DescribeTable lists the others as unreachable from here.
-        let d = q.describe_table(pb::DescribeTableRequest { table: "sums".into(), options: None }).await.unwrap().into_inner();
+        let d = q
+            .describe_table(pb::DescribeTableRequest {
+                table: "sums".into(),
+                options: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         for p in d.partitions {
             let local = matches!(p.state, Some(pb::partition_info::State::Running(_)));
             assert_eq!(local, mine.contains(&p.partition), "{p:?}");

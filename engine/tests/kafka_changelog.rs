@@ -16,8 +16,8 @@ use strata_engine::kafka::client::KafkaConfig;
 use strata_state::changelog::ChangelogBatch;
 use strata_state::store::MemoryStore;
 use strata_state::{
-    ChangelogPosition, ChangelogReader, HistoryQuery, Lineage, Location, Offset, Partition, RestoreProgress,
-    TableConfig, TableName, TablePartition, Timestamp, Version,
+    ChangelogPosition, ChangelogReader, HistoryQuery, Lineage, Location, Offset, Partition,
+    RestoreProgress, TableConfig, TableName, TablePartition, Timestamp, Version,
 };
 use strata_testkit::Tansu;
 
@@ -45,23 +45,35 @@ fn config(broker: &Tansu) -> KafkaConfig {
 }
 
 fn location(partition: u32) -> Result<Location> {
-    Ok(Location { table: TableName::new(TABLE)?, partition: Partition(partition) })
+    Ok(Location {
+        table: TableName::new(TABLE)?,
+        partition: Partition(partition),
+    })
 }
 
 fn table(partition: u32) -> Result<TablePartition<MemoryStore>> {
-    Ok(TablePartition::open(MemoryStore::new(), TableConfig::new(TableName::new(TABLE)?, Partition(partition)))?)
+    Ok(TablePartition::open(
+        MemoryStore::new(),
+        TableConfig::new(TableName::new(TABLE)?, Partition(partition)),
+    )?)
 }
 
 /// Commits `RECORDS` versions to `t` in commits of `PER_APPEND`, each
 /// replicated by one append through `writer`. Returns the versions'
 /// changelog offsets as the writer reported them.
-fn write_history(t: &mut TablePartition<MemoryStore>, writer: &mut KafkaChangelogWriter) -> Result<()> {
+fn write_history(
+    t: &mut TablePartition<MemoryStore>,
+    writer: &mut KafkaChangelogWriter,
+) -> Result<()> {
     let mut v = 0u64;
     for commit in 0..RECORDS / PER_APPEND {
         for _ in 0..PER_APPEND {
             let key = format!("key-{:04}", v % KEYS);
-            let lineage =
-                Some(Lineage { topic: "orders-in".into(), partition: Partition(PARTITION), offset: Offset(v) });
+            let lineage = Some(Lineage {
+                topic: "orders-in".into(),
+                partition: Partition(PARTITION),
+                offset: Offset(v),
+            });
             if v % 11 == 10 {
                 t.delete(key.as_bytes(), lineage);
             } else {
@@ -77,19 +89,41 @@ fn write_history(t: &mut TablePartition<MemoryStore>, writer: &mut KafkaChangelo
 /// Asserts that `b` holds exactly the same versions, values, history and
 /// changelog positions as `a`.
 fn assert_same(a: &TablePartition<MemoryStore>, b: &TablePartition<MemoryStore>) -> Result<()> {
-    ensure!(a.latest_version() == b.latest_version(), "latest {:?} vs {:?}", a.latest_version(), b.latest_version());
-    ensure!(a.checkpoint().changelog == b.checkpoint().changelog, "{:?} vs {:?}", a.checkpoint(), b.checkpoint());
+    ensure!(
+        a.latest_version() == b.latest_version(),
+        "latest {:?} vs {:?}",
+        a.latest_version(),
+        b.latest_version()
+    );
+    ensure!(
+        a.checkpoint().changelog == b.checkpoint().changelog,
+        "{:?} vs {:?}",
+        a.checkpoint(),
+        b.checkpoint()
+    );
     ensure!(a.checkpoint().time == b.checkpoint().time);
     let (ra, rb) = (a.reader(), b.reader());
     for v in 1..=a.latest_version().0 {
-        let (va, vb) = (ra.version_record(Version(v))?, rb.version_record(Version(v))?);
+        let (va, vb) = (
+            ra.version_record(Version(v))?,
+            rb.version_record(Version(v))?,
+        );
         ensure!(va.is_some() && va == vb, "version {v}: {va:?} vs {vb:?}");
     }
-    let all = HistoryQuery { limit: 10_000, ..HistoryQuery::default() };
+    let all = HistoryQuery {
+        limit: 10_000,
+        ..HistoryQuery::default()
+    };
     for k in 0..KEYS {
         let key = format!("key-{k:04}");
-        ensure!(ra.get(key.as_bytes())? == rb.get(key.as_bytes())?, "latest of {key}");
-        let (ha, hb) = (ra.history(key.as_bytes(), &all)?, rb.history(key.as_bytes(), &all)?);
+        ensure!(
+            ra.get(key.as_bytes())? == rb.get(key.as_bytes())?,
+            "latest of {key}"
+        );
+        let (ha, hb) = (
+            ra.history(key.as_bytes(), &all)?,
+            rb.history(key.as_bytes(), &all)?,
+        );
         ensure!(!ha.entries.is_empty() && ha == hb, "history of {key}");
     }
     Ok(())
@@ -111,17 +145,26 @@ impl ChangelogReader for Recording<'_> {
             None => max,
         };
         if max == 0 {
-            return Ok(ChangelogBatch { records: Vec::new(), end: true });
+            return Ok(ChangelogBatch {
+                records: Vec::new(),
+                end: true,
+            });
         }
         let mut b = self.inner.read(from, max)?;
-        if self.stop_at.is_some_and(|s| b.records.last().is_some_and(|(o, _)| o.0 + 1 >= s)) {
+        if self
+            .stop_at
+            .is_some_and(|s| b.records.last().is_some_and(|(o, _)| o.0 + 1 >= s))
+        {
             b.end = true;
         }
         Ok(b)
     }
 }
 
-fn restore(t: &mut TablePartition<MemoryStore>, log: &mut dyn ChangelogReader) -> Result<RestoreProgress> {
+fn restore(
+    t: &mut TablePartition<MemoryStore>,
+    log: &mut dyn ChangelogReader,
+) -> Result<RestoreProgress> {
     let mut reports = 0;
     let p = t.restore_from(log, 512, &mut |_| reports += 1)?;
     ensure!(reports >= 1, "restore reported no progress");
@@ -162,29 +205,62 @@ fn restore_reaches_the_true_end_and_resumes_from_a_checkpoint() -> Result<()> {
     let mut reader = KafkaChangelogReader::new(&config, TOPIC, location(PARTITION)?)?;
     let mut full = table(PARTITION)?;
     let p = restore(&mut full, &mut reader)?;
-    ensure!(p.read == RECORDS && p.applied == RECORDS, "read {} applied {}", p.read, p.applied);
-    ensure!(p.position == Offset(RECORDS), "restore stopped at {:?}, not the true end", p.position);
+    ensure!(
+        p.read == RECORDS && p.applied == RECORDS,
+        "read {} applied {}",
+        p.read,
+        p.applied
+    );
+    ensure!(
+        p.position == Offset(RECORDS),
+        "restore stopped at {:?}, not the true end",
+        p.position
+    );
     assert_same(&source, &full)?;
 
     // (b) A table that stopped halfway reads only the tail.
     let half = RECORDS / 2;
     let mut partial = table(PARTITION)?;
     let mut first_half = KafkaChangelogReader::new(&config, TOPIC, location(PARTITION)?)?;
-    let p = restore(&mut partial, &mut Recording { inner: &mut first_half, froms: Vec::new(), stop_at: Some(half) })?;
-    ensure!(p.read == half && partial.latest_version() == Version(half), "first half: {p:?}");
+    let p = restore(
+        &mut partial,
+        &mut Recording {
+            inner: &mut first_half,
+            froms: Vec::new(),
+            stop_at: Some(half),
+        },
+    )?;
+    ensure!(
+        p.read == half && partial.latest_version() == Version(half),
+        "first half: {p:?}"
+    );
     ensure!(partial.checkpoint().changelog == Some(ChangelogPosition(Offset(half - 1))));
     let mut tail = KafkaChangelogReader::new(&config, TOPIC, location(PARTITION)?)?;
-    let mut rec = Recording { inner: &mut tail, froms: Vec::new(), stop_at: None };
+    let mut rec = Recording {
+        inner: &mut tail,
+        froms: Vec::new(),
+        stop_at: None,
+    };
     let p = restore(&mut partial, &mut rec)?;
-    ensure!(rec.froms.first() == Some(&Offset(half)), "tail restore started at {:?}", rec.froms.first());
-    ensure!(p.read == RECORDS - half && p.applied == RECORDS - half, "tail: {p:?}");
+    ensure!(
+        rec.froms.first() == Some(&Offset(half)),
+        "tail restore started at {:?}",
+        rec.froms.first()
+    );
+    ensure!(
+        p.read == RECORDS - half && p.applied == RECORDS - half,
+        "tail: {p:?}"
+    );
     assert_same(&source, &partial)?;
 
     // A reader that already reached the end sees records appended since.
     source.put(b"key-0000", b"after", None);
     source.commit_to(&mut writer, Timestamp(9_000), &[])?;
     let p = restore(&mut full, &mut reader)?;
-    ensure!(p.read == 1 && p.applied == 1 && p.position == Offset(RECORDS + 1), "{p:?}");
+    ensure!(
+        p.read == 1 && p.applied == 1 && p.position == Offset(RECORDS + 1),
+        "{p:?}"
+    );
     ensure!(full.reader().get(b"key-0000")?.map(|v| v.value) == Some(b"after".to_vec()));
     // And an immediate re-read at the end is promptly empty.
     let p = restore(&mut full, &mut reader)?;
@@ -195,7 +271,11 @@ fn restore_reaches_the_true_end_and_resumes_from_a_checkpoint() -> Result<()> {
     for other in (0..PARTITIONS).filter(|p| *p != PARTITION) {
         let mut r = KafkaChangelogReader::new(&config, TOPIC, location(other)?)?;
         let b = r.read(Offset(0), 10)?;
-        ensure!(b.records.is_empty() && b.end, "partition {other} holds {} records", b.records.len());
+        ensure!(
+            b.records.is_empty() && b.end,
+            "partition {other} holds {} records",
+            b.records.len()
+        );
     }
     producer.flush(Duration::from_secs(5))?;
     Ok(())
@@ -211,9 +291,15 @@ fn empty_partition_restores_to_nothing_promptly() -> Result<()> {
     let started = Instant::now();
     let p = restore(&mut t, &mut reader)?;
     let took = started.elapsed();
-    ensure!(p.read == 0 && p.applied == 0 && p.position == Offset(0), "{p:?}");
+    ensure!(
+        p.read == 0 && p.applied == 0 && p.position == Offset(0),
+        "{p:?}"
+    );
     ensure!(t.latest_version() == Version::ZERO && t.checkpoint().changelog.is_none());
-    ensure!(took < config.read_timeout, "took {took:?}: the end was not found by EOF");
+    ensure!(
+        took < config.read_timeout,
+        "took {took:?}: the end was not found by EOF"
+    );
     // Reading again at the same (end) position is also prompt and empty.
     let b = reader.read(Offset(0), 100)?;
     ensure!(b.records.is_empty() && b.end);
@@ -235,12 +321,21 @@ fn read_beyond_the_end_is_an_error() -> Result<()> {
     source.commit_to(&mut writer, Timestamp(1), &[])?;
     let mut reader = KafkaChangelogReader::new(&config, TOPIC, location(PARTITION)?)?;
     match reader.read(Offset(10), 100) {
-        Ok(b) => bail!("read beyond the end returned {} records, end {}", b.records.len(), b.end),
+        Ok(b) => bail!(
+            "read beyond the end returned {} records, end {}",
+            b.records.len(),
+            b.end
+        ),
         Err(e) => ensure!(e.to_string().contains("offset 10"), "{e}"),
     }
     // The reader recovers when pointed back inside the log.
     let b = reader.read(Offset(0), 100)?;
-    ensure!(b.records.len() == 1 && b.end, "{} records, end {}", b.records.len(), b.end);
+    ensure!(
+        b.records.len() == 1 && b.end,
+        "{} records, end {}",
+        b.records.len(),
+        b.end
+    );
     Ok(())
 }
 
@@ -252,12 +347,23 @@ fn absent_topic_fails_promptly() -> Result<()> {
     let mut reader = KafkaChangelogReader::new(&config, "no-such-changelog", location(PARTITION)?)?;
     let started = Instant::now();
     let err = match reader.read(Offset(0), 100) {
-        Ok(b) => bail!("read of an absent topic returned {} records, end {}", b.records.len(), b.end),
+        Ok(b) => bail!(
+            "read of an absent topic returned {} records, end {}",
+            b.records.len(),
+            b.end
+        ),
         Err(e) => e,
     };
-    ensure!(started.elapsed() < config.read_timeout, "took {:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < config.read_timeout,
+        "took {:?}",
+        started.elapsed()
+    );
     let text = err.to_string();
-    ensure!(text.contains("no-such-changelog") && text.contains("partition 2"), "{text}");
+    ensure!(
+        text.contains("no-such-changelog") && text.contains("partition 2"),
+        "{text}"
+    );
     // A partition beyond the topic's count is refused the same way.
     let mut reader = KafkaChangelogReader::new(&config, TOPIC, location(PARTITIONS)?)?;
     ensure!(reader.read(Offset(0), 100).is_err());
@@ -279,21 +385,37 @@ fn admin_checks_partition_counts_and_settings() -> Result<()> {
 
     match admin.ensure_topic(&TopicSpec::changelog(TOPIC, 3)) {
         Err(Error::Topology(msg)) => {
-            ensure!(msg.contains(TOPIC) && msg.contains("4 partitions") && msg.contains("3 are expected"), "{msg}");
+            ensure!(
+                msg.contains(TOPIC)
+                    && msg.contains("4 partitions")
+                    && msg.contains("3 are expected"),
+                "{msg}"
+            );
         }
         other => bail!("expected a partition-count mismatch, got {other:?}"),
     }
     // The mismatch changed nothing.
     ensure!(admin.partition_count(TOPIC)? == Some(PARTITIONS));
 
-    let settings = admin.topic_configs(TOPIC)?.context("the broker did not describe the changelog's settings")?;
-    ensure!(settings.get("cleanup.policy").map(String::as_str) == Some("delete"), "{settings:?}");
-    ensure!(settings.get("retention.ms").map(String::as_str) == Some("-1"), "{settings:?}");
+    let settings = admin
+        .topic_configs(TOPIC)?
+        .context("the broker did not describe the changelog's settings")?;
+    ensure!(
+        settings.get("cleanup.policy").map(String::as_str) == Some("delete"),
+        "{settings:?}"
+    );
+    ensure!(
+        settings.get("retention.ms").map(String::as_str) == Some("-1"),
+        "{settings:?}"
+    );
 
     let compacted = TopicSpec::new("compacted", 1).config("cleanup.policy", "compact");
     ensure!(admin.ensure_topic(&compacted)? == TopicStatus::Created);
     match admin.ensure_topic(&TopicSpec::changelog("compacted", 1)) {
-        Err(Error::Topology(msg)) => ensure!(msg.contains("compacted") && msg.contains("compact"), "{msg}"),
+        Err(Error::Topology(msg)) => ensure!(
+            msg.contains("compacted") && msg.contains("compact"),
+            "{msg}"
+        ),
         other => bail!("expected a compaction refusal, got {other:?}"),
     }
 
@@ -324,7 +446,11 @@ fn unacknowledged_append_is_outcome_unknown() -> Result<()> {
     };
     ensure!(is_outcome_unknown(&err), "not outcome-unknown: {err}");
     ensure!(err.to_string().contains("outcome unknown"), "{err}");
-    ensure!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
     ensure!(t.needs_restore());
     ensure!(t.reader().get(b"k")?.map(|v| v.value) == Some(b"v1".to_vec()));
     Ok(())

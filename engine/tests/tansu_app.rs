@@ -58,19 +58,23 @@ impl Agg {
 
 fn topology() -> Topology {
     let t = Topology::new();
-    t.stream("events", Utf8, json::<Event>()).aggregate(TABLE, TableOptions::default(), |_k, e: Event, old: Option<Agg>| {
-        let mut a = old.unwrap_or_default();
-        let (w, b) = ((e.seq / 64) as usize, e.seq % 64);
-        if a.seen.len() <= w {
-            a.seen.resize(w + 1, 0);
-        }
-        if a.seen[w] & (1 << b) == 0 {
-            a.sum += e.amount;
-        }
-        a.seen[w] |= 1 << b;
-        a.applied += 1;
-        Some(a)
-    });
+    t.stream("events", Utf8, json::<Event>()).aggregate(
+        TABLE,
+        TableOptions::default(),
+        |_k, e: Event, old: Option<Agg>| {
+            let mut a = old.unwrap_or_default();
+            let (w, b) = ((e.seq / 64) as usize, e.seq % 64);
+            if a.seen.len() <= w {
+                a.seen.resize(w + 1, 0);
+            }
+            if a.seen[w] & (1 << b) == 0 {
+                a.sum += e.amount;
+            }
+            a.seen[w] |= 1 << b;
+            a.applied += 1;
+            Some(a)
+        },
+    );
     t
 }
 
@@ -85,18 +89,37 @@ fn app_config(bootstrap: &str, app: &str, state: &Path) -> AppConfig {
 /// Child mode: runs one instance until its stop file appears.
 #[test]
 fn app_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_CHILD_BOOTSTRAP") else { return };
-    tracing_subscriber::fmt().with_ansi(false).with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let Ok(bootstrap) = std::env::var("STRATA_CHILD_BOOTSTRAP") else {
+        return;
+    };
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let app = std::env::var("STRATA_CHILD_APP").unwrap();
     let state = PathBuf::from(std::env::var("STRATA_CHILD_STATE").unwrap());
     let stop = PathBuf::from(std::env::var("STRATA_CHILD_STOP").unwrap());
-    let running = App::new(app_config(&bootstrap, &app, &state)).unwrap().start(topology()).unwrap();
+    let running = App::new(app_config(&bootstrap, &app, &state))
+        .unwrap()
+        .start(topology())
+        .unwrap();
     println!("CHILD STARTED");
     while !stop.exists() {
         std::thread::sleep(Duration::from_millis(100));
-        let mut owned: Vec<u32> = running.registry().partitions().iter().map(|(_, p, _)| p.0).collect();
+        let mut owned: Vec<u32> = running
+            .registry()
+            .partitions()
+            .iter()
+            .map(|(_, p, _)| p.0)
+            .collect();
         owned.dedup();
-        let applied: u64 = running.registry().task_stats().values().map(|s| s.records_in).sum();
+        let applied: u64 = running
+            .registry()
+            .task_stats()
+            .values()
+            .map(|s| s.records_in)
+            .sum();
         println!("CHILD STATS owned={owned:?} records_in={applied}");
     }
     running.shutdown().unwrap();
@@ -135,11 +158,22 @@ impl Instance {
                 l2.lock().unwrap().push(line);
             }
         });
-        Instance { child, stop, log, log_path }
+        Instance {
+            child,
+            stop,
+            log,
+            log_path,
+        }
     }
 
     fn owned(&self) -> Option<String> {
-        self.log.lock().unwrap().iter().rev().find(|l| l.starts_with("CHILD STATS")).cloned()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("CHILD STATS"))
+            .cloned()
     }
 
     /// Waits until the latest stats line satisfies `ok`; returns it.
@@ -150,7 +184,10 @@ impl Instance {
             if ok(&line) {
                 return line;
             }
-            assert!(Instant::now() < end, "gave up waiting after {timeout:?}; last: {line}");
+            assert!(
+                Instant::now() < end,
+                "gave up waiting after {timeout:?}; last: {line}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -176,15 +213,30 @@ impl Instance {
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// Produces `n` events (round robin over keys), returning per-partition counts.
-fn produce(tansu: &Tansu, from: u64, n: u64, counts: &mut BTreeMap<u32, u64>, poison_every: Option<u64>) {
+fn produce(
+    tansu: &Tansu,
+    from: u64,
+    n: u64,
+    counts: &mut BTreeMap<u32, u64>,
+    poison_every: Option<u64>,
+) {
     produce_to(&tansu.bootstrap(), from, n, counts, poison_every)
 }
 
-fn produce_to(bootstrap: &str, from: u64, n: u64, counts: &mut BTreeMap<u32, u64>, poison_every: Option<u64>) {
+fn produce_to(
+    bootstrap: &str,
+    from: u64,
+    n: u64,
+    counts: &mut BTreeMap<u32, u64>,
+    poison_every: Option<u64>,
+) {
     let producer = OutputProducer::new(&KafkaConfig::new(bootstrap), BTreeMap::new()).unwrap();
     let mut batch = Vec::with_capacity(10_000);
     for i in from..from + n {
@@ -192,10 +244,21 @@ fn produce_to(bootstrap: &str, from: u64, n: u64, counts: &mut BTreeMap<u32, u64
         let seq = (i / KEYS) as u32;
         let value = match poison_every {
             Some(m) if i % m == m - 1 => b"{not an event".to_vec(),
-            _ => serde_json::to_vec(&Event { seq, amount: (i % 97) as i64 }).unwrap(),
+            _ => serde_json::to_vec(&Event {
+                seq,
+                amount: (i % 97) as i64,
+            })
+            .unwrap(),
         };
-        *counts.entry(partition_for(key.as_bytes(), PARTITIONS).0).or_default() += 1;
-        batch.push(OutRecord { topic: "events".into(), key: Some(key.into_bytes()), value: Some(value), headers: vec![] });
+        *counts
+            .entry(partition_for(key.as_bytes(), PARTITIONS).0)
+            .or_default() += 1;
+        batch.push(OutRecord {
+            topic: "events".into(),
+            key: Some(key.into_bytes()),
+            value: Some(value),
+            headers: vec![],
+        });
         if batch.len() == 10_000 {
             producer.produce(&batch).unwrap();
             batch.clear();
@@ -223,7 +286,15 @@ fn wait_committed(tansu: &Tansu, app: &str, counts: &BTreeMap<u32, u64>, timeout
             last = c
                 .elements()
                 .iter()
-                .map(|e| (e.partition() as u32, match e.offset() { KOffset::Offset(o) => o as u64, _ => 0 }))
+                .map(|e| {
+                    (
+                        e.partition() as u32,
+                        match e.offset() {
+                            KOffset::Offset(o) => o as u64,
+                            _ => 0,
+                        },
+                    )
+                })
                 .collect::<BTreeMap<u32, u64>>();
             if counts.iter().all(|(p, n)| last.get(p) == Some(n)) {
                 return;
@@ -240,10 +311,20 @@ fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
     let mut out = BTreeMap::new();
     for p in 0..PARTITIONS {
         let name = TableName::new(TABLE).unwrap();
-        let loc = Location { table: name.clone(), partition: Partition(p) };
-        let mut reader = KafkaChangelogReader::new(&KafkaConfig::new(tansu.bootstrap()), format!("{app}-{TABLE}-changelog"), loc).unwrap();
-        let mut t = TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
-        t.restore_from(&mut reader, 50_000, &mut |_| {}).expect("the changelog rebuilds without gaps");
+        let loc = Location {
+            table: name.clone(),
+            partition: Partition(p),
+        };
+        let mut reader = KafkaChangelogReader::new(
+            &KafkaConfig::new(tansu.bootstrap()),
+            format!("{app}-{TABLE}-changelog"),
+            loc,
+        )
+        .unwrap();
+        let mut t =
+            TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
+        t.restore_from(&mut reader, 50_000, &mut |_| {})
+            .expect("the changelog rebuilds without gaps");
         let r = t.reader();
         for k in 0..KEYS {
             let key = format!("k{k}");
@@ -253,7 +334,15 @@ fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
             let kb = key.clone().to_key_bytes();
             if let Some(v) = r.get(&kb).unwrap() {
                 // Every history is strictly increasing.
-                let h = r.history(&kb, &HistoryQuery { limit: 1_000_000, ..Default::default() }).unwrap();
+                let h = r
+                    .history(
+                        &kb,
+                        &HistoryQuery {
+                            limit: 1_000_000,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
                 assert!(h.entries.windows(2).all(|w| w[0].version > w[1].version));
                 out.insert(key, ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
             }
@@ -300,8 +389,12 @@ fn sums_over_100k_records_match_the_oracle() {
     let state = tempfile::tempdir().unwrap();
     let mut counts = BTreeMap::new();
     produce(&tansu, 0, 100_000, &mut counts, None);
-    let app = App::new(app_config(&tansu.bootstrap(), "sums-100k", state.path())).unwrap().start(topology()).unwrap();
-    app.wait_running(PARTITIONS as usize, Duration::from_secs(60)).unwrap();
+    let app = App::new(app_config(&tansu.bootstrap(), "sums-100k", state.path()))
+        .unwrap()
+        .start(topology())
+        .unwrap();
+    app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
+        .unwrap();
     wait_committed(&tansu, "sums-100k", &counts, Duration::from_secs(240));
     // The local tables agree with the oracle exactly (no crash: no re-application).
     let want = oracle(100_000, None);
@@ -309,7 +402,10 @@ fn sums_over_100k_records_match_the_oracle() {
     for (k, _) in &want {
         let r = app.reader_for_key(TABLE, k.as_bytes()).unwrap();
         let v = r.get(&k.clone().to_key_bytes()).unwrap().unwrap();
-        local.insert(k.clone(), ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
+        local.insert(
+            k.clone(),
+            ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap(),
+        );
     }
     assert_eq!(check(&local, &want), 0);
     app.shutdown().unwrap();
@@ -322,7 +418,11 @@ fn a_second_instance_joins_and_the_first_leaves() {
     let tansu = Tansu::start().unwrap();
     setup(&tansu);
     let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    eprintln!("instance logs in {} and {}", s1.path().display(), s2.path().display());
+    eprintln!(
+        "instance logs in {} and {}",
+        s1.path().display(),
+        s2.path().display()
+    );
     let (s1, s2) = (s1.keep(), s2.keep());
     let (s1, s2) = (s1.as_path(), s2.as_path());
     let mut counts = BTreeMap::new();
@@ -333,19 +433,31 @@ fn a_second_instance_joins_and_the_first_leaves() {
     let b = Instance::start(&tansu, "two", s2);
     // Joining takes a few rebalance rounds (Tansu answers JoinGroup after
     // half the session timeout).
-    let owned_b = b.wait_owned(|o| o.starts_with("CHILD STATS") && !o.contains("owned=[]"), Duration::from_secs(90));
+    let owned_b = b.wait_owned(
+        |o| o.starts_with("CHILD STATS") && !o.contains("owned=[]"),
+        Duration::from_secs(90),
+    );
     let owned_a = a.owned().unwrap_or_default();
     produce(&tansu, 60_000, 20_000, &mut counts, None);
     a.stop();
     produce(&tansu, 80_000, 20_000, &mut counts, None);
-    let owned_end = b.wait_owned(|o| o.contains("owned=[0, 1, 2, 3]"), Duration::from_secs(90));
+    let owned_end = b.wait_owned(
+        |o| o.contains("owned=[0, 1, 2, 3]"),
+        Duration::from_secs(90),
+    );
     wait_committed(&tansu, "two", &counts, Duration::from_secs(240));
     b.stop();
     println!("after the join: first {owned_a}; second {owned_b}; at the end: {owned_end}");
-    assert!(!owned_a.contains("owned=[0, 1, 2, 3]"), "the first instance gave partitions up: {owned_a}");
+    assert!(
+        !owned_a.contains("owned=[0, 1, 2, 3]"),
+        "the first instance gave partitions up: {owned_a}"
+    );
     let reapplied = check(&table_from_changelog(&tansu, "two"), &oracle(100_000, None));
     println!("re-applied after graceful moves: {reapplied}");
-    assert_eq!(reapplied, 0, "graceful handovers commit before releasing: nothing is applied twice");
+    assert_eq!(
+        reapplied, 0,
+        "graceful handovers commit before releasing: nothing is applied twice"
+    );
 }
 
 #[test]
@@ -365,7 +477,15 @@ fn kill_9_then_restart_loses_nothing() {
         counts
     });
     let a = Instance::start(&tansu, "crashy", state.path());
-    a.wait_owned(|l| l.split("records_in=").nth(1).and_then(|x| x.parse::<u64>().ok()).is_some_and(|n| n > 10_000), Duration::from_secs(90));
+    a.wait_owned(
+        |l| {
+            l.split("records_in=")
+                .nth(1)
+                .and_then(|x| x.parse::<u64>().ok())
+                .is_some_and(|n| n > 10_000)
+        },
+        Duration::from_secs(90),
+    );
     a.kill9();
     // Restart on the same state directory: checkpoint + changelog tail.
     let b = Instance::start(&tansu, "crashy", state.path());
@@ -380,9 +500,19 @@ fn kill_9_then_restart_loses_nothing() {
         .filter(|l| l.contains("restoring from the changelog"))
         .filter_map(|l| l.split("from=").nth(1).and_then(|x| x.trim().parse().ok()))
         .collect();
-    assert_eq!(froms.len(), PARTITIONS as usize, "one restore per partition: {froms:?}");
-    assert!(froms.iter().all(|f| *f > 0), "every partition resumed from its checkpoint, not from scratch: {froms:?}");
-    let reapplied = check(&table_from_changelog(&tansu, "crashy"), &oracle(100_000, None));
+    assert_eq!(
+        froms.len(),
+        PARTITIONS as usize,
+        "one restore per partition: {froms:?}"
+    );
+    assert!(
+        froms.iter().all(|f| *f > 0),
+        "every partition resumed from its checkpoint, not from scratch: {froms:?}"
+    );
+    let reapplied = check(
+        &table_from_changelog(&tansu, "crashy"),
+        &oracle(100_000, None),
+    );
     println!("records re-applied after kill -9 (at-least-once allows it): {reapplied}");
 }
 
@@ -395,10 +525,19 @@ fn poison_records_go_to_the_dead_letter_topic() {
     let state = tempfile::tempdir().unwrap();
     let mut counts = BTreeMap::new();
     produce(&tansu, 0, 10_000, &mut counts, Some(100));
-    let app = App::new(app_config(&tansu.bootstrap(), "poison", state.path())).unwrap().start(topology()).unwrap();
+    let app = App::new(app_config(&tansu.bootstrap(), "poison", state.path()))
+        .unwrap()
+        .start(topology())
+        .unwrap();
     wait_committed(&tansu, "poison", &counts, Duration::from_secs(120));
     app.shutdown().unwrap();
-    assert_eq!(check(&table_from_changelog(&tansu, "poison"), &oracle(10_000, Some(100))), 0);
+    assert_eq!(
+        check(
+            &table_from_changelog(&tansu, "poison"),
+            &oracle(10_000, Some(100))
+        ),
+        0
+    );
     // Read the dead-letter topic to its end.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", tansu.bootstrap())
@@ -409,7 +548,8 @@ fn poison_records_go_to_the_dead_letter_topic() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset("poison-dlq", p as i32, KOffset::Beginning).unwrap();
+        tpl.add_partition_offset("poison-dlq", p as i32, KOffset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let (mut eofs, mut dead) = (0, Vec::new());
@@ -417,7 +557,11 @@ fn poison_records_go_to_the_dead_letter_topic() {
     while eofs < PARTITIONS && Instant::now() < end {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
-                let err = m.headers().and_then(|h| h.iter().find(|x| x.key == "strata-error").and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string())));
+                let err = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == "strata-error")
+                        .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).to_string()))
+                });
                 dead.push((m.payload().map(|p| p.to_vec()), err));
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eofs += 1,
@@ -425,12 +569,18 @@ fn poison_records_go_to_the_dead_letter_topic() {
         }
     }
     assert_eq!(dead.len(), 100, "every poison record is dead-lettered");
-    assert!(dead.iter().all(|(p, e)| p.as_deref() == Some(&b"{not an event"[..]) && e.as_deref().is_some_and(|e| e.contains("json decode"))));
+    assert!(
+        dead.iter()
+            .all(|(p, e)| p.as_deref() == Some(&b"{not an event"[..])
+                && e.as_deref().is_some_and(|e| e.contains("json decode")))
+    );
 }
 
 #[test]
 fn a_repartitioned_aggregate_matches_the_oracle() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let tansu = Tansu::start().unwrap();
     setup(&tansu);
     let state = tempfile::tempdir().unwrap();
@@ -438,13 +588,28 @@ fn a_repartitioned_aggregate_matches_the_oracle() {
     produce(&tansu, 0, 20_000, &mut counts, None);
     let t = Topology::new();
     t.stream("events", Utf8, json::<Event>())
-        .map(|k: String, e: Event| (format!("g{}", k.trim_start_matches('k').parse::<u64>().unwrap_or(0) % 10), e))
+        .map(|k: String, e: Event| {
+            (
+                format!(
+                    "g{}",
+                    k.trim_start_matches('k').parse::<u64>().unwrap_or(0) % 10
+                ),
+                e,
+            )
+        })
         .repartition("groups", Utf8, json::<Event>())
-        .aggregate("group_sums", TableOptions::default(), |_g, e: Event, old: Option<(u64, i64)>| {
-            let (n, s) = old.unwrap_or((0, 0));
-            Some((n + 1, s + e.amount))
-        });
-    let app = App::new(app_config(&tansu.bootstrap(), "regroup", state.path())).unwrap().start(t).unwrap();
+        .aggregate(
+            "group_sums",
+            TableOptions::default(),
+            |_g, e: Event, old: Option<(u64, i64)>| {
+                let (n, s) = old.unwrap_or((0, 0));
+                Some((n + 1, s + e.amount))
+            },
+        );
+    let app = App::new(app_config(&tansu.bootstrap(), "regroup", state.path()))
+        .unwrap()
+        .start(t)
+        .unwrap();
     let mut want: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for i in 0..20_000u64 {
         let e = want.entry(format!("g{}", (i % KEYS) % 10)).or_default();
@@ -457,14 +622,20 @@ fn a_repartitioned_aggregate_matches_the_oracle() {
         for g in want.keys() {
             if let Some(r) = app.reader_for_key("group_sums", g.as_bytes()) {
                 if let Some(v) = r.get(&g.clone().to_key_bytes()).unwrap() {
-                    got.insert(g.clone(), ValueCodec::<(u64, i64)>::decode(&Bincode, &v.value).unwrap());
+                    got.insert(
+                        g.clone(),
+                        ValueCodec::<(u64, i64)>::decode(&Bincode, &v.value).unwrap(),
+                    );
                 }
             }
         }
         if got == want {
             break;
         }
-        assert!(Instant::now() < end, "repartitioned totals did not converge: {got:?}");
+        assert!(
+            Instant::now() < end,
+            "repartitioned totals did not converge: {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     app.shutdown().unwrap();

@@ -52,7 +52,8 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every file of `strata.v1`, with
 /// source info (comments), for gRPC server reflection (register it with
 /// `tonic_reflection`'s `register_encoded_file_descriptor_set`).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/strata_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/strata_v1_descriptor.bin"));
 
 #[cfg(test)]
 mod tests {
@@ -69,7 +70,9 @@ mod tests {
             key_ref: Some(get_request::KeyRef::Key(b"alice".to_vec())),
             // Version 0 is a real point (the empty partition): the oneof
             // must keep it distinct from "unset".
-            at: Some(At { point: Some(at::Point::Version(0)) }),
+            at: Some(At {
+                point: Some(at::Point::Version(0)),
+            }),
             options: Some(RequestOptions {
                 allow_stale: true,
                 max_hops: 2,
@@ -80,7 +83,10 @@ mod tests {
         let decoded = GetRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, req);
         assert_eq!(decoded.at.unwrap().point, Some(at::Point::Version(0)));
-        assert_eq!(decoded.options.unwrap().representation(), Representation::Json);
+        assert_eq!(
+            decoded.options.unwrap().representation(),
+            Representation::Json
+        );
 
         // An empty message decodes to "no key, latest, default options".
         let empty = GetRequest::decode(&[][..]).unwrap();
@@ -97,7 +103,10 @@ mod tests {
             entry: Some(Entry {
                 version: 42,
                 time_ms: 1_714_564_800_000,
-                flags: Some(Flags { rewind: true, replay: false }),
+                flags: Some(Flags {
+                    rewind: true,
+                    replay: false,
+                }),
                 lineage: None,
                 deleted: true,
                 value: Vec::new(),
@@ -108,13 +117,31 @@ mod tests {
         assert_eq!(decoded, change);
 
         let resp = SubscribeResponse {
-            changes: vec![change.clone(), Change { partition: 0, ..change }],
+            changes: vec![
+                change.clone(),
+                Change {
+                    partition: 0,
+                    ..change
+                },
+            ],
             resume: Some(Cursor {
-                positions: vec![PartitionVersion { partition: 0, version: 42 }, PartitionVersion { partition: 3, version: 42 }],
+                positions: vec![
+                    PartitionVersion {
+                        partition: 0,
+                        version: 42,
+                    },
+                    PartitionVersion {
+                        partition: 3,
+                        version: 42,
+                    },
+                ],
             }),
             caught_up: true,
         };
-        assert_eq!(SubscribeResponse::decode(resp.encode_to_vec().as_slice()).unwrap(), resp);
+        assert_eq!(
+            SubscribeResponse::decode(resp.encode_to_vec().as_slice()).unwrap(),
+            resp
+        );
     }
 
     #[test]
@@ -131,10 +158,19 @@ mod tests {
         for file in &fds.file {
             assert_eq!(file.package(), "strata.v1", "{}", file.name());
             // Comments travel to reflection clients.
-            assert!(file.source_code_info.as_ref().is_some_and(|s| !s.location.is_empty()), "{}", file.name());
+            assert!(
+                file.source_code_info
+                    .as_ref()
+                    .is_some_and(|s| !s.location.is_empty()),
+                "{}",
+                file.name()
+            );
             for s in &file.service {
-                let methods: Vec<(&str, bool)> =
-                    s.method.iter().map(|m| (m.name(), m.server_streaming())).collect();
+                let methods: Vec<(&str, bool)> = s
+                    .method
+                    .iter()
+                    .map(|m| (m.name(), m.server_streaming()))
+                    .collect();
                 services.push((format!("{}.{}", file.package(), s.name()), methods));
             }
         }

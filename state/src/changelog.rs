@@ -45,7 +45,11 @@ impl ChangeRecord {
             version: self.version,
             time: self.time,
             flags: self.flags,
-            kind: if self.value.is_some() { EntryKind::Value } else { EntryKind::Tombstone },
+            kind: if self.value.is_some() {
+                EntryKind::Value
+            } else {
+                EntryKind::Tombstone
+            },
             lineage: self.lineage.clone(),
             value: self.value.clone().unwrap_or_default(),
         }
@@ -61,7 +65,14 @@ impl ChangeRecord {
             EntryKind::Tombstone => None,
             EntryKind::Expired => return Err("expiry marker found in a changelog".into()),
         };
-        Ok(ChangeRecord { key: key.to_vec(), version: e.version, time: e.time, flags: e.flags, lineage: e.lineage, value })
+        Ok(ChangeRecord {
+            key: key.to_vec(),
+            version: e.version,
+            time: e.time,
+            flags: e.flags,
+            lineage: e.lineage,
+            value,
+        })
     }
 }
 
@@ -125,8 +136,11 @@ impl MemoryChangelog {
 impl ChangelogWriter for MemoryChangelog {
     fn append(&mut self, records: &[ChangeRecord]) -> Result<Vec<Offset>> {
         let base = self.records.len() as u64;
-        self.records.extend(records.iter().map(|r| (r.key.clone(), r.encode_value())));
-        Ok((0..records.len() as u64).map(|i| Offset(base + i)).collect())
+        self.records
+            .extend(records.iter().map(|r| (r.key.clone(), r.encode_value())));
+        Ok((0..records.len() as u64)
+            .map(|i| Offset(base + i))
+            .collect())
     }
 }
 
@@ -141,10 +155,14 @@ impl ChangelogReader for MemoryChangelog {
         let mut records = Vec::with_capacity(end - start);
         for (i, (k, v)) in self.records[start..end].iter().enumerate() {
             let off = Offset((start + i) as u64);
-            let r = ChangeRecord::decode(k, v).map_err(|e| Error::Codec(format!("changelog record at offset {}: {e}", off.0)))?;
+            let r = ChangeRecord::decode(k, v)
+                .map_err(|e| Error::Codec(format!("changelog record at offset {}: {e}", off.0)))?;
             records.push((off, r));
         }
-        Ok(ChangelogBatch { records, end: end == self.records.len() })
+        Ok(ChangelogBatch {
+            records,
+            end: end == self.records.len(),
+        })
     }
 }
 
@@ -197,7 +215,11 @@ impl<S: KvStore> TablePartition<S> {
     ) -> Result<RestoreProgress> {
         let started = Instant::now();
         let mut p = RestoreProgress {
-            position: self.checkpoint().changelog.map(|c| Offset(c.0.0 + 1)).unwrap_or(Offset(0)),
+            position: self
+                .checkpoint()
+                .changelog
+                .map(|c| Offset(c.0.0 + 1))
+                .unwrap_or(Offset(0)),
             end_estimate: log.end_estimate(),
             ..Default::default()
         };
@@ -212,7 +234,9 @@ impl<S: KvStore> TablePartition<S> {
             p.applied += self.restore(b.records)?.applied as u64;
             p.rate = p.read as f64 / started.elapsed().as_secs_f64().max(1e-9);
             p.eta = p.end_estimate.filter(|_| p.rate > 0.0).map(|end| {
-                std::time::Duration::from_secs_f64(end.0.saturating_sub(p.position.0) as f64 / p.rate)
+                std::time::Duration::from_secs_f64(
+                    end.0.saturating_sub(p.position.0) as f64 / p.rate,
+                )
             });
             progress(&p);
             if end || empty {

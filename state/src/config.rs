@@ -23,10 +23,13 @@ pub enum Retention {
 impl Retention {
     /// The last `n` versions per key. `n` must be at least 1.
     pub fn last_versions(n: u32) -> Result<Retention> {
-        NonZeroU32::new(n).map(Retention::LastVersions).ok_or_else(|| Error::InvalidConfig {
-            key: "table.retention".into(),
-            reason: "keeping the last 0 versions would drop the latest value; use at least 1".into(),
-        })
+        NonZeroU32::new(n)
+            .map(Retention::LastVersions)
+            .ok_or_else(|| Error::InvalidConfig {
+                key: "table.retention".into(),
+                reason: "keeping the last 0 versions would drop the latest value; use at least 1"
+                    .into(),
+            })
     }
 
     /// History for `d`. `d` must be at least one millisecond.
@@ -123,10 +126,16 @@ impl TableConfig {
     pub fn validate(&self) -> Result<()> {
         self.retention.validate()?;
         if self.max_staged == 0 {
-            return Err(Error::InvalidConfig { key: "table.max_staged".into(), reason: "must be at least 1".into() });
+            return Err(Error::InvalidConfig {
+                key: "table.max_staged".into(),
+                reason: "must be at least 1".into(),
+            });
         }
         if self.max_diff_keys == 0 {
-            return Err(Error::InvalidConfig { key: "table.max_diff_keys".into(), reason: "must be at least 1".into() });
+            return Err(Error::InvalidConfig {
+                key: "table.max_diff_keys".into(),
+                reason: "must be at least 1".into(),
+            });
         }
         Ok(())
     }

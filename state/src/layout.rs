@@ -80,17 +80,25 @@ fn crc_open(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let actual = crc32fast::hash(body);
     if stored != actual {
-        return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
+        ));
     }
     if body[0] != FORMAT_V1 {
-        return Err(format!("unknown record format {}; written by a newer version of strata?", body[0]));
+        return Err(format!(
+            "unknown record format {}; written by a newer version of strata?",
+            body[0]
+        ));
     }
     Ok(&body[1..])
 }
 
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
     if b.len() < n {
-        return Err(format!("record truncated: needed {n} more bytes, have {}", b.len()));
+        return Err(format!(
+            "record truncated: needed {n} more bytes, have {}",
+            b.len()
+        ));
     }
     let (head, rest) = b.split_at(n);
     *b = rest;
@@ -99,7 +107,9 @@ fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
 
 fn take_u64(b: &mut &[u8]) -> Result<u64, DecodeError> {
     let h = take(b, 8)?;
-    Ok(u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]))
+    Ok(u64::from_be_bytes([
+        h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
+    ]))
 }
 
 impl Entry {
@@ -146,7 +156,14 @@ impl Entry {
                 .map_err(|e| format!("bad lineage: {e}"))?;
             Some(l)
         };
-        Ok(Entry { version, time, flags, kind, lineage, value: b.to_vec() })
+        Ok(Entry {
+            version,
+            time,
+            flags,
+            kind,
+            lineage,
+            value: b.to_vec(),
+        })
     }
 
     /// Reads only the version of an encoded entry (after its CRC check).
@@ -202,7 +219,13 @@ impl VersionRecord {
             1 => Some(take_u64(&mut b)?),
             x => return Err(format!("bad changelog marker {x}")),
         };
-        Ok(VersionRecord { time, flags, deleted, changelog_offset, key: b.to_vec() })
+        Ok(VersionRecord {
+            time,
+            flags,
+            deleted,
+            changelog_offset,
+            key: b.to_vec(),
+        })
     }
 }
 
@@ -235,7 +258,9 @@ pub fn history_after_key(key: &[u8]) -> Vec<u8> {
 pub fn split_history_key(hkey: &[u8]) -> Result<(Vec<u8>, Version), DecodeError> {
     let (key, n) = unescape(hkey).ok_or_else(|| "malformed history key".to_string())?;
     let rest = &hkey[n..];
-    let arr: [u8; 8] = rest.try_into().map_err(|_| "history key without a version".to_string())?;
+    let arr: [u8; 8] = rest
+        .try_into()
+        .map_err(|_| "history key without a version".to_string())?;
     Ok((key, Version(!u64::from_be_bytes(arr))))
 }
 
@@ -246,7 +271,9 @@ pub fn version_key(v: Version) -> [u8; 8] {
 
 /// Decodes a `versions` key.
 pub fn parse_version_key(k: &[u8]) -> Result<Version, DecodeError> {
-    let arr: [u8; 8] = k.try_into().map_err(|_| format!("version key of {} bytes", k.len()))?;
+    let arr: [u8; 8] = k
+        .try_into()
+        .map_err(|_| format!("version key of {} bytes", k.len()))?;
     Ok(Version(u64::from_be_bytes(arr)))
 }
 
@@ -358,6 +385,10 @@ mod tests {
         assert!(Entry::decode(&[1, 2, 3]).is_err());
         let mut body = vec![9u8; 30];
         crc_seal(&mut body);
-        assert!(Entry::decode(&body).unwrap_err().contains("unknown record format 9"));
+        assert!(
+            Entry::decode(&body)
+                .unwrap_err()
+                .contains("unknown record format 9")
+        );
     }
 }

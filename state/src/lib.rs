@@ -51,14 +51,18 @@ mod table;
 mod typed;
 mod types;
 
-pub use changelog::{ChangeRecord, ChangelogReader, ChangelogWriter, MemoryChangelog, RestoreProgress};
+pub use changelog::{
+    ChangeRecord, ChangelogReader, ChangelogWriter, MemoryChangelog, RestoreProgress,
+};
 pub use config::{Granularity, Retention, TableConfig};
 pub use error::{Error, Location, Point, Result};
 pub use table::{
-    At, Checkpoint, CommitSummary, DiffEntry, History, HistoryEntry, HistoryQuery, KeyRange, Order, PartitionReader,
-    PreparedCommit, PruneReport, RestoreStep, RewindPlan, ScanPage, ScanRequest, ScanToken, TablePartition, Versioned,
+    At, Checkpoint, CommitSummary, DiffEntry, History, HistoryEntry, HistoryQuery, KeyRange, Order,
+    PartitionReader, PreparedCommit, PruneReport, RestoreStep, RewindPlan, ScanPage, ScanRequest,
+    ScanToken, TablePartition, Versioned,
 };
 pub use typed::{Table, TableReader, TypedVersioned};
 pub use types::{
-    ChangelogPosition, InputOffset, Lineage, Offset, Partition, TableName, Timestamp, Version, VersionFlags,
+    ChangelogPosition, InputOffset, Lineage, Offset, Partition, TableName, Timestamp, Version,
+    VersionFlags,
 };

@@ -3,11 +3,11 @@
 
 use std::marker::PhantomData;
 
+use crate::Result;
 use crate::codec::{Bincode, OrderedKey, ValueCodec};
 use crate::store::KvStore;
 use crate::table::{At, PartitionReader, TablePartition, Versioned};
 use crate::types::{Lineage, Timestamp, Version, VersionFlags};
-use crate::Result;
 
 /// A decoded value with its version metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,7 +39,13 @@ pub struct TableReader<K, V, S, C = Bincode> {
 }
 
 fn decode<V, C: ValueCodec<V>>(codec: &C, v: Versioned) -> Result<TypedVersioned<V>> {
-    Ok(TypedVersioned { version: v.version, time: v.time, flags: v.flags, lineage: v.lineage, value: codec.decode(&v.value)? })
+    Ok(TypedVersioned {
+        version: v.version,
+        time: v.time,
+        flags: v.flags,
+        lineage: v.lineage,
+        value: codec.decode(&v.value)?,
+    })
 }
 
 impl<K: OrderedKey, V, S: KvStore> Table<K, V, S, Bincode>
@@ -55,7 +61,11 @@ where
 impl<K: OrderedKey, V, S: KvStore, C: ValueCodec<V> + Clone> Table<K, V, S, C> {
     /// Wraps a partition with a value codec.
     pub fn with_codec(inner: TablePartition<S>, codec: C) -> Self {
-        Table { inner, codec, _types: PhantomData }
+        Table {
+            inner,
+            codec,
+            _types: PhantomData,
+        }
     }
 
     /// The untyped partition.
@@ -78,14 +88,22 @@ impl<K: OrderedKey, V, S: KvStore, C: ValueCodec<V> + Clone> Table<K, V, S, C> {
     /// The owner's view of `key` (staged, else committed).
     pub fn get(&self, key: &K) -> Result<Option<V>> {
         match self.inner.get(&key.to_key_bytes())? {
-            Some(b) => Ok(Some(self.codec.decode(&b).map_err(|e| self.value_error(key, e))?)),
+            Some(b) => Ok(Some(
+                self.codec
+                    .decode(&b)
+                    .map_err(|e| self.value_error(key, e))?,
+            )),
             None => Ok(None),
         }
     }
 
     fn value_error(&self, key: &K, e: crate::Error) -> crate::Error {
         let loc = self.inner.reader().location().clone();
-        crate::Error::Corrupt { location: Box::new(loc), key: Some(key.to_key_bytes()), detail: e.to_string() }
+        crate::Error::Corrupt {
+            location: Box::new(loc),
+            key: Some(key.to_key_bytes()),
+            detail: e.to_string(),
+        }
     }
 
     /// Commits everything staged (no changelog).
@@ -95,7 +113,11 @@ impl<K: OrderedKey, V, S: KvStore, C: ValueCodec<V> + Clone> Table<K, V, S, C> {
 
     /// A typed reader.
     pub fn reader(&self) -> TableReader<K, V, S, C> {
-        TableReader { inner: self.inner.reader(), codec: self.codec.clone(), _types: PhantomData }
+        TableReader {
+            inner: self.inner.reader(),
+            codec: self.codec.clone(),
+            _types: PhantomData,
+        }
     }
 }
 
@@ -109,11 +131,13 @@ impl<K: OrderedKey, V, S: KvStore, C: ValueCodec<V>> TableReader<K, V, S, C> {
     pub fn get_at(&self, key: &K, at: At) -> Result<Option<TypedVersioned<V>>> {
         let k = key.to_key_bytes();
         match self.inner.get_at(&k, at)? {
-            Some(v) => decode(&self.codec, v).map(Some).map_err(|e| crate::Error::Corrupt {
-                location: Box::new(self.inner.location().clone()),
-                key: Some(k),
-                detail: e.to_string(),
-            }),
+            Some(v) => decode(&self.codec, v)
+                .map(Some)
+                .map_err(|e| crate::Error::Corrupt {
+                    location: Box::new(self.inner.location().clone()),
+                    key: Some(k),
+                    detail: e.to_string(),
+                }),
             None => Ok(None),
         }
     }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Versions start at 1 and increase by exactly one per committed mutation
 /// (rewinds included), so a partition's version sequence has no gaps.
 /// `Version::ZERO` names the empty table before any commit.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version(pub u64);
 
 impl Version {
@@ -35,7 +37,9 @@ impl fmt::Display for Version {
 }
 
 /// Milliseconds since the Unix epoch.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -62,7 +66,9 @@ impl fmt::Display for Timestamp {
 }
 
 /// A partition number (of a table, its changelog, or an input topic).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Partition(pub u32);
 
 impl fmt::Display for Partition {
@@ -72,7 +78,9 @@ impl fmt::Display for Partition {
 }
 
 /// An offset within a topic partition (input or changelog).
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Offset(pub u64);
 
 impl fmt::Display for Offset {
@@ -97,7 +105,9 @@ impl TableName {
         let name = name.into();
         let ok = !name.is_empty()
             && name.len() <= 200
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
         if ok {
             Ok(TableName(name))
         } else {

@@ -10,13 +10,22 @@ use std::process::{Command, Stdio};
 
 use strata_state::store::rocks::RocksConfig;
 use strata_state::store::{RocksEnv, RocksStore};
-use strata_state::{At, HistoryQuery, Partition, TableConfig, TableName, TablePartition, Timestamp, Version};
+use strata_state::{
+    At, HistoryQuery, Partition, TableConfig, TableName, TablePartition, Timestamp, Version,
+};
 
 const KEYS: u64 = 64;
 const CHILD_ENV: &str = "STRATA_CRASH_CHILD_DIR";
 
 fn env(wal: bool) -> RocksEnv {
-    RocksEnv::new(RocksConfig { wal, write_buffer_bytes: 256 << 10, write_buffer_budget_bytes: 4 << 20, block_cache_bytes: 8 << 20, ..RocksConfig::default() }).unwrap()
+    RocksEnv::new(RocksConfig {
+        wal,
+        write_buffer_bytes: 256 << 10,
+        write_buffer_budget_bytes: 4 << 20,
+        block_cache_bytes: 8 << 20,
+        ..RocksConfig::default()
+    })
+    .unwrap()
 }
 
 fn cfg() -> TableConfig {
@@ -26,7 +35,9 @@ fn cfg() -> TableConfig {
 /// The child: commit `round` to every key, forever, reporting each commit.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let wal = std::env::var("STRATA_CRASH_WAL").as_deref() == Ok("1");
     let store = RocksStore::open(&dir, &env(wal)).unwrap();
     let mut t = TablePartition::open(store, cfg()).unwrap();
@@ -74,17 +85,42 @@ fn check_consistent(dir: &std::path::Path, wal: bool, acknowledged: u64) -> u64 
     assert_eq!(v % KEYS, 0, "a half-applied batch: latest version {v}");
     let round = v / KEYS;
     if wal {
-        assert!(round >= acknowledged, "with the WAL on, acknowledged round {acknowledged} was lost (found {round})");
+        assert!(
+            round >= acknowledged,
+            "with the WAL on, acknowledged round {acknowledged} was lost (found {round})"
+        );
     }
     assert!(round <= acknowledged + 1, "more than was written: {round}");
     let r = t.reader();
     for k in 0..KEYS {
         let key = format!("key{k:03}");
         let got = r.get(key.as_bytes()).unwrap().expect("every key present");
-        assert_eq!(got.value, round.to_be_bytes(), "{key} disagrees with the checkpoint");
-        let h = r.history(key.as_bytes(), &HistoryQuery { limit: 100_000, ..Default::default() }).unwrap();
-        assert_eq!(h.entries.len() as u64, round, "{key} has one version per round");
-        let mid = r.get_at(key.as_bytes(), At::Version(Version(KEYS * (round / 2).max(1)))).unwrap().unwrap();
+        assert_eq!(
+            got.value,
+            round.to_be_bytes(),
+            "{key} disagrees with the checkpoint"
+        );
+        let h = r
+            .history(
+                key.as_bytes(),
+                &HistoryQuery {
+                    limit: 100_000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            h.entries.len() as u64,
+            round,
+            "{key} has one version per round"
+        );
+        let mid = r
+            .get_at(
+                key.as_bytes(),
+                At::Version(Version(KEYS * (round / 2).max(1))),
+            )
+            .unwrap()
+            .unwrap();
         assert_eq!(mid.value, (round / 2).max(1).to_be_bytes());
     }
     round

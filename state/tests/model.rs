@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::{Harness, config};
 use proptest::prelude::*;
-use strata_state::{At, Error, HistoryQuery, KeyRange, Retention, ScanRequest, TablePartition, Timestamp, Version};
+use strata_state::{
+    At, Error, HistoryQuery, KeyRange, Retention, ScanRequest, TablePartition, Timestamp, Version,
+};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -44,8 +46,16 @@ enum Pt {
 const KEYS: [&[u8]; 6] = [b"a", b"a\x00", b"ab", b"b", b"c", b"\xff"];
 
 fn op() -> impl Strategy<Value = Op> {
-    let pt = prop_oneof![Just(Pt::Latest), any::<u16>().prop_map(Pt::Version), any::<u16>().prop_map(Pt::Time)];
-    let ret = prop_oneof![Just(Ret::Unlimited), (1u32..4).prop_map(Ret::Last), (30u64..400).prop_map(Ret::Millis)];
+    let pt = prop_oneof![
+        Just(Pt::Latest),
+        any::<u16>().prop_map(Pt::Version),
+        any::<u16>().prop_map(Pt::Time)
+    ];
+    let ret = prop_oneof![
+        Just(Ret::Unlimited),
+        (1u32..4).prop_map(Ret::Last),
+        (30u64..400).prop_map(Ret::Millis)
+    ];
     prop_oneof![
         8 => (0u8..6, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
         3 => (0u8..6).prop_map(Op::Delete),
@@ -85,7 +95,11 @@ impl Model {
         self.versions.len() as u64
     }
     fn time_of(&self, v: u64) -> u64 {
-        if v == 0 { 0 } else { self.versions[v as usize - 1].2 }
+        if v == 0 {
+            0
+        } else {
+            self.versions[v as usize - 1].2
+        }
     }
     fn horizon(&self) -> Option<u64> {
         match self.retention {
@@ -94,10 +108,18 @@ impl Model {
         }
     }
     fn version_at_time(&self, t: u64) -> u64 {
-        self.versions.iter().rposition(|(_, _, vt)| *vt <= t).map_or(0, |i| i as u64 + 1)
+        self.versions
+            .iter()
+            .rposition(|(_, _, vt)| *vt <= t)
+            .map_or(0, |i| i as u64 + 1)
     }
     fn key_versions(&self, key: &[u8]) -> Vec<u64> {
-        self.versions.iter().enumerate().filter(|(_, (k, _, _))| k == key).map(|(i, _)| i as u64 + 1).collect()
+        self.versions
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _, _))| k == key)
+            .map(|(i, _)| i as u64 + 1)
+            .collect()
     }
     /// The point as a version, or beyond retention at the partition level.
     fn resolve(&self, p: Pt) -> Read<u64> {
@@ -106,7 +128,10 @@ impl Model {
             Pt::Latest => Read::Ok(latest),
             Pt::Version(v) => {
                 let v = (v as u64) % (latest + 1);
-                if v != latest && (v < self.floor || self.horizon().is_some_and(|h| v < self.version_at_time(h))) {
+                if v != latest
+                    && (v < self.floor
+                        || self.horizon().is_some_and(|h| v < self.version_at_time(h)))
+                {
                     return Read::Beyond;
                 }
                 Read::Ok(v)
@@ -127,7 +152,9 @@ impl Model {
     /// Value of key at resolved version v, with per-key retention.
     fn value_at(&self, key: &[u8], v: u64) -> Read<Option<Vec<u8>>> {
         let vs = self.key_versions(key);
-        let Some(i) = vs.iter().rposition(|x| *x <= v) else { return Read::Ok(None) };
+        let Some(i) = vs.iter().rposition(|x| *x <= v) else {
+            return Read::Ok(None);
+        };
         if v != self.latest() {
             if self.expired.get(key).is_some_and(|x| vs[i] <= *x) {
                 return Read::Beyond;
@@ -205,11 +232,21 @@ fn retention(r: Ret) -> Retention {
     }
 }
 
-fn check<T: PartialEq + std::fmt::Debug>(what: &str, got: Result<T, Error>, want: Read<T>) -> Result<(), TestCaseError> {
+fn check<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    got: Result<T, Error>,
+    want: Read<T>,
+) -> Result<(), TestCaseError> {
     match (got, want) {
         (Ok(g), Read::Ok(w)) => prop_assert_eq!(g, w, "{}", what),
         (Err(e), Read::Beyond) if e.is_beyond_retention() => {}
-        (g, w) => prop_assert!(false, "{}: got {:?}, model says {:?}", what, g.map(|_| "Ok(..)"), w.map_ok()),
+        (g, w) => prop_assert!(
+            false,
+            "{}: got {:?}, model says {:?}",
+            what,
+            g.map(|_| "Ok(..)"),
+            w.map_ok()
+        ),
     }
     Ok(())
 }
@@ -266,12 +303,18 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     _ if target > u16::MAX as u64 => unreachable!(),
                     Read::Beyond => Read::Beyond,
                     Read::Ok(tv) => {
-                        let changed: BTreeSet<Vec<u8>> = m.versions[tv as usize..].iter().map(|(k, _, _)| k.clone()).filter(|k| range.contains(k)).collect();
+                        let changed: BTreeSet<Vec<u8>> = m.versions[tv as usize..]
+                            .iter()
+                            .map(|(k, _, _)| k.clone())
+                            .filter(|k| range.contains(k))
+                            .collect();
                         let mut muts = Vec::new();
                         let mut beyond = false;
                         for k in changed {
                             match (m.value_at(&k, tv), m.value_at(&k, m.latest())) {
-                                (Read::Ok(then), Read::Ok(now)) if then != now => muts.push((k, then)),
+                                (Read::Ok(then), Read::Ok(now)) if then != now => {
+                                    muts.push((k, then))
+                                }
                                 (Read::Ok(_), Read::Ok(_)) => {}
                                 _ => beyond = true,
                             }
@@ -280,7 +323,10 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 };
                 let got = t.rewind(At::Version(Version(target)), &range).map(|p| {
-                    p.changes.into_iter().map(|d| (d.key, d.before.map(|b| b.value))).collect::<Vec<_>>()
+                    p.changes
+                        .into_iter()
+                        .map(|d| (d.key, d.before.map(|b| b.value)))
+                        .collect::<Vec<_>>()
                 });
                 let ok = matches!(expected, Read::Ok(_));
                 if let Read::Ok(muts) = &expected {
@@ -320,21 +366,47 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Read::Beyond => Read::Beyond,
                     Read::Ok(v) => m.value_at(key, v),
                 };
-                let got = t.reader().get_at(key, to_at(&m, p)).map(|o| o.map(|v| v.value));
+                let got = t
+                    .reader()
+                    .get_at(key, to_at(&m, p))
+                    .map(|o| o.map(|v| v.value));
                 check(&what, got, want)?;
                 // The owner's read-your-writes view.
-                let staged = m.staged.iter().rev().find(|(sk, _)| sk == key).map(|(_, v)| v.clone());
+                let staged = m
+                    .staged
+                    .iter()
+                    .rev()
+                    .find(|(sk, _)| sk == key)
+                    .map(|(_, v)| v.clone());
                 let owner = staged.unwrap_or_else(|| match m.value_at(key, m.latest()) {
                     Read::Ok(v) => v,
                     Read::Beyond => unreachable!("latest never expires"),
                 });
                 prop_assert_eq!(t.get(key).unwrap(), owner.clone(), "{} owner view", what);
-                prop_assert_eq!(t.read(key).unwrap(), owner, "{} owner view through the cache", what);
+                prop_assert_eq!(
+                    t.read(key).unwrap(),
+                    owner,
+                    "{} owner view through the cache",
+                    what
+                );
             }
             Op::History(k) => {
                 let key = KEYS[k as usize];
-                let got = t.reader().history(key, &HistoryQuery { limit: 10_000, ..Default::default() }).unwrap();
-                let got: Vec<(u64, Option<Vec<u8>>)> = got.entries.into_iter().map(|e| (e.version.0, e.value)).collect();
+                let got = t
+                    .reader()
+                    .history(
+                        key,
+                        &HistoryQuery {
+                            limit: 10_000,
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                let got: Vec<(u64, Option<Vec<u8>>)> = got
+                    .entries
+                    .into_iter()
+                    .map(|e| (e.version.0, e.value))
+                    .collect();
                 let gone = m.expired.get(key).copied().unwrap_or(0);
                 let mut want: Vec<(u64, Option<Vec<u8>>)> = m
                     .key_versions(key)
@@ -363,7 +435,12 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got: Result<BTreeMap<Vec<u8>, Vec<u8>>, Error> = (|| {
                     let mut out = BTreeMap::new();
                     loop {
-                        let page = r.scan(&ScanRequest { range: KeyRange::all(), at: to_at(&m, p), limit: limit as usize, token: token.take() })?;
+                        let page = r.scan(&ScanRequest {
+                            range: KeyRange::all(),
+                            at: to_at(&m, p),
+                            limit: limit as usize,
+                            token: token.take(),
+                        })?;
                         assert!(page.items.len() <= limit as usize);
                         for (k, v) in page.items {
                             assert!(out.insert(k, v.value).is_none(), "a key twice");
@@ -382,18 +459,34 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Read::Ok(v) => match (m.state_at(v), m.state_at(m.latest())) {
                         (Read::Ok(a), Read::Ok(b)) => {
                             // Only keys written since v are examined, so only they can be beyond.
-                            let keys: BTreeSet<Vec<u8>> = a.keys().chain(b.keys()).cloned().collect();
-                            Read::Ok(keys.into_iter().filter(|k| a.get(k) != b.get(k)).map(|k| (k.clone(), a.get(&k).cloned(), b.get(&k).cloned())).collect::<Vec<_>>())
+                            let keys: BTreeSet<Vec<u8>> =
+                                a.keys().chain(b.keys()).cloned().collect();
+                            Read::Ok(
+                                keys.into_iter()
+                                    .filter(|k| a.get(k) != b.get(k))
+                                    .map(|k| (k.clone(), a.get(&k).cloned(), b.get(&k).cloned()))
+                                    .collect::<Vec<_>>(),
+                            )
                         }
                         _ => {
                             // Beyond for the state; the diff is beyond only if a changed key is.
-                            let changed: BTreeSet<Vec<u8>> = m.versions[v as usize..].iter().map(|(k, _, _)| k.clone()).collect();
-                            if changed.iter().any(|k| matches!(m.value_at(k, v), Read::Beyond)) {
+                            let changed: BTreeSet<Vec<u8>> = m.versions[v as usize..]
+                                .iter()
+                                .map(|(k, _, _)| k.clone())
+                                .collect();
+                            if changed
+                                .iter()
+                                .any(|k| matches!(m.value_at(k, v), Read::Beyond))
+                            {
                                 Read::Beyond
                             } else {
                                 let mut out = Vec::new();
                                 for k in changed {
-                                    let (Read::Ok(a), Read::Ok(b)) = (m.value_at(&k, v), m.value_at(&k, m.latest())) else { unreachable!() };
+                                    let (Read::Ok(a), Read::Ok(b)) =
+                                        (m.value_at(&k, v), m.value_at(&k, m.latest()))
+                                    else {
+                                        unreachable!()
+                                    };
                                     if a != b {
                                         out.push((k, a, b));
                                     }
@@ -403,9 +496,14 @@ fn run<H: Harness>(h: &mut H, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         }
                     },
                 };
-                let got = t.reader().diff(to_at(&m, p), At::Latest, &KeyRange::all(), 100).map(|d| {
-                    d.into_iter().map(|e| (e.key, e.before.map(|x| x.value), e.after.map(|x| x.value))).collect::<Vec<_>>()
-                });
+                let got = t
+                    .reader()
+                    .diff(to_at(&m, p), At::Latest, &KeyRange::all(), 100)
+                    .map(|d| {
+                        d.into_iter()
+                            .map(|e| (e.key, e.before.map(|x| x.value), e.after.map(|x| x.value)))
+                            .collect::<Vec<_>>()
+                    });
                 check(&what, got, want)?;
             }
         }
@@ -428,4 +526,3 @@ proptest! {
         run(&mut common::Rocks::new(), ops)?;
     }
 }
-

@@ -7,9 +7,9 @@ mod common;
 use common::{Harness, config, open};
 use strata_state::store::KvStore;
 use strata_state::{
-    At, ChangeRecord, ChangelogReader, ChangelogWriter, Error, Granularity, HistoryQuery, KeyRange, Lineage,
-    MemoryChangelog, Offset, Order, Partition, Point, Retention, ScanRequest, ScanToken, TablePartition, Timestamp,
-    Version, VersionFlags,
+    At, ChangeRecord, ChangelogReader, ChangelogWriter, Error, Granularity, HistoryQuery, KeyRange,
+    Lineage, MemoryChangelog, Offset, Order, Partition, Point, Retention, ScanRequest, ScanToken,
+    TablePartition, Timestamp, Version, VersionFlags,
 };
 
 fn ts(ms: u64) -> Timestamp {
@@ -22,7 +22,10 @@ fn put_commit<S: KvStore>(t: &mut TablePartition<S>, key: &str, value: &str, now
 }
 
 fn val<S: KvStore>(t: &TablePartition<S>, key: &str, at: At) -> Option<String> {
-    t.reader().get_at(key.as_bytes(), at).unwrap().map(|v| String::from_utf8(v.value).unwrap())
+    t.reader()
+        .get_at(key.as_bytes(), at)
+        .unwrap()
+        .map(|v| String::from_utf8(v.value).unwrap())
 }
 
 both_stores!(
@@ -118,15 +121,36 @@ fn reads_at_versions_and_times<H: Harness>(h: &mut H) {
     assert_eq!(val(&t, "k", At::Time(ts(399))), None);
     assert_eq!(val(&t, "k", At::Time(ts(10_000))).as_deref(), Some("d"));
     // Metadata travels with the value.
-    t.put(b"m", b"x", Some(Lineage { topic: "orders".into(), partition: Partition(3), offset: Offset(77) }));
+    t.put(
+        b"m",
+        b"x",
+        Some(Lineage {
+            topic: "orders".into(),
+            partition: Partition(3),
+            offset: Offset(77),
+        }),
+    );
     t.commit(ts(500), &[]).unwrap();
     let got = t.reader().get(b"m").unwrap().unwrap();
     assert_eq!(got.version, Version(5));
     assert_eq!(got.time, ts(500));
     assert_eq!(got.lineage.unwrap().offset, Offset(77));
     // A version from the future is an error, not "absent".
-    let err = t.reader().get_at(b"k", At::Version(Version(6))).unwrap_err();
-    assert!(matches!(err, Error::FutureVersion { requested: Version(6), latest: Version(5), .. }), "{err}");
+    let err = t
+        .reader()
+        .get_at(b"k", At::Version(Version(6)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::FutureVersion {
+                requested: Version(6),
+                latest: Version(5),
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("latest version is v5"), "{err}");
 }
 
@@ -139,35 +163,100 @@ fn history_ranges_orders_and_paging<H: Harness>(h: &mut H) {
     t.delete(b"k", None);
     t.commit(ts(2000), &[]).unwrap();
     let r = t.reader();
-    let all = r.history(b"k", &HistoryQuery { limit: 100, ..Default::default() }).unwrap();
+    let all = r
+        .history(
+            b"k",
+            &HistoryQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(all.entries.len(), 11);
     assert!(all.entries[0].value.is_none(), "newest first: the deletion");
     assert_eq!(all.entries[1].value.as_deref(), Some(&b"v10"[..]));
     assert!(all.entries.windows(2).all(|w| w[0].version > w[1].version));
     assert!(!all.truncated_by_retention);
-    let asc = r.history(b"k", &HistoryQuery { order: Order::Ascending, limit: 3, ..Default::default() }).unwrap();
-    let vals: Vec<_> = asc.entries.iter().map(|e| e.value.clone().unwrap()).collect();
+    let asc = r
+        .history(
+            b"k",
+            &HistoryQuery {
+                order: Order::Ascending,
+                limit: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let vals: Vec<_> = asc
+        .entries
+        .iter()
+        .map(|e| e.value.clone().unwrap())
+        .collect();
     assert_eq!(vals, vec![b"v1".to_vec(), b"v2".to_vec(), b"v3".to_vec()]);
     let next = asc.next.expect("more to come");
-    let page2 = r.history(b"k", &HistoryQuery { from: Some(Point::Version(next)), order: Order::Ascending, limit: 3, ..Default::default() }).unwrap();
+    let page2 = r
+        .history(
+            b"k",
+            &HistoryQuery {
+                from: Some(Point::Version(next)),
+                order: Order::Ascending,
+                limit: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(page2.entries[0].value.as_deref(), Some(&b"v4"[..]));
     // By time: versions committed in [300, 500].
     let by_time = r
-        .history(b"k", &HistoryQuery { from: Some(Point::Time(ts(300))), to: Some(Point::Time(ts(500))), order: Order::Ascending, limit: 10 })
+        .history(
+            b"k",
+            &HistoryQuery {
+                from: Some(Point::Time(ts(300))),
+                to: Some(Point::Time(ts(500))),
+                order: Order::Ascending,
+                limit: 10,
+            },
+        )
         .unwrap();
-    let vals: Vec<_> = by_time.entries.iter().map(|e| e.value.clone().unwrap()).collect();
+    let vals: Vec<_> = by_time
+        .entries
+        .iter()
+        .map(|e| e.value.clone().unwrap())
+        .collect();
     assert_eq!(vals, vec![b"v3".to_vec(), b"v4".to_vec(), b"v5".to_vec()]);
     // A key that never existed has an empty history.
-    assert!(r.history(b"nope", &HistoryQuery::default()).unwrap().entries.is_empty());
+    assert!(
+        r.history(b"nope", &HistoryQuery::default())
+            .unwrap()
+            .entries
+            .is_empty()
+    );
     // A key that is a prefix of another does not see its history.
     put_commit(&mut t, "k\u{0}x", "zz", 3000);
-    assert_eq!(t.reader().history(b"k", &HistoryQuery { limit: 100, ..Default::default() }).unwrap().entries.len(), 11);
+    assert_eq!(
+        t.reader()
+            .history(
+                b"k",
+                &HistoryQuery {
+                    limit: 100,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .entries
+            .len(),
+        11
+    );
 }
 
 fn scans_ranges_pinning_and_tokens<H: Harness>(h: &mut H) {
     let mut t = open(h.fresh(), config("t", 0));
     for i in 0..50u32 {
-        t.put(format!("key{i:03}").as_bytes(), format!("{i}").as_bytes(), None);
+        t.put(
+            format!("key{i:03}").as_bytes(),
+            format!("{i}").as_bytes(),
+            None,
+        );
     }
     t.put(b"zzz", b"z", None);
     let v1 = *t.commit(ts(100), &[]).unwrap().versions.end();
@@ -177,9 +266,20 @@ fn scans_ranges_pinning_and_tokens<H: Harness>(h: &mut H) {
     let mut keys = Vec::new();
     let mut pages = 0;
     loop {
-        let page = r.scan(&ScanRequest { range: KeyRange::prefix(b"key".to_vec()), at: At::Latest, limit: 7, token: token.clone() }).unwrap();
+        let page = r
+            .scan(&ScanRequest {
+                range: KeyRange::prefix(b"key".to_vec()),
+                at: At::Latest,
+                limit: 7,
+                token: token.clone(),
+            })
+            .unwrap();
         assert_eq!(page.version, v1);
-        keys.extend(page.items.iter().map(|(k, _)| String::from_utf8(k.clone()).unwrap()));
+        keys.extend(
+            page.items
+                .iter()
+                .map(|(k, _)| String::from_utf8(k.clone()).unwrap()),
+        );
         pages += 1;
         // The owner commits between pages: the scan stays pinned to v1.
         t.put(format!("key{:03}", pages).as_bytes(), b"changed", None);
@@ -194,32 +294,100 @@ fn scans_ranges_pinning_and_tokens<H: Harness>(h: &mut H) {
     assert_eq!(keys, expected);
     assert_eq!(pages, 8);
     // At the first version, values are the original ones.
-    let page = r.scan(&ScanRequest { range: KeyRange::between(b"key001".to_vec(), b"key003".to_vec()), at: At::Version(v1), limit: 10, token: None }).unwrap();
-    let got: Vec<_> = page.items.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
-    assert_eq!(got, vec![(b"key001".to_vec(), b"1".to_vec()), (b"key002".to_vec(), b"2".to_vec())]);
+    let page = r
+        .scan(&ScanRequest {
+            range: KeyRange::between(b"key001".to_vec(), b"key003".to_vec()),
+            at: At::Version(v1),
+            limit: 10,
+            token: None,
+        })
+        .unwrap();
+    let got: Vec<_> = page
+        .items
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (b"key001".to_vec(), b"1".to_vec()),
+            (b"key002".to_vec(), b"2".to_vec())
+        ]
+    );
     // Deleted keys disappear from later scans but not earlier ones.
     t.delete(b"key010", None);
     let vd = *t.commit(ts(1000), &[]).unwrap().versions.end();
-    let at = |at| r.scan(&ScanRequest { range: KeyRange::prefix(b"key010".to_vec()), at, limit: 10, token: None }).unwrap().items.len();
+    let at = |at| {
+        r.scan(&ScanRequest {
+            range: KeyRange::prefix(b"key010".to_vec()),
+            at,
+            limit: 10,
+            token: None,
+        })
+        .unwrap()
+        .items
+        .len()
+    };
     assert_eq!(at(At::Latest), 0);
     assert_eq!(at(At::Version(Version(vd.0 - 1))), 1);
     // A tampered token or another partition's token is rejected.
-    let page = r.scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 2, token: None }).unwrap();
+    let page = r
+        .scan(&ScanRequest {
+            range: KeyRange::all(),
+            at: At::Latest,
+            limit: 2,
+            token: None,
+        })
+        .unwrap();
     let mut bad = page.next.clone().unwrap();
     let n = bad.0.len();
     bad.0[n / 2] ^= 0x55;
-    let err = r.scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 2, token: Some(bad) }).unwrap_err();
+    let err = r
+        .scan(&ScanRequest {
+            range: KeyRange::all(),
+            at: At::Latest,
+            limit: 2,
+            token: Some(bad),
+        })
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidScanToken { .. }), "{err}");
     assert!(matches!(
-        r.scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 2, token: Some(ScanToken(vec![1, 2, 3])) }),
+        r.scan(&ScanRequest {
+            range: KeyRange::all(),
+            at: At::Latest,
+            limit: 2,
+            token: Some(ScanToken(vec![1, 2, 3]))
+        }),
         Err(Error::InvalidScanToken { .. })
     ));
-    let err = r.scan(&ScanRequest { range: KeyRange::prefix(b"zz".to_vec()), at: At::Latest, limit: 2, token: page.next.clone() }).unwrap_err();
-    assert!(err.to_string().contains("key range"), "a token only resumes its own range: {err}");
+    let err = r
+        .scan(&ScanRequest {
+            range: KeyRange::prefix(b"zz".to_vec()),
+            at: At::Latest,
+            limit: 2,
+            token: page.next.clone(),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("key range"),
+        "a token only resumes its own range: {err}"
+    );
     let mut other = open(h.fresh(), config("t", 1));
     put_commit(&mut other, "a", "b", 1);
-    let err = other.reader().scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 2, token: page.next }).unwrap_err();
-    assert!(err.to_string().contains("another table, partition or key range"), "{err}");
+    let err = other
+        .reader()
+        .scan(&ScanRequest {
+            range: KeyRange::all(),
+            at: At::Latest,
+            limit: 2,
+            token: page.next,
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("another table, partition or key range"),
+        "{err}"
+    );
 }
 
 fn diffs_between_versions<H: Harness>(h: &mut H) {
@@ -234,10 +402,19 @@ fn diffs_between_versions<H: Harness>(h: &mut H) {
     t.put(b"c", b"9", None);
     t.put(b"c", b"1", None); // changed and changed back: no difference
     let v2 = *t.commit(ts(20), &[]).unwrap().versions.end();
-    let d = t.reader().diff(At::Version(v1), At::Version(v2), &KeyRange::all(), 100).unwrap();
+    let d = t
+        .reader()
+        .diff(At::Version(v1), At::Version(v2), &KeyRange::all(), 100)
+        .unwrap();
     let summary: Vec<_> = d
         .iter()
-        .map(|e| (e.key.clone(), e.before.as_ref().map(|v| v.value.clone()), e.after.as_ref().map(|v| v.value.clone())))
+        .map(|e| {
+            (
+                e.key.clone(),
+                e.before.as_ref().map(|v| v.value.clone()),
+                e.after.as_ref().map(|v| v.value.clone()),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -248,11 +425,27 @@ fn diffs_between_versions<H: Harness>(h: &mut H) {
         ]
     );
     // By time, and limited to a range.
-    let d = t.reader().diff(At::Time(ts(15)), At::Latest, &KeyRange::between(b"b".to_vec(), b"z".to_vec()), 100).unwrap();
+    let d = t
+        .reader()
+        .diff(
+            At::Time(ts(15)),
+            At::Latest,
+            &KeyRange::between(b"b".to_vec(), b"z".to_vec()),
+            100,
+        )
+        .unwrap();
     assert_eq!(d.len(), 2);
-    assert!(matches!(t.reader().diff(At::Version(v2), At::Version(v1), &KeyRange::all(), 10), Err(Error::InvalidRequest { .. })));
+    assert!(matches!(
+        t.reader()
+            .diff(At::Version(v2), At::Version(v1), &KeyRange::all(), 10),
+        Err(Error::InvalidRequest { .. })
+    ));
     // The key bound is enforced.
-    assert!(matches!(t.reader().diff(At::Version(Version::ZERO), At::Latest, &KeyRange::all(), 2), Err(Error::InvalidRequest { .. })));
+    assert!(matches!(
+        t.reader()
+            .diff(At::Version(Version::ZERO), At::Latest, &KeyRange::all(), 2),
+        Err(Error::InvalidRequest { .. })
+    ));
 }
 
 fn rewind_restores_deletes_and_can_be_undone<H: Harness>(h: &mut H) {
@@ -273,7 +466,11 @@ fn rewind_restores_deletes_and_can_be_undone<H: Harness>(h: &mut H) {
     assert_eq!(t.staged_len(), 0);
     t.rewind(At::Version(target), &KeyRange::all()).unwrap();
     let c = t.commit(ts(300), &[]).unwrap();
-    assert_eq!(c.versions.end().0 - c.versions.start().0 + 1, 3, "one new version per changed key");
+    assert_eq!(
+        c.versions.end().0 - c.versions.start().0 + 1,
+        3,
+        "one new version per changed key"
+    );
     assert_eq!(val(&t, "changed", At::Latest).as_deref(), Some("good"));
     assert_eq!(val(&t, "deleted", At::Latest).as_deref(), Some("was-here"));
     assert_eq!(val(&t, "born", At::Latest), None);
@@ -282,12 +479,25 @@ fn rewind_restores_deletes_and_can_be_undone<H: Harness>(h: &mut H) {
     assert!(r.get(b"changed").unwrap().unwrap().flags.is_rewind());
     assert!(!r.get(b"keep").unwrap().unwrap().flags.is_rewind());
     for v in c.versions.start().0..=c.versions.end().0 {
-        assert!(r.version_record(Version(v)).unwrap().unwrap().flags.contains(VersionFlags::REWIND));
+        assert!(
+            r.version_record(Version(v))
+                .unwrap()
+                .unwrap()
+                .flags
+                .contains(VersionFlags::REWIND)
+        );
     }
     // History shows the whole story, and the rewind can be undone.
     let hist = r.history(b"changed", &HistoryQuery::default()).unwrap();
-    let vals: Vec<_> = hist.entries.iter().map(|e| e.value.clone().unwrap()).collect();
-    assert_eq!(vals, vec![b"good".to_vec(), b"bad".to_vec(), b"good".to_vec()]);
+    let vals: Vec<_> = hist
+        .entries
+        .iter()
+        .map(|e| e.value.clone().unwrap())
+        .collect();
+    assert_eq!(
+        vals,
+        vec![b"good".to_vec(), b"bad".to_vec(), b"good".to_vec()]
+    );
     t.rewind(At::Version(bad), &KeyRange::all()).unwrap();
     t.commit(ts(400), &[]).unwrap();
     assert_eq!(val(&t, "changed", At::Latest).as_deref(), Some("bad"));
@@ -295,10 +505,15 @@ fn rewind_restores_deletes_and_can_be_undone<H: Harness>(h: &mut H) {
     assert_eq!(val(&t, "deleted", At::Latest), None);
     // Rewinding with staged mutations is refused.
     t.put(b"x", b"y", None);
-    assert!(matches!(t.rewind(At::Version(target), &KeyRange::all()), Err(Error::Protocol { .. })));
+    assert!(matches!(
+        t.rewind(At::Version(target), &KeyRange::all()),
+        Err(Error::Protocol { .. })
+    ));
     // A stale plan is refused.
     t.discard_staged();
-    let stale = t.plan_rewind(At::Version(target), &KeyRange::all()).unwrap();
+    let stale = t
+        .plan_rewind(At::Version(target), &KeyRange::all())
+        .unwrap();
     put_commit(&mut t, "x", "z", 500);
     assert!(matches!(t.stage_plan(&stale), Err(Error::Protocol { .. })));
 }
@@ -313,15 +528,23 @@ fn rewind_of_a_key_range<H: Harness>(h: &mut H) {
         t.put(k.as_bytes(), b"1", None);
     }
     t.commit(ts(2), &[]).unwrap();
-    let plan = t.rewind(At::Version(target), &KeyRange::prefix(b"b".to_vec())).unwrap();
+    let plan = t
+        .rewind(At::Version(target), &KeyRange::prefix(b"b".to_vec()))
+        .unwrap();
     assert_eq!(plan.changes.len(), 2);
     t.commit(ts(3), &[]).unwrap();
-    let now: Vec<_> = ["a1", "a2", "b1", "b2"].iter().map(|k| val(&t, k, At::Latest).unwrap()).collect();
+    let now: Vec<_> = ["a1", "a2", "b1", "b2"]
+        .iter()
+        .map(|k| val(&t, k, At::Latest).unwrap())
+        .collect();
     assert_eq!(now, vec!["1", "1", "0", "0"]);
 }
 
 fn per_commit_granularity_collapses_keys<H: Harness>(h: &mut H) {
-    let mut t = open(h.fresh(), config("t", 0).granularity(Granularity::PerCommit));
+    let mut t = open(
+        h.fresh(),
+        config("t", 0).granularity(Granularity::PerCommit),
+    );
     for i in 0..10 {
         t.put(b"hot", format!("{i}").as_bytes(), None);
     }
@@ -330,12 +553,18 @@ fn per_commit_granularity_collapses_keys<H: Harness>(h: &mut H) {
     let c = t.commit(ts(5), &[]).unwrap();
     assert_eq!(c.versions, Version(1)..=Version(3));
     assert_eq!(val(&t, "hot", At::Latest).as_deref(), Some("9"));
-    let hist = t.reader().history(b"hot", &HistoryQuery::default()).unwrap();
+    let hist = t
+        .reader()
+        .history(b"hot", &HistoryQuery::default())
+        .unwrap();
     assert_eq!(hist.entries.len(), 1);
 }
 
 fn last_n_retention<H: Harness>(h: &mut H) {
-    let mut t = open(h.fresh(), config("t", 0).retention(Retention::last_versions(3).unwrap()));
+    let mut t = open(
+        h.fresh(),
+        config("t", 0).retention(Retention::last_versions(3).unwrap()),
+    );
     let mut versions = Vec::new();
     for i in 1..=6u64 {
         versions.push(put_commit(&mut t, "k", &format!("{i}"), i * 10));
@@ -347,7 +576,10 @@ fn last_n_retention<H: Harness>(h: &mut H) {
         for (i, v) in versions.iter().enumerate() {
             let got = r.get_at(b"k", At::Version(*v));
             if i >= 3 {
-                assert_eq!(got.unwrap().unwrap().value, format!("{}", i + 1).into_bytes());
+                assert_eq!(
+                    got.unwrap().unwrap().value,
+                    format!("{}", i + 1).into_bytes()
+                );
             } else {
                 let err = got.unwrap_err();
                 assert!(err.is_beyond_retention(), "v{} of k: {err}", v.0);
@@ -371,12 +603,19 @@ fn last_n_retention<H: Harness>(h: &mut H) {
     assert_eq!(again.removed, 0);
     // After a reopen too.
     let store = h.reopen(t.into_store().unwrap());
-    let t = open(store, config("t", 0).retention(Retention::last_versions(3).unwrap()));
+    let t = open(
+        store,
+        config("t", 0).retention(Retention::last_versions(3).unwrap()),
+    );
     check(&t);
 }
 
 fn duration_retention<H: Harness>(h: &mut H) {
-    let mut t = open(h.fresh(), config("t", 0).retention(Retention::duration(std::time::Duration::from_millis(1000)).unwrap()));
+    let mut t = open(
+        h.fresh(),
+        config("t", 0)
+            .retention(Retention::duration(std::time::Duration::from_millis(1000)).unwrap()),
+    );
     let v1 = put_commit(&mut t, "k", "a", 1000);
     let v2 = put_commit(&mut t, "k", "b", 1500);
     t.delete(b"gone", None);
@@ -388,13 +627,34 @@ fn duration_retention<H: Harness>(h: &mut H) {
     // Horizon is 3000 - 1000 = 2000.
     let check = |t: &TablePartition<H::S>| {
         let r = t.reader();
-        assert!(r.get_at(b"k", At::Version(v1)).unwrap_err().is_beyond_retention());
-        assert!(r.get_at(b"k", At::Version(v2)).unwrap_err().is_beyond_retention());
-        assert!(r.get_at(b"k", At::Time(ts(1999))).unwrap_err().is_beyond_retention());
+        assert!(
+            r.get_at(b"k", At::Version(v1))
+                .unwrap_err()
+                .is_beyond_retention()
+        );
+        assert!(
+            r.get_at(b"k", At::Version(v2))
+                .unwrap_err()
+                .is_beyond_retention()
+        );
+        assert!(
+            r.get_at(b"k", At::Time(ts(1999)))
+                .unwrap_err()
+                .is_beyond_retention()
+        );
         // The value current at the horizon is readable.
-        assert_eq!(r.get_at(b"k", At::Time(ts(2000))).unwrap().unwrap().value, b"b");
-        assert_eq!(r.get_at(b"k", At::Time(ts(2999))).unwrap().unwrap().value, b"c");
-        assert_eq!(r.get_at(b"k", At::Version(v3)).unwrap().unwrap().value, b"c");
+        assert_eq!(
+            r.get_at(b"k", At::Time(ts(2000))).unwrap().unwrap().value,
+            b"b"
+        );
+        assert_eq!(
+            r.get_at(b"k", At::Time(ts(2999))).unwrap().unwrap().value,
+            b"c"
+        );
+        assert_eq!(
+            r.get_at(b"k", At::Version(v3)).unwrap().unwrap().value,
+            b"c"
+        );
         assert_eq!(r.get_at(b"gone", At::Time(ts(2500))).unwrap(), None);
         assert_eq!(r.get(b"k").unwrap().unwrap().value, b"c");
     };
@@ -408,8 +668,17 @@ fn duration_retention<H: Harness>(h: &mut H) {
     assert!(removed >= 2, "superseded entries were removed: {removed}");
     check(&t);
     // Diffs and rewinds to before the horizon fail clearly.
-    assert!(t.reader().diff(At::Version(v1), At::Latest, &KeyRange::all(), 10).unwrap_err().is_beyond_retention());
-    assert!(t.plan_rewind(At::Time(ts(1200)), &KeyRange::all()).unwrap_err().is_beyond_retention());
+    assert!(
+        t.reader()
+            .diff(At::Version(v1), At::Latest, &KeyRange::all(), 10)
+            .unwrap_err()
+            .is_beyond_retention()
+    );
+    assert!(
+        t.plan_rewind(At::Time(ts(1200)), &KeyRange::all())
+            .unwrap_err()
+            .is_beyond_retention()
+    );
     // ...while a rewind to the horizon works.
     t.rewind(At::Time(ts(2000)), &KeyRange::all()).unwrap();
     t.commit(ts(3100), &[]).unwrap();
@@ -422,7 +691,11 @@ fn reopen_is_the_last_checkpoint<H: Harness>(h: &mut H) {
     put_commit(&mut t, "a", "1", 10);
     t.put(b"a", b"2", None);
     t.put(b"b", b"2", None);
-    let inputs = vec![strata_state::InputOffset { topic: "in".into(), partition: Partition(0), next: Offset(42) }];
+    let inputs = vec![strata_state::InputOffset {
+        topic: "in".into(),
+        partition: Partition(0),
+        next: Offset(42),
+    }];
     t.commit(ts(20), &inputs).unwrap();
     // Staged and prepared-but-unapplied work dies with the process.
     t.put(b"a", b"staged", None);
@@ -440,14 +713,25 @@ fn reopen_is_the_last_checkpoint<H: Harness>(h: &mut H) {
     // Opening the store as another table or partition is refused.
     let store = h.reopen(t.into_store().unwrap());
     let err = TablePartition::open(store, config("t", 7)).unwrap_err();
-    assert!(err.to_string().contains("holds table t partition 0"), "{err}");
+    assert!(
+        err.to_string().contains("holds table t partition 0"),
+        "{err}"
+    );
 }
 
 fn restore_from_changelog_reproduces_versions<H: Harness>(h: &mut H) {
     let mut log = MemoryChangelog::new();
     let mut a = open(h.fresh(), config("t", 0));
     for i in 0..30u64 {
-        a.put(format!("k{}", i % 7).as_bytes(), format!("{i}").as_bytes(), Some(Lineage { topic: "in".into(), partition: Partition(0), offset: Offset(i) }));
+        a.put(
+            format!("k{}", i % 7).as_bytes(),
+            format!("{i}").as_bytes(),
+            Some(Lineage {
+                topic: "in".into(),
+                partition: Partition(0),
+                offset: Offset(i),
+            }),
+        );
         if i % 5 == 0 {
             a.delete(b"k3", None);
         }
@@ -456,10 +740,17 @@ fn restore_from_changelog_reproduces_versions<H: Harness>(h: &mut H) {
         }
     }
     a.commit_to(&mut log, ts(1000), &[]).unwrap();
-    a.rewind(At::Version(Version(10)), &KeyRange::all()).unwrap();
+    a.rewind(At::Version(Version(10)), &KeyRange::all())
+        .unwrap();
     a.commit_to(&mut log, ts(1100), &[]).unwrap();
     // A retried produce repeats records: the restore must skip them.
-    let dup: Vec<ChangeRecord> = log.read(Offset(3), 4).unwrap().records.into_iter().map(|(_, r)| r).collect();
+    let dup: Vec<ChangeRecord> = log
+        .read(Offset(3), 4)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     log.append(&dup).unwrap();
     let mut b = open(h.fresh(), config("t", 0));
     let mut reports = 0;
@@ -468,16 +759,30 @@ fn restore_from_changelog_reproduces_versions<H: Harness>(h: &mut H) {
     assert_eq!(p.applied, a.latest_version().0);
     assert_eq!(p.read, log.len() as u64);
     assert_eq!(b.latest_version(), a.latest_version());
-    assert_eq!(b.checkpoint().inputs[0].next, Offset(30), "input position from lineage");
+    assert_eq!(
+        b.checkpoint().inputs[0].next,
+        Offset(30),
+        "input position from lineage"
+    );
     let (ra, rb) = (a.reader(), b.reader());
     for v in 0..=a.latest_version().0 {
         for k in 0..7 {
             let key = format!("k{k}");
-            assert_eq!(ra.get_at(key.as_bytes(), At::Version(Version(v))).unwrap(), rb.get_at(key.as_bytes(), At::Version(Version(v))).unwrap(), "{key} at v{v}");
+            assert_eq!(
+                ra.get_at(key.as_bytes(), At::Version(Version(v))).unwrap(),
+                rb.get_at(key.as_bytes(), At::Version(Version(v))).unwrap(),
+                "{key} at v{v}"
+            );
         }
         if v > 0 {
-            let (x, y) = (ra.version_record(Version(v)).unwrap().unwrap(), rb.version_record(Version(v)).unwrap().unwrap());
-            assert_eq!((x.key, x.time, x.flags, x.deleted), (y.key, y.time, y.flags, y.deleted));
+            let (x, y) = (
+                ra.version_record(Version(v)).unwrap().unwrap(),
+                rb.version_record(Version(v)).unwrap().unwrap(),
+            );
+            assert_eq!(
+                (x.key, x.time, x.flags, x.deleted),
+                (y.key, y.time, y.flags, y.deleted)
+            );
             assert!(y.changelog_offset.is_some());
         }
     }
@@ -487,7 +792,13 @@ fn restore_from_changelog_reproduces_versions<H: Harness>(h: &mut H) {
     assert_eq!(p.read, 0);
     // A gap in versions is an error that says what happened.
     let mut gappy = MemoryChangelog::new();
-    let recs: Vec<ChangeRecord> = log.read(Offset(0), 3).unwrap().records.into_iter().map(|(_, r)| r).collect();
+    let recs: Vec<ChangeRecord> = log
+        .read(Offset(0), 3)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     gappy.append(&[recs[0].clone(), recs[2].clone()]).unwrap();
     let mut c = open(h.fresh(), config("t", 0));
     let err = c.restore_from(&mut gappy, 10, &mut |_| {}).unwrap_err();
@@ -516,10 +827,16 @@ fn corrupt_values_are_reported_with_their_key<H: Harness>(h: &mut H) {
     b.put(Cf::History, &hk, b"garbage");
     t.store().write(b).unwrap();
     let r = t.reader();
-    for err in [r.get(b"alice").unwrap_err(), r.get_at(b"alice", At::Version(Version(1))).unwrap_err()] {
+    for err in [
+        r.get(b"alice").unwrap_err(),
+        r.get_at(b"alice", At::Version(Version(1))).unwrap_err(),
+    ] {
         assert!(err.is_corrupt(), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("table orders partition 4") && msg.contains("\"alice\""), "{msg}");
+        assert!(
+            msg.contains("table orders partition 4") && msg.contains("\"alice\""),
+            "{msg}"
+        );
     }
     // Other keys still read fine.
     put_commit(&mut t, "bob", "1", 3);
@@ -530,9 +847,29 @@ fn bad_requests_get_clear_errors<H: Harness>(h: &mut H) {
     let mut t = open(h.fresh(), config("t", 0));
     put_commit(&mut t, "a", "1", 1);
     let r = t.reader();
-    assert!(matches!(r.history(b"a", &HistoryQuery { limit: 0, ..Default::default() }), Err(Error::InvalidRequest { .. })));
-    assert!(matches!(r.scan(&ScanRequest { range: KeyRange::all(), at: At::Latest, limit: 0, token: None }), Err(Error::InvalidRequest { .. })));
-    assert!(matches!(r.get_at(b"a", At::Version(Version(99))), Err(Error::FutureVersion { .. })));
+    assert!(matches!(
+        r.history(
+            b"a",
+            &HistoryQuery {
+                limit: 0,
+                ..Default::default()
+            }
+        ),
+        Err(Error::InvalidRequest { .. })
+    ));
+    assert!(matches!(
+        r.scan(&ScanRequest {
+            range: KeyRange::all(),
+            at: At::Latest,
+            limit: 0,
+            token: None
+        }),
+        Err(Error::InvalidRequest { .. })
+    ));
+    assert!(matches!(
+        r.get_at(b"a", At::Version(Version(99))),
+        Err(Error::FutureVersion { .. })
+    ));
     // Zero retention is rejected when configured.
     let err = Retention::duration(std::time::Duration::ZERO).unwrap_err();
     assert!(err.to_string().contains("table.retention"), "{err}");
@@ -561,16 +898,25 @@ fn an_unknown_append_outcome_forces_a_restore_first<H: Harness>(h: &mut H) {
     // Committing again would reuse version 1 with other contents: refused.
     t.put(b"k", b"other", None);
     let err = t.commit_to(&mut log.0, ts(20), &[]).unwrap_err();
-    assert!(err.to_string().contains("restore from the changelog"), "{err}");
+    assert!(
+        err.to_string().contains("restore from the changelog"),
+        "{err}"
+    );
     t.discard_staged();
     // The restore picks up what landed; then commits continue after it.
     t.restore_from(&mut log.0, 100, &mut |_| {}).unwrap();
     assert_eq!(val(&t, "k", At::Latest).as_deref(), Some("landed"));
     t.put(b"k", b"next", None);
-    assert_eq!(t.commit_to(&mut log.0, ts(30), &[]).unwrap().versions, Version(2)..=Version(2));
+    assert_eq!(
+        t.commit_to(&mut log.0, ts(30), &[]).unwrap().versions,
+        Version(2)..=Version(2)
+    );
     let mut again = open(h.fresh(), config("t", 0));
     t.put(b"j", b"x", None);
     t.commit_to(&mut log.0, ts(40), &[]).unwrap();
     again.restore_from(&mut log.0, 100, &mut |_| {}).unwrap();
-    assert_eq!(again.reader().get(b"j").unwrap().unwrap().version, Version(3));
+    assert_eq!(
+        again.reader().get(b"j").unwrap().unwrap().version,
+        Version(3)
+    );
 }

@@ -365,7 +365,12 @@ fn spawn_broker(binary: &Path, log: &Path) -> Result<(Process, u16)> {
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => return Err(Error::io(format!("starting {} broker", binary.display()), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("starting {} broker", binary.display()),
+                    e,
+                ));
+            }
         }
     };
     let pid = broker.id().to_string();

@@ -48,13 +48,21 @@ impl Follower {
             // An idle follower's fetch returns within this, so changes
             // arrive within about this long after they are produced.
             .set("fetch.wait.max.ms", "250");
-        let consumer: BaseConsumer<TracingContext> = create(&c, TracingContext, "owner directory reader")?;
+        let consumer: BaseConsumer<TracingContext> =
+            create(&c, TracingContext, "owner directory reader")?;
         let topic = config.directory_topic();
         let mut tpl = TopicPartitionList::new();
         let context = || format!("assigning {topic}[0] to the owner directory reader");
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(0)).map_err(|e| Error::kafka(context(), e))?;
-        consumer.assign(&tpl).map_err(|e| Error::kafka(context(), e))?;
-        Ok(Follower { consumer, topic, directory })
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(0))
+            .map_err(|e| Error::kafka(context(), e))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(context(), e))?;
+        Ok(Follower {
+            consumer,
+            topic,
+            directory,
+        })
     }
 
     pub(super) fn run(self, stop: mpsc::Receiver<()>) {
@@ -72,8 +80,10 @@ impl Follower {
                 // new record.
                 Some(Err(KafkaError::PartitionEOF(_))) if self.directory.set_caught_up() => {
                     tracing::info!(
-                        records, members = self.directory.members().len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64, "owner directory caught up"
+                        records,
+                        members = self.directory.members().len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "owner directory caught up"
                     );
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -101,18 +111,33 @@ impl Follower {
             tracing::warn!(topic = %self.topic, offset, "owner directory record without a UTF-8 key; skipped");
             return;
         };
-        let value = match m.payload().map(serde_json::from_slice::<Announcement>).transpose() {
+        let value = match m
+            .payload()
+            .map(serde_json::from_slice::<Announcement>)
+            .transpose()
+        {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(topic = %self.topic, offset, member = key, error = %e, "undecodable owner directory record; skipped");
                 return;
             }
         };
-        let partitions = value.as_ref().map(|a| a.partitions.iter().map(|c| c.partition).collect::<Vec<_>>());
+        let partitions = value
+            .as_ref()
+            .map(|a| a.partitions.iter().map(|c| c.partition).collect::<Vec<_>>());
         match self.directory.apply(key, value) {
-            Applied::Joined => tracing::info!(member = key, ?partitions, offset, "member joined the owner directory"),
-            Applied::Left => tracing::info!(member = key, offset, "member left the owner directory"),
-            Applied::Updated => tracing::debug!(member = key, ?partitions, offset, "member updated"),
+            Applied::Joined => tracing::info!(
+                member = key,
+                ?partitions,
+                offset,
+                "member joined the owner directory"
+            ),
+            Applied::Left => {
+                tracing::info!(member = key, offset, "member left the owner directory")
+            }
+            Applied::Updated => {
+                tracing::debug!(member = key, ?partitions, offset, "member updated")
+            }
             Applied::Ignored => {}
         }
     }

@@ -63,10 +63,25 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub(super) fn new(config: &AppConfig, registry: Registry, member: String, endpoint: String, ttl: Duration) -> Result<Publisher> {
+    pub(super) fn new(
+        config: &AppConfig,
+        registry: Registry,
+        member: String,
+        endpoint: String,
+        ttl: Duration,
+    ) -> Result<Publisher> {
         let mut c = config.kafka.producer()?;
-        c.set("client.id", format!("{}-directory", config.kafka.client_id_prefix));
-        let producer = create(&c, PublishContext { failed: AtomicBool::new(false) }, "owner directory producer")?;
+        c.set(
+            "client.id",
+            format!("{}-directory", config.kafka.client_id_prefix),
+        );
+        let producer = create(
+            &c,
+            PublishContext {
+                failed: AtomicBool::new(false),
+            },
+            "owner directory producer",
+        )?;
         Ok(Publisher {
             producer,
             topic: config.directory_topic(),
@@ -87,10 +102,19 @@ impl Publisher {
         let (mut epoch, mut dirty, mut sent_at) = (0u64, true, None::<Instant>);
         loop {
             let now = Timestamp::now();
-            let claims = claims_of(self.registry.partitions(), self.registry.assigned(), &mut since, now);
+            let claims = claims_of(
+                self.registry.partitions(),
+                self.registry.assigned(),
+                &mut since,
+                now,
+            );
             if last.as_ref() != Some(&claims) {
                 epoch += 1;
-                let kinds = |cs: &[Claim]| cs.iter().map(|c| (c.partition, c.state)).collect::<Vec<_>>();
+                let kinds = |cs: &[Claim]| {
+                    cs.iter()
+                        .map(|c| (c.partition, c.state))
+                        .collect::<Vec<_>>()
+                };
                 if last.as_deref().map(kinds) != Some(kinds(&claims)) {
                     tracing::info!(epoch, partitions = ?kinds(&claims), "ownership changed; announcing");
                 }
@@ -111,7 +135,9 @@ impl Publisher {
                         tracing::trace!(epoch, "announced");
                         (dirty, sent_at) = (false, Some(Instant::now()));
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot publish to the owner directory; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot publish to the owner directory; retrying")
+                    }
                 }
             }
             self.producer.poll(Duration::ZERO);
@@ -125,8 +151,12 @@ impl Publisher {
             tracing::warn!(error = %e, "cannot withdraw from the owner directory; others ignore this member after the TTL");
         }
         match self.producer.flush(self.flush_timeout) {
-            Ok(()) if !self.producer.context().failed.load(Ordering::Acquire) => tracing::info!("withdrew from the owner directory"),
-            Ok(()) => tracing::warn!("the owner directory withdrawal was not delivered; others ignore this member after the TTL"),
+            Ok(()) if !self.producer.context().failed.load(Ordering::Acquire) => {
+                tracing::info!("withdrew from the owner directory")
+            }
+            Ok(()) => tracing::warn!(
+                "the owner directory withdrawal was not delivered; others ignore this member after the TTL"
+            ),
             Err(e) => tracing::warn!(
                 error = %e, timeout_ms = self.flush_timeout.as_millis() as u64,
                 "owner directory withdrawal: outcome unknown; others ignore this member after the TTL"
@@ -139,12 +169,19 @@ impl Publisher {
         let payload = a
             .map(serde_json::to_vec)
             .transpose()
-            .map_err(|e| Error::Io { context: "encoding an owner directory announcement".into(), source: e.into() })?;
-        let mut record = BaseRecord::<str, [u8]>::to(&self.topic).key(self.member.as_str()).partition(0);
+            .map_err(|e| Error::Io {
+                context: "encoding an owner directory announcement".into(),
+                source: e.into(),
+            })?;
+        let mut record = BaseRecord::<str, [u8]>::to(&self.topic)
+            .key(self.member.as_str())
+            .partition(0);
         if let Some(p) = &payload {
             record = record.payload(p.as_slice());
         }
-        self.producer.send(record).map_err(|(e, _)| Error::kafka(format!("producing to {}", self.topic), e))
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| Error::kafka(format!("producing to {}", self.topic), e))
     }
 }
 
@@ -164,9 +201,19 @@ fn claims_of(
         let merged = match (states.remove(&p.0), s) {
             (None | Some(PartitionState::Running), s) => s,
             (Some(r @ PartitionState::Restoring { .. }), PartitionState::Running) => r,
-            (Some(PartitionState::Restoring { records: a, rate: x }), PartitionState::Restoring { records: b, rate: y }) => {
-                PartitionState::Restoring { records: a + b, rate: x + y }
-            }
+            (
+                Some(PartitionState::Restoring {
+                    records: a,
+                    rate: x,
+                }),
+                PartitionState::Restoring {
+                    records: b,
+                    rate: y,
+                },
+            ) => PartitionState::Restoring {
+                records: a + b,
+                rate: x + y,
+            },
         };
         states.insert(p.0, merged);
     }
@@ -174,7 +221,16 @@ fn claims_of(
         states.entry(p.0).or_insert(PartitionState::Running);
     }
     since.retain(|p, _| states.contains_key(p));
-    states.into_iter().map(|(p, s)| Claim::new(Partition(p), &s, Timestamp(*since.entry(p).or_insert(now.0)))).collect()
+    states
+        .into_iter()
+        .map(|(p, s)| {
+            Claim::new(
+                Partition(p),
+                &s,
+                Timestamp(*since.entry(p).or_insert(now.0)),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -192,19 +248,45 @@ mod tests {
             ("c".to_string(), Partition(0), restoring(7)),
             ("a".to_string(), Partition(1), PartitionState::Running),
         ];
-        let c = claims_of(tables, vec![Partition(1), Partition(2)], &mut since, Timestamp(100));
-        assert_eq!(c.iter().map(|c| (c.partition, c.state)).collect::<Vec<_>>(), [
-            (0, ClaimState::Restoring),
-            (1, ClaimState::Running),
-            (2, ClaimState::Running)
-        ]);
-        assert_eq!((c[0].restored_records, c[0].restore_rate), (Some(12), Some(2.0)));
+        let c = claims_of(
+            tables,
+            vec![Partition(1), Partition(2)],
+            &mut since,
+            Timestamp(100),
+        );
+        assert_eq!(
+            c.iter().map(|c| (c.partition, c.state)).collect::<Vec<_>>(),
+            [
+                (0, ClaimState::Restoring),
+                (1, ClaimState::Running),
+                (2, ClaimState::Running)
+            ]
+        );
+        assert_eq!(
+            (c[0].restored_records, c[0].restore_rate),
+            (Some(12), Some(2.0))
+        );
         assert!(c.iter().all(|c| c.since_ms == 100));
         // Later: partition 0 released, 1 kept, 3 acquired.
-        let c = claims_of(vec![], vec![Partition(1), Partition(3)], &mut since, Timestamp(200));
-        assert_eq!(c.iter().map(|c| (c.partition, c.since_ms)).collect::<Vec<_>>(), [(1, 100), (3, 200)]);
+        let c = claims_of(
+            vec![],
+            vec![Partition(1), Partition(3)],
+            &mut since,
+            Timestamp(200),
+        );
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.partition, c.since_ms))
+                .collect::<Vec<_>>(),
+            [(1, 100), (3, 200)]
+        );
         // Re-acquired partitions get a new acquisition time.
         let c = claims_of(vec![], vec![Partition(0)], &mut since, Timestamp(300));
-        assert_eq!(c.iter().map(|c| (c.partition, c.since_ms)).collect::<Vec<_>>(), [(0, 300)]);
+        assert_eq!(
+            c.iter()
+                .map(|c| (c.partition, c.since_ms))
+                .collect::<Vec<_>>(),
+            [(0, 300)]
+        );
     }
 }

@@ -60,7 +60,12 @@ pub struct TopicSpec {
 impl TopicSpec {
     /// A topic with the broker's default settings.
     pub fn new(name: impl Into<String>, partitions: u32) -> TopicSpec {
-        TopicSpec { name: name.into(), partitions, replication: Replication::default(), configs: BTreeMap::new() }
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            replication: Replication::default(),
+            configs: BTreeMap::new(),
+        }
     }
 
     /// A table's changelog topic: one partition per table partition, never
@@ -68,7 +73,9 @@ impl TopicSpec {
     /// version of its history) and kept forever (`retention.ms=-1`) unless
     /// a retention is set with [`TopicSpec::config`].
     pub fn changelog(name: impl Into<String>, partitions: u32) -> TopicSpec {
-        TopicSpec::new(name, partitions).config("cleanup.policy", "delete").config("retention.ms", "-1")
+        TopicSpec::new(name, partitions)
+            .config("cleanup.policy", "delete")
+            .config("retention.ms", "-1")
     }
 
     /// Sets a topic-level setting.
@@ -93,13 +100,20 @@ impl TopicSpec {
         {
             return Err(Error::config(
                 "topic",
-                format!("{:?} is not a legal topic name: use 1-249 characters of [A-Za-z0-9._-]", self.name),
+                format!(
+                    "{:?} is not a legal topic name: use 1-249 characters of [A-Za-z0-9._-]",
+                    self.name
+                ),
             ));
         }
         if self.partitions == 0 || i32::try_from(self.partitions).is_err() {
             return Err(Error::config(
                 format!("topic.{}.partitions", self.name),
-                format!("{} is not a valid partition count (1..={})", self.partitions, i32::MAX),
+                format!(
+                    "{} is not a valid partition count (1..={})",
+                    self.partitions,
+                    i32::MAX
+                ),
             ));
         }
         Ok(())
@@ -123,7 +137,9 @@ pub struct KafkaAdmin {
 
 impl std::fmt::Debug for KafkaAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaAdmin").field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("KafkaAdmin")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -135,7 +151,10 @@ impl KafkaAdmin {
     /// librdkafka cannot create the client.
     pub fn new(config: &KafkaConfig) -> Result<KafkaAdmin> {
         let client = create(&config.admin()?, TracingContext, "admin client")?;
-        Ok(KafkaAdmin { client, timeout: config.request_timeout })
+        Ok(KafkaAdmin {
+            client,
+            timeout: config.request_timeout,
+        })
     }
 
     /// Makes sure each topic exists as specified; see
@@ -191,7 +210,9 @@ impl KafkaAdmin {
         };
         match t.error().map(RDKafkaErrorCode::from) {
             None => {}
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => return Ok(None),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                return Ok(None);
+            }
             Some(code) => {
                 return Err(Error::kafka(
                     format!("reading metadata of topic {topic}"),
@@ -219,9 +240,13 @@ impl KafkaAdmin {
         let results = self.wait(self.client.describe_configs(&spec, &opts), &context)?;
         let results = results.map_err(|e| Error::kafka(&context, e))?;
         match results.into_iter().next() {
-            Some(Ok(resource)) => {
-                Ok(Some(resource.entries.into_iter().filter_map(|e| e.value.map(|v| (e.name, v))).collect()))
-            }
+            Some(Ok(resource)) => Ok(Some(
+                resource
+                    .entries
+                    .into_iter()
+                    .filter_map(|e| e.value.map(|v| (e.name, v)))
+                    .collect(),
+            )),
             Some(Err(code)) => {
                 tracing::debug!(topic, error = %code, "broker did not describe topic settings");
                 Ok(None)
@@ -252,7 +277,10 @@ impl KafkaAdmin {
             if have == Some(want) {
                 continue;
             }
-            if key == "cleanup.policy" && want == "delete" && have.is_some_and(|h| h.contains("compact")) {
+            if key == "cleanup.policy"
+                && want == "delete"
+                && have.is_some_and(|h| h.contains("compact"))
+            {
                 return Err(Error::Topology(format!(
                     "topic {} has cleanup.policy={} but must not be compacted: compaction deletes \
                      versions the table's history keeps; set cleanup.policy=delete on it",
@@ -271,22 +299,34 @@ impl KafkaAdmin {
             Replication::BrokerDefault => -1,
             Replication::Factor(n) => i32::from(n.get()),
         };
-        let mut topic = NewTopic::new(&spec.name, spec.partitions as i32, TopicReplication::Fixed(replication));
+        let mut topic = NewTopic::new(
+            &spec.name,
+            spec.partitions as i32,
+            TopicReplication::Fixed(replication),
+        );
         for (k, v) in &spec.configs {
             topic = topic.set(k, v);
         }
-        let context = format!("creating topic {} with {} partitions", spec.name, spec.partitions);
-        let results = self.wait(self.client.create_topics([&topic], &self.options()), &context)?;
+        let context = format!(
+            "creating topic {} with {} partitions",
+            spec.name, spec.partitions
+        );
+        let results = self.wait(
+            self.client.create_topics([&topic], &self.options()),
+            &context,
+        )?;
         let results = results.map_err(|e| Error::kafka(&context, e))?;
         match results.into_iter().next() {
             Some(Ok(_)) => Ok(Created::Yes),
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(Created::Raced),
-            Some(Err((_, code))) => {
-                Err(Error::kafka(format!("{context} (settings {:?})", spec.configs), KafkaError::AdminOp(code)))
-            }
-            None => {
-                Err(Error::kafka(context, KafkaError::AdminOpCreation("the broker answered with no result".into())))
-            }
+            Some(Err((_, code))) => Err(Error::kafka(
+                format!("{context} (settings {:?})", spec.configs),
+                KafkaError::AdminOp(code),
+            )),
+            None => Err(Error::kafka(
+                context,
+                KafkaError::AdminOpCreation("the broker answered with no result".into()),
+            )),
         }
     }
 
@@ -315,15 +355,19 @@ impl KafkaAdmin {
     /// Admin request options: librdkafka answers every request within the
     /// request timeout.
     fn options(&self) -> AdminOptions {
-        AdminOptions::new().request_timeout(Some(self.timeout)).operation_timeout(Some(self.timeout))
+        AdminOptions::new()
+            .request_timeout(Some(self.timeout))
+            .operation_timeout(Some(self.timeout))
     }
 
     /// Blocks on an admin future. librdkafka resolves it within the request
     /// timeout; the extra bound only guards against a lost answer.
     fn wait<F: Future>(&self, fut: F, context: &str) -> Result<F::Output> {
         let bound = self.timeout * 2 + Duration::from_secs(1);
-        block_on_until(fut, bound)
-            .ok_or_else(|| Error::OutcomeUnknown { context: context.to_string(), timeout_ms: bound.as_millis() as u64 })
+        block_on_until(fut, bound).ok_or_else(|| Error::OutcomeUnknown {
+            context: context.to_string(),
+            timeout_ms: bound.as_millis() as u64,
+        })
     }
 }
 
@@ -372,23 +416,41 @@ mod tests {
 
     #[test]
     fn block_on_until_returns_ready_values_and_times_out_on_pending() {
-        assert_eq!(block_on_until(async { 7 }, Duration::from_millis(10)), Some(7));
+        assert_eq!(
+            block_on_until(async { 7 }, Duration::from_millis(10)),
+            Some(7)
+        );
         let started = Instant::now();
-        assert_eq!(block_on_until(std::future::pending::<()>(), Duration::from_millis(30)), None);
+        assert_eq!(
+            block_on_until(std::future::pending::<()>(), Duration::from_millis(30)),
+            None
+        );
         assert!(started.elapsed() >= Duration::from_millis(30));
     }
 
     #[test]
     fn specs_are_validated() {
         assert!(TopicSpec::new("ok.topic-1_x", 3).validate().is_ok());
-        assert!(matches!(TopicSpec::new("", 3).validate(), Err(Error::Config { .. })));
-        assert!(matches!(TopicSpec::new("a b", 3).validate(), Err(Error::Config { .. })));
+        assert!(matches!(
+            TopicSpec::new("", 3).validate(),
+            Err(Error::Config { .. })
+        ));
+        assert!(matches!(
+            TopicSpec::new("a b", 3).validate(),
+            Err(Error::Config { .. })
+        ));
         match TopicSpec::new("t", 0).validate() {
             Err(Error::Config { key, .. }) => assert_eq!(key, "topic.t.partitions"),
             other => panic!("{other:?}"),
         }
         let c = TopicSpec::changelog("t", 2);
-        assert_eq!(c.configs.get("cleanup.policy").map(String::as_str), Some("delete"));
-        assert_eq!(c.configs.get("retention.ms").map(String::as_str), Some("-1"));
+        assert_eq!(
+            c.configs.get("cleanup.policy").map(String::as_str),
+            Some("delete")
+        );
+        assert_eq!(
+            c.configs.get("retention.ms").map(String::as_str),
+            Some("-1")
+        );
     }
 }

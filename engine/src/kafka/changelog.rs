@@ -95,7 +95,9 @@ pub struct ChangelogProducer {
 
 impl std::fmt::Debug for ChangelogProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangelogProducer").field("delivery_timeout", &self.delivery_timeout).finish_non_exhaustive()
+        f.debug_struct("ChangelogProducer")
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,7 +109,10 @@ impl ChangelogProducer {
     /// librdkafka cannot create the producer.
     pub fn new(config: &KafkaConfig) -> crate::Result<Arc<ChangelogProducer>> {
         let inner = create(&config.producer()?, DeliveryContext, "changelog producer")?;
-        Ok(Arc::new(ChangelogProducer { inner, delivery_timeout: config.delivery_timeout }))
+        Ok(Arc::new(ChangelogProducer {
+            inner,
+            delivery_timeout: config.delivery_timeout,
+        }))
     }
 
     /// Waits until everything sent has been acknowledged or failed, up to
@@ -130,7 +135,10 @@ impl ChangelogProducer {
 
     /// A fatal producer error (after which it must be recreated), if any.
     fn fatal(&self) -> Option<String> {
-        self.inner.client().fatal_error().map(|(code, reason)| format!("{code}: {reason}"))
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
     }
 }
 
@@ -145,8 +153,16 @@ pub struct KafkaChangelogWriter {
 impl KafkaChangelogWriter {
     /// A writer of `location`'s records to partition `location.partition`
     /// of `topic`, through the shared `producer`.
-    pub fn new(producer: Arc<ChangelogProducer>, topic: impl Into<String>, location: Location) -> KafkaChangelogWriter {
-        KafkaChangelogWriter { producer, topic: topic.into(), location }
+    pub fn new(
+        producer: Arc<ChangelogProducer>,
+        topic: impl Into<String>,
+        location: Location,
+    ) -> KafkaChangelogWriter {
+        KafkaChangelogWriter {
+            producer,
+            topic: topic.into(),
+            location,
+        }
     }
 
     /// The changelog topic.
@@ -161,16 +177,27 @@ impl KafkaChangelogWriter {
     /// The append, with the engine's error.
     fn try_append(&self, records: &[ChangeRecord]) -> crate::Result<Vec<Offset>> {
         let (topic, partition) = (self.topic.as_str(), self.partition());
-        let what = || format!("appending {} records to {topic}[{partition}]", records.len());
+        let what = || {
+            format!(
+                "appending {} records to {topic}[{partition}]",
+                records.len()
+            )
+        };
         let wait = self.producer.delivery_timeout + DELIVERY_GRACE;
         let (tx, rx) = mpsc::channel::<Report>();
         let enqueue_deadline = Instant::now() + self.producer.delivery_timeout;
         for (index, r) in records.iter().enumerate() {
             let payload = r.encode_value();
-            let mut record = BaseRecord::with_opaque_to(topic, Box::new(DeliverySlot { index, tx: tx.clone() }))
-                .partition(partition)
-                .key(r.key.as_slice())
-                .payload(payload.as_slice());
+            let mut record = BaseRecord::with_opaque_to(
+                topic,
+                Box::new(DeliverySlot {
+                    index,
+                    tx: tx.clone(),
+                }),
+            )
+            .partition(partition)
+            .key(r.key.as_slice())
+            .payload(payload.as_slice());
             loop {
                 match self.producer.inner.send(record) {
                     Ok(()) => break,
@@ -211,7 +238,10 @@ impl KafkaChangelogWriter {
                     received += 1;
                     if p != partition || offset < 0 {
                         return Err(Error::Kafka {
-                            context: format!("{}: record {index} was acknowledged at {p}@{offset}", what()),
+                            context: format!(
+                                "{}: record {index} was acknowledged at {p}@{offset}",
+                                what()
+                            ),
                             source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
                         });
                     }
@@ -241,16 +271,26 @@ impl KafkaChangelogWriter {
                 KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut,
                 ) => Error::OutcomeUnknown {
-                    context: format!("{}: record {index} timed out in the producer{fatal}", what()),
+                    context: format!(
+                        "{}: record {index} timed out in the producer{fatal}",
+                        what()
+                    ),
                     timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
                 },
                 e => Error::kafka(format!("{}: record {index} failed{fatal}", what()), e),
             });
         }
-        let offsets: Vec<Offset> = offsets.into_iter().flatten().map(|o| Offset(o as u64)).collect();
+        let offsets: Vec<Offset> = offsets
+            .into_iter()
+            .flatten()
+            .map(|o| Offset(o as u64))
+            .collect();
         if offsets.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::Kafka {
-                context: format!("{}: the broker acknowledged them at non-increasing offsets", what()),
+                context: format!(
+                    "{}: the broker acknowledged them at non-increasing offsets",
+                    what()
+                ),
                 source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
             });
         }
@@ -289,8 +329,13 @@ impl ChangelogWriter for KafkaChangelogWriter {
 /// not have landed" (as opposed to a definite failure).
 pub fn is_outcome_unknown(e: &strata_state::Error) -> bool {
     match e {
-        strata_state::Error::Changelog { source: Some(s), .. } => {
-            matches!(s.downcast_ref::<Error>(), Some(Error::OutcomeUnknown { .. }))
+        strata_state::Error::Changelog {
+            source: Some(s), ..
+        } => {
+            matches!(
+                s.downcast_ref::<Error>(),
+                Some(Error::OutcomeUnknown { .. })
+            )
         }
         _ => false,
     }
@@ -343,7 +388,11 @@ impl KafkaChangelogReader {
         topic: impl Into<String>,
         location: Location,
     ) -> crate::Result<KafkaChangelogReader> {
-        let consumer = create(&config.restore_consumer()?, TracingContext, "changelog reader")?;
+        let consumer = create(
+            &config.restore_consumer()?,
+            TracingContext,
+            "changelog reader",
+        )?;
         Ok(KafkaChangelogReader {
             consumer,
             topic: topic.into(),
@@ -376,8 +425,11 @@ impl KafkaChangelogReader {
             .consumer
             .fetch_metadata(Some(topic), self.read_timeout)
             .map_err(|e| Error::kafka(format!("reading metadata of changelog topic {topic}"), e))?;
-        let count =
-            md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
+        let count = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
         if usize::try_from(partition).map_or(true, |p| p >= count) {
             return Err(Error::kafka(
                 format!(
@@ -396,11 +448,14 @@ impl KafkaChangelogReader {
         self.check_exists()?;
         let (topic, partition) = (self.topic.as_str(), self.partition());
         let context = || format!("assigning {topic}[{partition}] at offset {from}");
-        let at = i64::try_from(from).map_err(|_| Error::config("changelog offset", format!("{from} is beyond i64")))?;
+        let at = i64::try_from(from)
+            .map_err(|_| Error::config("changelog offset", format!("{from} is beyond i64")))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(at))
             .map_err(|e| Error::kafka(context(), e))?;
-        self.consumer.assign(&tpl).map_err(|e| Error::kafka(context(), e))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| Error::kafka(context(), e))?;
         self.next = Some(from);
         self.at_end = false;
         Ok(())
@@ -426,15 +481,18 @@ impl KafkaChangelogReader {
                     if m.partition() != partition || m.topic() != self.topic {
                         continue;
                     }
-                    let Ok(offset) = u64::try_from(m.offset()) else { continue };
+                    let Ok(offset) = u64::try_from(m.offset()) else {
+                        continue;
+                    };
                     if offset < next {
                         // Left over from before a re-assignment.
                         continue;
                     }
                     let decode = || -> std::result::Result<ChangeRecord, String> {
                         let key = m.key().ok_or("the record has no key")?;
-                        let value =
-                            m.payload().ok_or("the record has no value (a tombstone; changelogs never hold any)")?;
+                        let value = m.payload().ok_or(
+                            "the record has no value (a tombstone; changelogs never hold any)",
+                        )?;
                         ChangeRecord::decode(key, value)
                     };
                     match decode() {
@@ -470,7 +528,10 @@ impl KafkaChangelogReader {
                     ));
                 }
                 Some(Err(e)) => {
-                    return Err(Error::kafka(format!("reading {}[{partition}] at offset {next}", self.topic), e));
+                    return Err(Error::kafka(
+                        format!("reading {}[{partition}] at offset {next}", self.topic),
+                        e,
+                    ));
                 }
             }
         }
@@ -485,7 +546,10 @@ impl KafkaChangelogReader {
                 KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
             ));
         }
-        Ok(ChangelogBatch { records, end: self.at_end })
+        Ok(ChangelogBatch {
+            records,
+            end: self.at_end,
+        })
     }
 }
 
@@ -494,7 +558,10 @@ impl ChangelogReader for KafkaChangelogReader {
     /// the last batch's base offset + 1, so the true end comes by EOF).
     fn end_estimate(&mut self) -> Option<Offset> {
         let p = self.location.partition.0 as i32;
-        self.consumer.fetch_watermarks(&self.topic, p, self.read_timeout).ok().map(|(_, high)| Offset(high.max(0) as u64))
+        self.consumer
+            .fetch_watermarks(&self.topic, p, self.read_timeout)
+            .ok()
+            .map(|(_, high)| Offset(high.max(0) as u64))
     }
 
     fn read(&mut self, from: Offset, max: usize) -> strata_state::Result<ChangelogBatch> {

@@ -23,18 +23,51 @@ use crate::{Error, Result};
 /// librdkafka keys the engine sets itself because correctness depends on
 /// them; [`KafkaConfig::overrides`] may not name them.
 const PROTECTED: &[(&str, &str)] = &[
-    ("bootstrap.servers", "set `KafkaConfig::bootstrap_servers` instead"),
-    ("metadata.broker.list", "set `KafkaConfig::bootstrap_servers` instead"),
+    (
+        "bootstrap.servers",
+        "set `KafkaConfig::bootstrap_servers` instead",
+    ),
+    (
+        "metadata.broker.list",
+        "set `KafkaConfig::bootstrap_servers` instead",
+    ),
     ("group.id", "the engine names its consumer groups itself"),
-    ("enable.auto.commit", "the engine commits offsets only after a commit is durable"),
-    ("enable.auto.offset.store", "the engine stores offsets only after a commit is durable"),
-    ("isolation.level", "the engine must not read aborted transactional records"),
-    ("enable.partition.eof", "the engine finds a partition's end by the fetch path's EOF"),
-    ("enable.idempotence", "changelog appends rely on idempotent, ordered produces"),
-    ("acks", "changelog appends must be acknowledged by all in-sync replicas"),
-    ("request.required.acks", "changelog appends must be acknowledged by all in-sync replicas"),
-    ("auto.offset.reset", "restores must fail, not skip, when an offset is out of range"),
-    ("partition.assignment.strategy", "the engine's rebalance handling is incremental (cooperative-sticky)"),
+    (
+        "enable.auto.commit",
+        "the engine commits offsets only after a commit is durable",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the engine stores offsets only after a commit is durable",
+    ),
+    (
+        "isolation.level",
+        "the engine must not read aborted transactional records",
+    ),
+    (
+        "enable.partition.eof",
+        "the engine finds a partition's end by the fetch path's EOF",
+    ),
+    (
+        "enable.idempotence",
+        "changelog appends rely on idempotent, ordered produces",
+    ),
+    (
+        "acks",
+        "changelog appends must be acknowledged by all in-sync replicas",
+    ),
+    (
+        "request.required.acks",
+        "changelog appends must be acknowledged by all in-sync replicas",
+    ),
+    (
+        "auto.offset.reset",
+        "restores must fail, not skip, when an offset is out of range",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the engine's rebalance handling is incremental (cooperative-sticky)",
+    ),
 ];
 
 /// The codec used to compress produced record batches.
@@ -144,7 +177,10 @@ impl KafkaConfig {
     pub fn validate(&self) -> Result<()> {
         let servers: Vec<&str> = self.bootstrap_servers.split(',').map(str::trim).collect();
         if self.bootstrap_servers.trim().is_empty() {
-            return Err(Error::config("bootstrap_servers", "is empty: give at least one host:port"));
+            return Err(Error::config(
+                "bootstrap_servers",
+                "is empty: give at least one host:port",
+            ));
         }
         if let Some(bad) = servers.iter().find(|s| !is_host_port(s)) {
             return Err(Error::config(
@@ -156,12 +192,20 @@ impl KafkaConfig {
         if self.client_id_prefix.is_empty() || !self.client_id_prefix.chars().all(id_ok) {
             return Err(Error::config(
                 "client_id_prefix",
-                format!("{:?} must be 1 or more characters of [A-Za-z0-9._-]", self.client_id_prefix),
+                format!(
+                    "{:?} must be 1 or more characters of [A-Za-z0-9._-]",
+                    self.client_id_prefix
+                ),
             ));
         }
         check_ms("session_timeout", self.session_timeout, 1, 3_600_000)?;
         check_ms("request_timeout", self.request_timeout, 10, 300_000)?;
-        check_ms("delivery_timeout", self.delivery_timeout, 1, i32::MAX as u64)?;
+        check_ms(
+            "delivery_timeout",
+            self.delivery_timeout,
+            1,
+            i32::MAX as u64,
+        )?;
         check_ms("read_timeout", self.read_timeout, 1, u32::MAX as u64)?;
         check_ms("fetch_queue_backoff", self.fetch_queue_backoff, 0, 300_000)?;
         check_ms("linger", self.linger, 0, 900_000)?;
@@ -180,7 +224,10 @@ impl KafkaConfig {
                 return Err(Error::config("overrides", "contains an empty key"));
             }
             if let Some((_, why)) = PROTECTED.iter().find(|(k, _)| k == key) {
-                return Err(Error::config(format!("overrides.{key}"), format!("cannot be overridden: {why}")));
+                return Err(Error::config(
+                    format!("overrides.{key}"),
+                    format!("cannot be overridden: {why}"),
+                ));
             }
         }
         Ok(())
@@ -232,7 +279,11 @@ impl KafkaConfig {
     /// rebalance only moves the partitions that must move; a partition
     /// without a committed offset starts at its earliest record; EOF events
     /// are emitted when `partition_eof`.
-    pub(crate) fn group_consumer(&self, group_id: &str, partition_eof: bool) -> Result<ClientConfig> {
+    pub(crate) fn group_consumer(
+        &self,
+        group_id: &str,
+        partition_eof: bool,
+    ) -> Result<ClientConfig> {
         if group_id.trim().is_empty() {
             return Err(Error::config("group.id", "is empty"));
         }
@@ -245,10 +296,14 @@ impl KafkaConfig {
             // for two missed heartbeats.
             .set(
                 "heartbeat.interval.ms",
-                ms((self.session_timeout / 3).clamp(Duration::from_millis(1), Duration::from_secs(3))),
+                ms((self.session_timeout / 3)
+                    .clamp(Duration::from_millis(1), Duration::from_secs(3))),
             )
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", if partition_eof { "true" } else { "false" });
+            .set(
+                "enable.partition.eof",
+                if partition_eof { "true" } else { "false" },
+            );
         Ok(self.finish(c))
     }
 
@@ -314,7 +369,10 @@ fn is_host_port(s: &str) -> bool {
 fn check_ms(key: &str, d: Duration, min: u64, max: u64) -> Result<()> {
     let v = d.as_millis();
     if v < u128::from(min) || v > u128::from(max) {
-        return Err(Error::config(key, format!("{v} ms is outside {min}..={max} ms")));
+        return Err(Error::config(
+            key,
+            format!("{v} ms is outside {min}..={max} ms"),
+        ));
     }
     Ok(())
 }
@@ -332,9 +390,10 @@ where
     C: ClientContext,
 {
     T::from_config_and_context(config, context).map_err(|e| match e {
-        KafkaError::ClientConfig(_, desc, key, value) => {
-            Error::config(format!("overrides.{key}"), format!("librdkafka refused {value:?}: {desc}"))
-        }
+        KafkaError::ClientConfig(_, desc, key, value) => Error::config(
+            format!("overrides.{key}"),
+            format!("librdkafka refused {value:?}: {desc}"),
+        ),
         e => Error::kafka(format!("creating the {what}"), e),
     })
 }
@@ -351,7 +410,10 @@ impl ClientContext for TracingContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // A restore reaching the end of its partition is the expected way
         // to find the end, not a problem.
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PartitionEOF)) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::debug!(%error, reason, "end of partition");
             return;
         }
@@ -365,14 +427,21 @@ impl ConsumerContext for TracingContext {}
 /// engine call this from their own `ClientContext::log`.
 pub(crate) fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
             tracing::error!(target: "librdkafka", facility, message, "librdkafka");
         }
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, message, "librdkafka"),
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", facility, message, "librdkafka")
+        }
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
             tracing::info!(target: "librdkafka", facility, message, "librdkafka");
         }
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, message, "librdkafka"),
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", facility, message, "librdkafka")
+        }
     }
 }
 
@@ -400,7 +469,10 @@ mod tests {
         let g = valid().group_consumer("app", true).unwrap();
         assert_eq!(g.get("enable.auto.commit"), Some("false"));
         assert_eq!(g.get("enable.auto.offset.store"), Some("false"));
-        assert_eq!(g.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(
+            g.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
         assert_eq!(g.get("isolation.level"), Some("read_committed"));
         assert_eq!(g.get("enable.partition.eof"), Some("true"));
         assert_eq!(g.get("fetch.queue.backoff.ms"), Some("10"));
@@ -413,7 +485,15 @@ mod tests {
 
     #[test]
     fn bad_bootstrap_names_the_key() {
-        for bad in ["", "  ", "localhost", "host:", ":9092", "a:1,,b:2", "h:99999"] {
+        for bad in [
+            "",
+            "  ",
+            "localhost",
+            "host:",
+            ":9092",
+            "a:1,,b:2",
+            "h:99999",
+        ] {
             let mut c = valid();
             c.bootstrap_servers = bad.into();
             assert_eq!(key_of(c.validate()), "bootstrap_servers", "{bad:?}");
@@ -439,11 +519,16 @@ mod tests {
     #[test]
     fn protected_overrides_are_refused_others_pass_through() {
         let mut c = valid();
-        c.overrides.insert("enable.auto.commit".into(), "true".into());
+        c.overrides
+            .insert("enable.auto.commit".into(), "true".into());
         assert_eq!(key_of(c.validate()), "overrides.enable.auto.commit");
         let mut c = valid();
-        c.overrides.insert("socket.keepalive.enable".into(), "true".into());
-        assert_eq!(c.producer().unwrap().get("socket.keepalive.enable"), Some("true"));
+        c.overrides
+            .insert("socket.keepalive.enable".into(), "true".into());
+        assert_eq!(
+            c.producer().unwrap().get("socket.keepalive.enable"),
+            Some("true")
+        );
     }
 
     #[test]
@@ -451,7 +536,8 @@ mod tests {
         let mut c = valid();
         c.overrides.insert("no.such.setting".into(), "1".into());
         let cfg = c.admin().unwrap();
-        let r: Result<rdkafka::admin::AdminClient<TracingContext>> = create(&cfg, TracingContext, "admin client");
+        let r: Result<rdkafka::admin::AdminClient<TracingContext>> =
+            create(&cfg, TracingContext, "admin client");
         match r {
             Err(Error::Config { key, .. }) => assert_eq!(key, "overrides.no.such.setting"),
             Err(e) => panic!("expected a config error, got {e}"),

@@ -14,14 +14,17 @@ pub struct EmbeddedKafka {
 
 impl std::fmt::Debug for EmbeddedKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedKafka").field("bootstrap", &self.cluster.bootstrap_servers()).finish()
+        f.debug_struct("EmbeddedKafka")
+            .field("bootstrap", &self.cluster.bootstrap_servers())
+            .finish()
     }
 }
 
 impl EmbeddedKafka {
     /// Starts a cluster of `brokers` brokers on loopback.
     pub fn start(brokers: u8) -> Result<EmbeddedKafka> {
-        let cluster = MockCluster::new(brokers.max(1) as i32).map_err(|e| Error::kafka("starting the embedded cluster", e))?;
+        let cluster = MockCluster::new(brokers.max(1) as i32)
+            .map_err(|e| Error::kafka("starting the embedded cluster", e))?;
         Ok(EmbeddedKafka { cluster })
     }
 
@@ -35,11 +38,20 @@ impl EmbeddedKafka {
     /// and the owner directory topic, with one:
     /// the mock cluster does not serve the admin API's CreateTopics or
     /// DescribeConfigs, so run the app with `manage_topics` off.
-    pub fn create_app_topics(&self, config: &crate::AppConfig, topology: &crate::Topology, partitions: u32) -> Result<()> {
+    pub fn create_app_topics(
+        &self,
+        config: &crate::AppConfig,
+        topology: &crate::Topology,
+        partitions: u32,
+    ) -> Result<()> {
         for t in topology.table_names() {
             self.create_topic(&config.changelog_topic(&t), partitions)?;
         }
-        for t in topology.output_topics().into_iter().chain([config.dlq_topic()]) {
+        for t in topology
+            .output_topics()
+            .into_iter()
+            .chain([config.dlq_topic()])
+        {
             self.create_topic(&config.physical(&t), partitions)?;
         }
         // The mock cluster cannot set cleanup.policy; a directory topic

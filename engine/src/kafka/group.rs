@@ -11,9 +11,9 @@
 //! is lost. If a worker stops on an error, the poll loop stops the others
 //! and the instance leaves the group, so its partitions move elsewhere.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -37,8 +37,17 @@ pub(crate) struct GroupContext {
 }
 
 impl GroupContext {
-    pub fn new(registry: crate::registry::Registry, workers: Vec<mpsc::SyncSender<Command>>, revoke_timeout: Duration) -> Self {
-        GroupContext { registry, workers, consumer: std::sync::OnceLock::new(), revoke_timeout }
+    pub fn new(
+        registry: crate::registry::Registry,
+        workers: Vec<mpsc::SyncSender<Command>>,
+        revoke_timeout: Duration,
+    ) -> Self {
+        GroupContext {
+            registry,
+            workers,
+            consumer: std::sync::OnceLock::new(),
+            revoke_timeout,
+        }
     }
 
     /// Lets the context reach its consumer (call once, before subscribing).
@@ -69,7 +78,10 @@ impl GroupContext {
 }
 
 fn elements(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for GroupContext {
@@ -87,7 +99,8 @@ impl ClientContext for GroupContext {
         for (topic, t) in &statistics.topics {
             for (p, s) in &t.partitions {
                 if *p >= 0 && s.consumer_lag >= 0 {
-                    self.registry.set_lag(topic, Partition(*p as u32), s.consumer_lag as u64);
+                    self.registry
+                        .set_lag(topic, Partition(*p as u32), s.consumer_lag as u64);
                 }
             }
         }
@@ -112,21 +125,40 @@ impl ConsumerContext for GroupContext {
                         continue;
                     }
                     let (tx, rx) = mpsc::channel();
-                    match self.send(w, Command::Revoke { parts: mine, ack: tx }, started + self.revoke_timeout) {
+                    match self.send(
+                        w,
+                        Command::Revoke {
+                            parts: mine,
+                            ack: tx,
+                        },
+                        started + self.revoke_timeout,
+                    ) {
                         Sent::Yes => acks.push(rx),
                         // The worker has stopped (the app is shutting down):
                         // it committed and released its tasks already.
-                        Sent::Stopped => tracing::debug!(worker = w, "worker already stopped; nothing to release"),
-                        Sent::TimedOut => tracing::error!(worker = w, "cannot reach a worker to release revoked partitions in time"),
+                        Sent::Stopped => tracing::debug!(
+                            worker = w,
+                            "worker already stopped; nothing to release"
+                        ),
+                        Sent::TimedOut => tracing::error!(
+                            worker = w,
+                            "cannot reach a worker to release revoked partitions in time"
+                        ),
                     }
                 }
                 for rx in acks {
                     let left = self.revoke_timeout.saturating_sub(started.elapsed());
                     if rx.recv_timeout(left).is_err() {
-                        tracing::error!(timeout_ms = self.revoke_timeout.as_millis() as u64, "a worker did not release revoked partitions in time");
+                        tracing::error!(
+                            timeout_ms = self.revoke_timeout.as_millis() as u64,
+                            "a worker did not release revoked partitions in time"
+                        );
                     }
                 }
-                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "revocation complete");
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "revocation complete"
+                );
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
             Rebalance::Assign(_) => {}
@@ -147,7 +179,11 @@ impl ConsumerContext for GroupContext {
                     tracing::error!(%topic, partition = p, "cannot split the partition's queue");
                     continue;
                 };
-                let cmd = Command::Assign { topic: Arc::from(topic.as_str()), partition: Partition(p as u32), queue: Box::new(queue) };
+                let cmd = Command::Assign {
+                    topic: Arc::from(topic.as_str()),
+                    partition: Partition(p as u32),
+                    queue: Box::new(queue),
+                };
                 if self.send(self.worker_of(p), cmd, deadline) != Sent::Yes {
                     tracing::error!(%topic, partition = p, "cannot hand an assigned partition to its worker");
                 }
@@ -155,7 +191,11 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             tracing::warn!(error = %e, offsets = ?elements(offsets), "offset commit failed; the next commit retries");
         }
@@ -192,7 +232,9 @@ pub(crate) fn run_poll_loop(
                     let _ = rx.recv_timeout(Duration::from_secs(60));
                 }
             }
-            return Err(Error::Stopped("a worker failed; the instance left its group".into()));
+            return Err(Error::Stopped(
+                "a worker failed; the instance left its group".into(),
+            ));
         }
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => {
@@ -214,12 +256,26 @@ pub(crate) fn run_poll_loop(
 /// failure is logged by the commit callback and covered by the task's next
 /// commit), synchronously when the task is released, so the next owner
 /// starts exactly after it.
-pub(crate) fn commit_positions(consumer: &GroupConsumer, positions: &[strata_state::InputOffset], sync: bool) -> Result<()> {
+pub(crate) fn commit_positions(
+    consumer: &GroupConsumer,
+    positions: &[strata_state::InputOffset],
+    sync: bool,
+) -> Result<()> {
     let mut tpl = TopicPartitionList::with_capacity(positions.len());
     for p in positions {
-        tpl.add_partition_offset(&p.topic, p.partition.0 as i32, rdkafka::Offset::Offset(p.next.0 as i64))
-            .map_err(|e| Error::kafka("building an offset commit", e))?;
+        tpl.add_partition_offset(
+            &p.topic,
+            p.partition.0 as i32,
+            rdkafka::Offset::Offset(p.next.0 as i64),
+        )
+        .map_err(|e| Error::kafka("building an offset commit", e))?;
     }
-    let mode = if sync { rdkafka::consumer::CommitMode::Sync } else { rdkafka::consumer::CommitMode::Async };
-    consumer.commit(&tpl, mode).map_err(|e| Error::kafka("committing offsets", e))
+    let mode = if sync {
+        rdkafka::consumer::CommitMode::Sync
+    } else {
+        rdkafka::consumer::CommitMode::Async
+    };
+    consumer
+        .commit(&tpl, mode)
+        .map_err(|e| Error::kafka("committing offsets", e))
 }

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 
 use super::client::{KafkaConfig, log_to_tracing};
 use crate::context::OutRecord;
@@ -49,7 +49,9 @@ pub struct OutputProducer {
 
 impl std::fmt::Debug for OutputProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutputProducer").field("topics", &self.topics).finish_non_exhaustive()
+        f.debug_struct("OutputProducer")
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,12 +60,21 @@ impl OutputProducer {
     pub fn new(config: &KafkaConfig, topics: BTreeMap<String, String>) -> Result<OutputProducer> {
         let mut c = config.producer()?;
         c.set("partitioner", "murmur2_random");
-        let inner = c.create_with_context(OutputContext).map_err(|e| Error::kafka("creating the output producer", e))?;
-        Ok(OutputProducer { inner, topics, delivery_timeout: config.delivery_timeout })
+        let inner = c
+            .create_with_context(OutputContext)
+            .map_err(|e| Error::kafka("creating the output producer", e))?;
+        Ok(OutputProducer {
+            inner,
+            topics,
+            delivery_timeout: config.delivery_timeout,
+        })
     }
 
     fn physical<'a>(&'a self, logical: &'a str) -> &'a str {
-        self.topics.get(logical).map(String::as_str).unwrap_or(logical)
+        self.topics
+            .get(logical)
+            .map(String::as_str)
+            .unwrap_or(logical)
     }
 
     /// Sends `records` and waits until all are acknowledged.
@@ -73,11 +84,17 @@ impl OutputProducer {
         }
         let deadline = Instant::now() + self.delivery_timeout + Duration::from_secs(1);
         let (tx, rx) = mpsc::channel();
-        let unknown = |what: String| Error::OutcomeUnknown { context: what, timeout_ms: self.delivery_timeout.as_millis() as u64 };
+        let unknown = |what: String| Error::OutcomeUnknown {
+            context: what,
+            timeout_ms: self.delivery_timeout.as_millis() as u64,
+        };
         for r in records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
             }
             let topic = self.physical(&r.topic);
             let mut rec: BaseRecord<'_, [u8], [u8], Box<mpsc::Sender<Report>>> =
@@ -93,7 +110,9 @@ impl OutputProducer {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         if Instant::now() > deadline {
-                            return Err(unknown(format!("producing to {topic}: the local queue stayed full")));
+                            return Err(unknown(format!(
+                                "producing to {topic}: the local queue stayed full"
+                            )));
                         }
                         std::thread::sleep(Duration::from_millis(1));
                         rec = back;
@@ -108,7 +127,10 @@ impl OutputProducer {
             match rx.recv_timeout(left) {
                 Ok(Ok(())) => {}
                 Ok(Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))) => {
-                    return Err(unknown(format!("producing {} outputs: a record timed out in the producer", records.len())));
+                    return Err(unknown(format!(
+                        "producing {} outputs: a record timed out in the producer",
+                        records.len()
+                    )));
                 }
                 Ok(Err(e)) => return Err(Error::kafka("producing outputs", e)),
                 Err(_) => return Err(unknown(format!("producing {} outputs", records.len()))),
@@ -119,6 +141,8 @@ impl OutputProducer {
 
     /// Waits for everything in flight, up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.inner.flush(timeout).map_err(|e| Error::kafka("flushing outputs", e))
+        self.inner
+            .flush(timeout)
+            .map_err(|e| Error::kafka("flushing outputs", e))
     }
 }

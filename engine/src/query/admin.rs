@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use strata_proto::v1 as pb;
 use prost::Message;
+use strata_proto::v1 as pb;
 use strata_state::{Partition, Version};
 
 use super::context::{QueryContext, blocking};
@@ -19,7 +19,10 @@ use super::error::QueryError;
 use super::scan::{check_single, targets};
 
 /// Rewind: plans or applies a rewind in every partition concerned.
-pub(crate) async fn rewind(ctx: Arc<QueryContext>, req: pb::RewindRequest) -> Result<pb::RewindResponse, QueryError> {
+pub(crate) async fn rewind(
+    ctx: Arc<QueryContext>,
+    req: pb::RewindRequest,
+) -> Result<pb::RewindResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
     if req.replay {
         return Err(QueryError::Unimplemented(
@@ -28,7 +31,9 @@ pub(crate) async fn rewind(ctx: Arc<QueryContext>, req: pb::RewindRequest) -> Re
     }
     let at = match req.to.and_then(|a| a.point) {
         None | Some(pb::at::Point::Latest(_)) => {
-            return Err(QueryError::invalid("a rewind needs `to`: an earlier version or time (not latest)"));
+            return Err(QueryError::invalid(
+                "a rewind needs `to`: an earlier version or time (not latest)",
+            ));
         }
         Some(p) => convert::at(Some(pb::At { point: Some(p) })),
     };
@@ -43,13 +48,20 @@ pub(crate) async fn rewind(ctx: Arc<QueryContext>, req: pb::RewindRequest) -> Re
     } else {
         req.max_listed_changes.min(ctx.limits.max_rewind_listed)
     } as usize;
-    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+    let render = Render {
+        meta,
+        repr: Repr::of(req.options.as_ref()),
+    };
 
     // Listed changes share the reply budget; counts stay complete.
     let mut budget = ctx.reply_budget();
     let mut partitions = Vec::with_capacity(targets.len());
     for p in targets {
-        let expect = req.expect_latest.iter().find(|e| e.partition == p.0).map(|e| Version(e.version));
+        let expect = req
+            .expect_latest
+            .iter()
+            .find(|e| e.partition == p.0)
+            .map(|e| Version(e.version));
         let outcome = match ctx.reader(&meta.name, p) {
             // Only an up-to-date owner rewinds.
             Err(e) => Err(e),
@@ -60,7 +72,15 @@ pub(crate) async fn rewind(ctx: Arc<QueryContext>, req: pb::RewindRequest) -> Re
             }
         };
         match outcome {
-            Ok(plan) => partitions.push(result(&ctx, &render, p, plan, req.dry_run, listed, &mut budget)),
+            Ok(plan) => partitions.push(result(
+                &ctx,
+                &render,
+                p,
+                plan,
+                req.dry_run,
+                listed,
+                &mut budget,
+            )),
             // One partition asked for: its failure is the call's.
             Err(e) if req.partition.is_some() || single.is_some() => return Err(e),
             Err(e) => partitions.push(pb::PartitionRewind {
@@ -71,7 +91,10 @@ pub(crate) async fn rewind(ctx: Arc<QueryContext>, req: pb::RewindRequest) -> Re
             }),
         }
     }
-    Ok(pb::RewindResponse { dry_run: req.dry_run, partitions })
+    Ok(pb::RewindResponse {
+        dry_run: req.dry_run,
+        partitions,
+    })
 }
 
 fn result(

@@ -26,21 +26,36 @@ pub(crate) struct QueryContext {
 impl QueryContext {
     pub(crate) fn new(app: AppHandle, local: std::net::SocketAddr) -> QueryContext {
         let config = &app.config;
-        let id = config
-            .instance_id
+        let id = config.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}-{}",
+                config.application_id,
+                std::process::id(),
+                local.port()
+            )
+        });
+        let endpoint = config
+            .advertised_endpoint
             .clone()
-            .unwrap_or_else(|| format!("{}-{}-{}", config.application_id, std::process::id(), local.port()));
-        let endpoint = config.advertised_endpoint.clone().unwrap_or_else(|| format!("http://{local}"));
+            .unwrap_or_else(|| format!("http://{local}"));
         let instance = pb::Instance { id, endpoint };
-        QueryContext { limits: config.query.clone(), instance, app }
+        QueryContext {
+            limits: config.query.clone(),
+            instance,
+            app,
+        }
     }
 
     /// The table named `name`.
     pub(crate) fn table(&self, name: &str) -> Result<&TableMeta, QueryError> {
-        self.app.tables.iter().find(|t| t.name == name).ok_or_else(|| QueryError::UnknownTable {
-            table: name.to_string(),
-            known: self.app.tables.iter().map(|t| t.name.clone()).collect(),
-        })
+        self.app
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| QueryError::UnknownTable {
+                table: name.to_string(),
+                known: self.app.tables.iter().map(|t| t.name.clone()).collect(),
+            })
     }
 
     /// The number of partitions of every table.
@@ -68,13 +83,21 @@ impl QueryContext {
     /// failing that the key's table bytes are taken as its record key
     /// (right when both encodings agree, such as `String` keys with the
     /// `Utf8` codec).
-    pub(crate) fn partition_of_key(&self, meta: &TableMeta, key: &[u8]) -> Result<Partition, QueryError> {
+    pub(crate) fn partition_of_key(
+        &self,
+        meta: &TableMeta,
+        key: &[u8],
+    ) -> Result<Partition, QueryError> {
         let n = self.partitions();
         if let Some(f) = &meta.codecs.partition_key {
-            let record_key = f(key).map_err(|e| QueryError::invalid(format!("key for table {:?}: {e}", meta.name)))?;
+            let record_key = f(key)
+                .map_err(|e| QueryError::invalid(format!("key for table {:?}: {e}", meta.name)))?;
             return Ok(partition_for(&record_key, n));
         }
-        let probe = strata_state::HistoryQuery { limit: 1, ..Default::default() };
+        let probe = strata_state::HistoryQuery {
+            limit: 1,
+            ..Default::default()
+        };
         for p in 0..n {
             if let Some(r) = self.app.registry.reader(&meta.name, Partition(p))
                 && !r.history(key, &probe)?.entries.is_empty()
@@ -87,27 +110,47 @@ impl QueryContext {
 
     /// The reader of partition `p` of `table` if it is owned here and
     /// running; otherwise why not.
-    pub(crate) fn reader(&self, table: &str, p: Partition) -> Result<PartitionReader<RocksStore>, QueryError> {
+    pub(crate) fn reader(
+        &self,
+        table: &str,
+        p: Partition,
+    ) -> Result<PartitionReader<RocksStore>, QueryError> {
         if let Some(r) = self.app.registry.reader(table, p) {
             return Ok(r);
         }
         match self.local_state(table, p) {
-            Some(PartitionState::Restoring { records, rate }) => {
-                Err(QueryError::Restoring { table: table.to_string(), partition: p, records, rate })
-            }
+            Some(PartitionState::Restoring { records, rate }) => Err(QueryError::Restoring {
+                table: table.to_string(),
+                partition: p,
+                records,
+                rate,
+            }),
             // Running again by now, or gone: either way not readable at
             // the moment it was asked.
-            _ => Err(QueryError::NotLocal { table: table.to_string(), partition: p }),
+            _ => Err(QueryError::NotLocal {
+                table: table.to_string(),
+                partition: p,
+            }),
         }
     }
 
     /// The state of partition `p` of `table` on this instance, if owned here.
     pub(crate) fn local_state(&self, table: &str, p: Partition) -> Option<PartitionState> {
-        self.app.registry.partitions().into_iter().find(|(t, q, _)| t == table && *q == p).map(|(_, _, s)| s)
+        self.app
+            .registry
+            .partitions()
+            .into_iter()
+            .find(|(t, q, _)| t == table && *q == p)
+            .map(|(_, _, s)| s)
     }
 
     /// Who served a read of partition `p` at `read_version`.
-    pub(crate) fn served(&self, p: Partition, reader: &PartitionReader<RocksStore>, read_version: Version) -> pb::Served {
+    pub(crate) fn served(
+        &self,
+        p: Partition,
+        reader: &PartitionReader<RocksStore>,
+        read_version: Version,
+    ) -> pb::Served {
         pb::Served {
             partition: p.0,
             instance: Some(self.instance.clone()),
@@ -124,7 +167,11 @@ impl QueryContext {
     pub(crate) fn unavailable(&self, p: Partition, e: &QueryError) -> pb::UnavailablePartition {
         let status = super::error::to_status(e);
         let restoring = match e {
-            QueryError::Restoring { records, rate, .. } => Some(pb::Restoring { records: *records, rate: *rate, remaining: None }),
+            QueryError::Restoring { records, rate, .. } => Some(pb::Restoring {
+                records: *records,
+                rate: *rate,
+                remaining: None,
+            }),
             _ => None,
         };
         pb::UnavailablePartition {
@@ -139,7 +186,11 @@ impl QueryContext {
     /// A page size from a request: 0 means the default; larger than the
     /// maximum is clamped.
     pub(crate) fn page_size(&self, asked: u32) -> usize {
-        let n = if asked == 0 { self.limits.default_page_size } else { asked.min(self.limits.max_page_size) };
+        let n = if asked == 0 {
+            self.limits.default_page_size
+        } else {
+            asked.min(self.limits.max_page_size)
+        };
         n as usize
     }
 
@@ -156,5 +207,7 @@ where
     F: FnOnce() -> Result<T, QueryError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(|e| QueryError::Internal(format!("a read task failed: {e}")))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| QueryError::Internal(format!("a read task failed: {e}")))?
 }

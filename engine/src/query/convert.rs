@@ -52,9 +52,12 @@ impl From<pb::key_bound::KeyRef> for KeyInput {
 /// The table bytes of a key, checked against the table's key codec.
 pub(crate) fn key_bytes(meta: &TableMeta, key: Option<KeyInput>) -> Result<Vec<u8>, QueryError> {
     match key {
-        None => Err(QueryError::invalid("no key: set `key` (bytes in the table's key codec) or `key_json`")),
-        Some(KeyInput::Json(text)) => (meta.codecs.key_from_json)(&text)
-            .map_err(|e| QueryError::invalid(format!("key_json {text:?} for table {:?}: {e}", meta.name))),
+        None => Err(QueryError::invalid(
+            "no key: set `key` (bytes in the table's key codec) or `key_json`",
+        )),
+        Some(KeyInput::Json(text)) => (meta.codecs.key_from_json)(&text).map_err(|e| {
+            QueryError::invalid(format!("key_json {text:?} for table {:?}: {e}", meta.name))
+        }),
         Some(KeyInput::Bytes(bytes)) => {
             (meta.codecs.key_to_json)(&bytes).map_err(|e| {
                 QueryError::invalid(format!(
@@ -86,7 +89,10 @@ pub(crate) fn point(p: Option<pb::Point>) -> Option<Point> {
 }
 
 /// The keys a filter selects, and the key itself when it names exactly one.
-pub(crate) fn key_filter(meta: &TableMeta, f: Option<pb::KeyFilter>) -> Result<(KeyRange, Option<Vec<u8>>), QueryError> {
+pub(crate) fn key_filter(
+    meta: &TableMeta,
+    f: Option<pb::KeyFilter>,
+) -> Result<(KeyRange, Option<Vec<u8>>), QueryError> {
     use pb::key_filter::Filter;
     Ok(match f.and_then(|f| f.filter) {
         None => (KeyRange::all(), None),
@@ -103,16 +109,34 @@ pub(crate) fn key_filter(meta: &TableMeta, f: Option<pb::KeyFilter>) -> Result<(
 }
 
 fn single(k: Vec<u8>) -> (KeyRange, Option<Vec<u8>>) {
-    (KeyRange { start: Bound::Included(k.clone()), end: Bound::Included(k.clone()) }, Some(k))
+    (
+        KeyRange {
+            start: Bound::Included(k.clone()),
+            end: Bound::Included(k.clone()),
+        },
+        Some(k),
+    )
 }
 
-fn bound(meta: &TableMeta, b: Option<pb::KeyBound>, is_start: bool) -> Result<Bound<Vec<u8>>, QueryError> {
-    let Some(b) = b else { return Ok(Bound::Unbounded) };
+fn bound(
+    meta: &TableMeta,
+    b: Option<pb::KeyBound>,
+    is_start: bool,
+) -> Result<Bound<Vec<u8>>, QueryError> {
+    let Some(b) = b else {
+        return Ok(Bound::Unbounded);
+    };
     let Some(k) = b.key_ref else {
-        return Err(QueryError::invalid("a key range bound without a key: set its `key` or `key_json`, or leave the bound unset"));
+        return Err(QueryError::invalid(
+            "a key range bound without a key: set its `key` or `key_json`, or leave the bound unset",
+        ));
     };
     let key = key_bytes(meta, Some(k.into()))?;
-    Ok(if b.inclusive.unwrap_or(is_start) { Bound::Included(key) } else { Bound::Excluded(key) })
+    Ok(if b.inclusive.unwrap_or(is_start) {
+        Bound::Included(key)
+    } else {
+        Bound::Excluded(key)
+    })
 }
 
 /// Which representations a reply carries.
@@ -125,9 +149,18 @@ pub(crate) struct Repr {
 impl Repr {
     pub(crate) fn of(options: Option<&pb::RequestOptions>) -> Repr {
         match options.map(|o| o.representation()).unwrap_or_default() {
-            pb::Representation::Bytes => Repr { bytes: true, json: false },
-            pb::Representation::Json => Repr { bytes: false, json: true },
-            pb::Representation::Unspecified | pb::Representation::Both => Repr { bytes: true, json: true },
+            pb::Representation::Bytes => Repr {
+                bytes: true,
+                json: false,
+            },
+            pb::Representation::Json => Repr {
+                bytes: false,
+                json: true,
+            },
+            pb::Representation::Unspecified | pb::Representation::Both => Repr {
+                bytes: true,
+                json: true,
+            },
         }
     }
 }
@@ -141,7 +174,11 @@ pub(crate) struct Render<'a> {
 
 impl Render<'_> {
     pub(crate) fn key(&self, key: &[u8]) -> Vec<u8> {
-        if self.repr.bytes { key.to_vec() } else { Vec::new() }
+        if self.repr.bytes {
+            key.to_vec()
+        } else {
+            Vec::new()
+        }
     }
 
     /// The key as JSON; empty when not asked for or not renderable (which
@@ -183,7 +220,13 @@ impl Render<'_> {
     /// An entry of a history listing (a deletion has no value).
     pub(crate) fn history_entry(&self, h: strata_state::HistoryEntry) -> pb::Entry {
         match h.value {
-            Some(value) => self.entry(Versioned { version: h.version, time: h.time, flags: h.flags, lineage: h.lineage, value }),
+            Some(value) => self.entry(Versioned {
+                version: h.version,
+                time: h.time,
+                flags: h.flags,
+                lineage: h.lineage,
+                value,
+            }),
             None => pb::Entry {
                 version: h.version.0,
                 time_ms: h.time.0,
@@ -198,9 +241,16 @@ impl Render<'_> {
 }
 
 fn flags(f: VersionFlags) -> pb::Flags {
-    pb::Flags { rewind: f.contains(VersionFlags::REWIND), replay: f.contains(VersionFlags::REPLAY) }
+    pb::Flags {
+        rewind: f.contains(VersionFlags::REWIND),
+        replay: f.contains(VersionFlags::REPLAY),
+    }
 }
 
 fn lineage(l: strata_state::Lineage) -> pb::Lineage {
-    pb::Lineage { topic: l.topic, partition: l.partition.0, offset: l.offset.0 }
+    pb::Lineage {
+        topic: l.topic,
+        partition: l.partition.0,
+        offset: l.offset.0,
+    }
 }

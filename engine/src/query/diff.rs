@@ -43,18 +43,35 @@ struct DiffCursor {
 }
 
 /// Diff: one page of changed keys.
-pub(crate) async fn diff(ctx: Arc<QueryContext>, req: pb::DiffRequest) -> Result<pb::DiffResponse, QueryError> {
+pub(crate) async fn diff(
+    ctx: Arc<QueryContext>,
+    req: pb::DiffRequest,
+) -> Result<pb::DiffResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
-    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+    let render = Render {
+        meta,
+        repr: Repr::of(req.options.as_ref()),
+    };
     let (range, single) = convert::key_filter(meta, req.keys.clone())?;
     let page_size = ctx.page_size(req.page_size);
-    let identity = token::identity(&pb::DiffRequest { page_size: 0, page_token: Vec::new(), options: None, ..req.clone() });
+    let identity = token::identity(&pb::DiffRequest {
+        page_size: 0,
+        page_token: Vec::new(),
+        options: None,
+        ..req.clone()
+    });
 
     let mut unavailable = Vec::new();
     let mut jobs: Vec<(DiffPart, Option<PartitionReader<RocksStore>>)> = Vec::new();
     let missing = if req.page_token.is_empty() {
-        let Some(from) = req.from.and_then(|a| a.point).map(|p| convert::at(Some(pb::At { point: Some(p) }))) else {
-            return Err(QueryError::invalid("a diff needs `from`: the earlier point (a version or a time)"));
+        let Some(from) = req
+            .from
+            .and_then(|a| a.point)
+            .map(|p| convert::at(Some(pb::At { point: Some(p) })))
+        else {
+            return Err(QueryError::invalid(
+                "a diff needs `from`: the earlier point (a version or a time)",
+            ));
         };
         let to = convert::at(req.to);
         let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
@@ -70,7 +87,16 @@ pub(crate) async fn diff(ctx: Arc<QueryContext>, req: pb::DiffRequest) -> Result
                             "`from` resolves to {a} and `to` to {b} in partition {p}: `from` must not be later than `to`"
                         )));
                     }
-                    jobs.push((DiffPart { partition: p.0, from: a.0, to: b.0, after: None, done: false }, Some(r)));
+                    jobs.push((
+                        DiffPart {
+                            partition: p.0,
+                            from: a.0,
+                            to: b.0,
+                            after: None,
+                            done: false,
+                        },
+                        Some(r),
+                    ));
                 }
                 Err(e) if e.is_unavailable_partition() => {
                     unavailable.push(ctx.unavailable(p, &e));
@@ -119,14 +145,22 @@ pub(crate) async fn diff(ctx: Arc<QueryContext>, req: pb::DiffRequest) -> Result
                         Some(k) => Bound::Excluded(k.clone()),
                         None => range.start.clone(),
                     };
-                    let rest = KeyRange { start, end: range.end.clone() };
-                    let (a, b) = (At::Version(Version(part.from)), At::Version(Version(part.to)));
+                    let rest = KeyRange {
+                        start,
+                        end: range.end.clone(),
+                    };
+                    let (a, b) = (
+                        At::Version(Version(part.from)),
+                        At::Version(Version(part.to)),
+                    );
                     // Both points were checked on the first page; what the
                     // state refuses now is the size.
                     let d = r.diff(a, b, &rest, max_keys).map_err(|e| match e {
-                        strata_state::Error::InvalidRequest { location, reason } => QueryError::TooLarge(format!(
-                            "diff of {location}: {reason} (query.max_diff_keys)"
-                        )),
+                        strata_state::Error::InvalidRequest { location, reason } => {
+                            QueryError::TooLarge(format!(
+                                "diff of {location}: {reason} (query.max_diff_keys)"
+                            ))
+                        }
                         e => QueryError::State(e),
                     })?;
                     Some(d)
@@ -184,7 +218,10 @@ pub(crate) async fn diff(ctx: Arc<QueryContext>, req: pb::DiffRequest) -> Result
     let mut parts = Vec::with_capacity(results.len());
     for (i, (mut part, reader, entries)) in results.into_iter().enumerate() {
         // Pinned in the token: known for every partition, read this page or not.
-        from_versions.push(pb::PartitionVersion { partition: part.partition, version: part.from });
+        from_versions.push(pb::PartitionVersion {
+            partition: part.partition,
+            version: part.from,
+        });
         if let (Some(r), Some(entries)) = (&reader, entries) {
             served.push(ctx.served(Partition(part.partition), r, Version(part.to)));
             // Every entry of this partition up to the page's last key was
@@ -198,6 +235,17 @@ pub(crate) async fn diff(ctx: Arc<QueryContext>, req: pb::DiffRequest) -> Result
         parts.push(part);
     }
     let more = parts.iter().any(|p| !p.done);
-    let next_page_token = if more { token::seal(Kind::Diff, identity, &DiffCursor { parts, missing })? } else { Vec::new() };
-    Ok(pb::DiffResponse { entries: out, next_page_token, partial: !unavailable.is_empty(), unavailable, served, from_versions })
+    let next_page_token = if more {
+        token::seal(Kind::Diff, identity, &DiffCursor { parts, missing })?
+    } else {
+        Vec::new()
+    };
+    Ok(pb::DiffResponse {
+        entries: out,
+        next_page_token,
+        partial: !unavailable.is_empty(),
+        unavailable,
+        served,
+        from_versions,
+    })
 }

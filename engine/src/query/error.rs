@@ -52,7 +52,12 @@ pub(crate) enum QueryError {
         "partition {partition} of table {table:?} is restoring from its changelog ({records} records read, \
          {rate:.0} records/s); retry shortly"
     )]
-    Restoring { table: String, partition: Partition, records: u64, rate: f64 },
+    Restoring {
+        table: String,
+        partition: Partition,
+        records: u64,
+        rate: f64,
+    },
     /// A reply or one of its items would exceed the bounds.
     #[error("{0}")]
     TooLarge(String),
@@ -79,7 +84,10 @@ impl QueryError {
     /// Whether the partition concerned could not be read here (restoring
     /// or not owned): a scatter-gather reports it and goes on.
     pub(crate) fn is_unavailable_partition(&self) -> bool {
-        matches!(self, QueryError::NotLocal { .. } | QueryError::Restoring { .. })
+        matches!(
+            self,
+            QueryError::NotLocal { .. } | QueryError::Restoring { .. }
+        )
     }
 }
 
@@ -97,20 +105,33 @@ pub(crate) fn to_status(e: &QueryError) -> Status {
             detail.partition = Some(partition.0);
             Code::Unavailable
         }
-        QueryError::Restoring { table, partition, records, rate } => {
+        QueryError::Restoring {
+            table,
+            partition,
+            records,
+            rate,
+        } => {
             detail.table = table.clone();
             detail.partition = Some(partition.0);
-            detail.restoring = Some(Restoring { records: *records, rate: *rate, remaining: None });
+            detail.restoring = Some(Restoring {
+                records: *records,
+                rate: *rate,
+                remaining: None,
+            });
             detail.retry_after_ms = 1000;
             Code::Unavailable
         }
         QueryError::TooLarge(_) => Code::ResourceExhausted,
         QueryError::Unimplemented(_) => Code::Unimplemented,
         QueryError::Internal(_) => Code::Internal,
-        QueryError::State(s) | QueryError::Engine(crate::Error::State(s)) => state_code(s, &mut detail),
-        QueryError::Engine(crate::Error::Stopped(_) | crate::Error::Kafka { .. } | crate::Error::OutcomeUnknown { .. }) => {
-            Code::Unavailable
+        QueryError::State(s) | QueryError::Engine(crate::Error::State(s)) => {
+            state_code(s, &mut detail)
         }
+        QueryError::Engine(
+            crate::Error::Stopped(_)
+            | crate::Error::Kafka { .. }
+            | crate::Error::OutcomeUnknown { .. },
+        ) => Code::Unavailable,
         QueryError::Engine(_) => Code::Internal,
     };
     let message = e.to_string();
@@ -118,7 +139,10 @@ pub(crate) fn to_status(e: &QueryError) -> Status {
         return Status::new(code, message);
     }
     let mut md = MetadataMap::new();
-    md.insert_bin(DETAIL_TRAILER, MetadataValue::from_bytes(&detail.encode_to_vec()));
+    md.insert_bin(
+        DETAIL_TRAILER,
+        MetadataValue::from_bytes(&detail.encode_to_vec()),
+    );
     Status::with_metadata(code, message, md)
 }
 
@@ -133,7 +157,9 @@ fn state_code(s: &strata_state::Error, detail: &mut ErrorDetail) -> Code {
             locate(detail, location);
             Code::OutOfRange
         }
-        S::FutureVersion { location, latest, .. } => {
+        S::FutureVersion {
+            location, latest, ..
+        } => {
             locate(detail, location);
             detail.latest_version = Some(latest.0);
             Code::InvalidArgument
@@ -161,17 +187,25 @@ fn state_code(s: &strata_state::Error, detail: &mut ErrorDetail) -> Code {
 /// Rewrites the statuses tonic produces on its own for a request it could
 /// not accept (see the module doc). Applied to every response's headers: a
 /// failed unary request is answered with its status in the headers.
-pub(crate) fn remap_transport_status<B>(mut resp: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
-    let Some(status) = Status::from_header_map(resp.headers()) else { return resp };
+pub(crate) fn remap_transport_status<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let Some(status) = Status::from_header_map(resp.headers()) else {
+        return resp;
+    };
     let msg = status.message();
     let fixed = match status.code() {
-        Code::OutOfRange if msg.starts_with("Error, decoded message length too large") => Status::resource_exhausted(format!(
-            "the request is too large ({msg}); send a smaller request (fewer or shorter keys)"
-        )),
-        Code::Internal if msg.starts_with("failed to decode Protobuf message") => Status::invalid_argument(format!(
-            "the request is not a valid protobuf message of this method ({msg}); check the client uses the \
+        Code::OutOfRange if msg.starts_with("Error, decoded message length too large") => {
+            Status::resource_exhausted(format!(
+                "the request is too large ({msg}); send a smaller request (fewer or shorter keys)"
+            ))
+        }
+        Code::Internal if msg.starts_with("failed to decode Protobuf message") => {
+            Status::invalid_argument(format!(
+                "the request is not a valid protobuf message of this method ({msg}); check the client uses the \
              strata.v1 definitions this server publishes through reflection"
-        )),
+            ))
+        }
         _ => return resp,
     };
     let headers = resp.headers_mut();
@@ -188,20 +222,44 @@ mod tests {
     use super::*;
 
     fn loc() -> Box<Location> {
-        Box::new(Location { table: TableName::new("t").unwrap(), partition: Partition(2) })
+        Box::new(Location {
+            table: TableName::new("t").unwrap(),
+            partition: Partition(2),
+        })
     }
 
     fn detail(s: &Status) -> Option<ErrorDetail> {
-        s.metadata().get_bin(DETAIL_TRAILER).map(|v| ErrorDetail::decode(v.to_bytes().unwrap()).unwrap())
+        s.metadata()
+            .get_bin(DETAIL_TRAILER)
+            .map(|v| ErrorDetail::decode(v.to_bytes().unwrap()).unwrap())
     }
 
     #[test]
     fn the_contract_case_by_case() {
         let cases: Vec<(QueryError, Code)> = vec![
-            (QueryError::UnknownTable { table: "x".into(), known: vec!["t".into()] }, Code::NotFound),
+            (
+                QueryError::UnknownTable {
+                    table: "x".into(),
+                    known: vec!["t".into()],
+                },
+                Code::NotFound,
+            ),
             (QueryError::invalid("bad key"), Code::InvalidArgument),
-            (QueryError::State(strata_state::Error::FutureVersion { location: loc(), requested: Version(9), latest: Version(3) }), Code::InvalidArgument),
-            (QueryError::State(strata_state::Error::InvalidScanToken { location: loc(), reason: "x".into() }), Code::InvalidArgument),
+            (
+                QueryError::State(strata_state::Error::FutureVersion {
+                    location: loc(),
+                    requested: Version(9),
+                    latest: Version(3),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                QueryError::State(strata_state::Error::InvalidScanToken {
+                    location: loc(),
+                    reason: "x".into(),
+                }),
+                Code::InvalidArgument,
+            ),
             (
                 QueryError::State(strata_state::Error::BeyondRetention {
                     location: loc(),
@@ -212,38 +270,105 @@ mod tests {
                 }),
                 Code::OutOfRange,
             ),
-            (QueryError::Restoring { table: "t".into(), partition: Partition(2), records: 10, rate: 5.0 }, Code::Unavailable),
-            (QueryError::NotLocal { table: "t".into(), partition: Partition(2) }, Code::Unavailable),
-            (QueryError::Engine(crate::Error::Stopped("worker exited".into())), Code::Unavailable),
-            (QueryError::TooLarge("too big".into()), Code::ResourceExhausted),
-            (QueryError::State(strata_state::Error::Protocol { location: loc(), reason: "moved on".into() }), Code::FailedPrecondition),
-            (QueryError::Engine(crate::Error::State(strata_state::Error::Protocol { location: loc(), reason: "x".into() })), Code::FailedPrecondition),
-            (QueryError::State(strata_state::Error::Corrupt { location: loc(), key: None, detail: "crc".into() }), Code::DataLoss),
-            (QueryError::Unimplemented("later".into()), Code::Unimplemented),
+            (
+                QueryError::Restoring {
+                    table: "t".into(),
+                    partition: Partition(2),
+                    records: 10,
+                    rate: 5.0,
+                },
+                Code::Unavailable,
+            ),
+            (
+                QueryError::NotLocal {
+                    table: "t".into(),
+                    partition: Partition(2),
+                },
+                Code::Unavailable,
+            ),
+            (
+                QueryError::Engine(crate::Error::Stopped("worker exited".into())),
+                Code::Unavailable,
+            ),
+            (
+                QueryError::TooLarge("too big".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                QueryError::State(strata_state::Error::Protocol {
+                    location: loc(),
+                    reason: "moved on".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                QueryError::Engine(crate::Error::State(strata_state::Error::Protocol {
+                    location: loc(),
+                    reason: "x".into(),
+                })),
+                Code::FailedPrecondition,
+            ),
+            (
+                QueryError::State(strata_state::Error::Corrupt {
+                    location: loc(),
+                    key: None,
+                    detail: "crc".into(),
+                }),
+                Code::DataLoss,
+            ),
+            (
+                QueryError::Unimplemented("later".into()),
+                Code::Unimplemented,
+            ),
         ];
         for (e, want) in cases {
             let s = to_status(&e);
             assert_eq!(s.code(), want, "{e}");
             assert_eq!(s.message(), e.to_string());
         }
-        let s = to_status(&QueryError::Restoring { table: "t".into(), partition: Partition(2), records: 10, rate: 5.0 });
+        let s = to_status(&QueryError::Restoring {
+            table: "t".into(),
+            partition: Partition(2),
+            records: 10,
+            rate: 5.0,
+        });
         let d = detail(&s).unwrap();
-        assert_eq!((d.table.as_str(), d.partition, d.restoring.map(|r| r.records)), ("t", Some(2), Some(10)));
+        assert_eq!(
+            (
+                d.table.as_str(),
+                d.partition,
+                d.restoring.map(|r| r.records)
+            ),
+            ("t", Some(2), Some(10))
+        );
         assert!(s.message().contains("retry"), "{}", s.message());
-        let s = to_status(&QueryError::State(strata_state::Error::FutureVersion { location: loc(), requested: Version(9), latest: Version(3) }));
+        let s = to_status(&QueryError::State(strata_state::Error::FutureVersion {
+            location: loc(),
+            requested: Version(9),
+            latest: Version(3),
+        }));
         assert_eq!(detail(&s).unwrap().latest_version, Some(3));
         assert!(detail(&to_status(&QueryError::invalid("x"))).is_none());
     }
 
     #[test]
     fn transport_statuses_are_remapped() {
-        let remap = |s: Status| Status::from_header_map(remap_transport_status(s.into_http::<()>()).headers()).unwrap();
-        let big = remap(Status::out_of_range("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes"));
+        let remap = |s: Status| {
+            Status::from_header_map(remap_transport_status(s.into_http::<()>()).headers()).unwrap()
+        };
+        let big = remap(Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+        ));
         assert_eq!(big.code(), Code::ResourceExhausted);
-        let garbage = remap(Status::internal("failed to decode Protobuf message: buffer underflow"));
+        let garbage = remap(Status::internal(
+            "failed to decode Protobuf message: buffer underflow",
+        ));
         assert_eq!(garbage.code(), Code::InvalidArgument);
         // Others pass through untouched.
-        assert_eq!(remap(Status::out_of_range("beyond retention")).code(), Code::OutOfRange);
+        assert_eq!(
+            remap(Status::out_of_range("beyond retention")).code(),
+            Code::OutOfRange
+        );
         assert_eq!(remap(Status::internal("boom")).code(), Code::Internal);
     }
 }

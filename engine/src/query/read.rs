@@ -20,7 +20,10 @@ use super::token::{self, Kind};
 /// Get: the value of one key at one point.
 pub(crate) fn get(ctx: &QueryContext, req: pb::GetRequest) -> Result<pb::GetResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
-    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+    let render = Render {
+        meta,
+        repr: Repr::of(req.options.as_ref()),
+    };
     let key = convert::key_bytes(meta, req.key_ref.map(Into::into))?;
     let p = ctx.partition_of_key(meta, &key)?;
     let reader = ctx.reader(&meta.name, p)?;
@@ -58,9 +61,15 @@ struct HistoryCursor {
 }
 
 /// History: one page of a key's versions.
-pub(crate) async fn history(ctx: Arc<QueryContext>, req: pb::HistoryRequest) -> Result<pb::HistoryResponse, QueryError> {
+pub(crate) async fn history(
+    ctx: Arc<QueryContext>,
+    req: pb::HistoryRequest,
+) -> Result<pb::HistoryResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
-    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+    let render = Render {
+        meta,
+        repr: Repr::of(req.options.as_ref()),
+    };
     let key = convert::key_bytes(meta, req.key_ref.clone().map(Into::into))?;
     let p = ctx.partition_of_key(meta, &key)?;
     let reader = ctx.reader(&meta.name, p)?;
@@ -68,8 +77,18 @@ pub(crate) async fn history(ctx: Arc<QueryContext>, req: pb::HistoryRequest) -> 
         pb::Order::Ascending => Order::Ascending,
         pb::Order::Unspecified | pb::Order::Descending => Order::Descending,
     };
-    let identity = token::identity(&pb::HistoryRequest { limit: 0, page_token: Vec::new(), options: None, ..req.clone() });
-    let mut q = HistoryQuery { from: convert::point(req.from), to: convert::point(req.to), order, limit: ctx.page_size(req.limit) };
+    let identity = token::identity(&pb::HistoryRequest {
+        limit: 0,
+        page_token: Vec::new(),
+        options: None,
+        ..req.clone()
+    });
+    let mut q = HistoryQuery {
+        from: convert::point(req.from),
+        to: convert::point(req.to),
+        order,
+        limit: ctx.page_size(req.limit),
+    };
     if !req.page_token.is_empty() {
         let c: HistoryCursor = token::open(Kind::History, identity, &req.page_token)?;
         match order {

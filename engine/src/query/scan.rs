@@ -16,7 +16,9 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use strata_proto::v1 as pb;
 use strata_state::store::RocksStore;
-use strata_state::{At, KeyRange, Partition, PartitionReader, ScanRequest, ScanToken, Version, Versioned};
+use strata_state::{
+    At, KeyRange, Partition, PartitionReader, ScanRequest, ScanToken, Version, Versioned,
+};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
@@ -77,7 +79,12 @@ struct ScanCursor {
 
 /// Which partitions a request concerns: the one it names, the one a
 /// single-key filter lives in, or all.
-pub(crate) fn targets(ctx: &QueryContext, meta: &TableMeta, partition: Option<u32>, single: Option<&[u8]>) -> Result<Vec<Partition>, QueryError> {
+pub(crate) fn targets(
+    ctx: &QueryContext,
+    meta: &TableMeta,
+    partition: Option<u32>,
+    single: Option<&[u8]>,
+) -> Result<Vec<Partition>, QueryError> {
     if let Some(p) = partition {
         // With a single-key filter too, the key may live elsewhere: the
         // partition then simply has nothing to show.
@@ -101,12 +108,23 @@ pub(crate) fn check_single(at: At, targets: &[Partition], what: &str) -> Result<
 }
 
 /// Scan: one page of keys and values.
-pub(crate) async fn scan(ctx: Arc<QueryContext>, req: pb::ScanRequest) -> Result<pb::ScanResponse, QueryError> {
+pub(crate) async fn scan(
+    ctx: Arc<QueryContext>,
+    req: pb::ScanRequest,
+) -> Result<pb::ScanResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
-    let render = Render { meta, repr: Repr::of(req.options.as_ref()) };
+    let render = Render {
+        meta,
+        repr: Repr::of(req.options.as_ref()),
+    };
     let (range, single) = convert::key_filter(meta, req.keys.clone())?;
     let page_size = ctx.page_size(req.page_size);
-    let identity = token::identity(&pb::ScanRequest { page_size: 0, page_token: Vec::new(), options: None, ..req.clone() });
+    let identity = token::identity(&pb::ScanRequest {
+        page_size: 0,
+        page_token: Vec::new(),
+        options: None,
+        ..req.clone()
+    });
 
     // The partitions to read, with their pinned versions and positions.
     let mut unavailable = Vec::new();
@@ -123,7 +141,14 @@ pub(crate) async fn scan(ctx: Arc<QueryContext>, req: pb::ScanRequest) -> Result
             match ctx.reader(&meta.name, p) {
                 Ok(r) => {
                     let version = r.resolve(at)?;
-                    jobs.push((PartCursor { partition: p.0, version: version.0, resume: Resume::From(Start::of(&range.start)) }, Some(r)));
+                    jobs.push((
+                        PartCursor {
+                            partition: p.0,
+                            version: version.0,
+                            resume: Resume::From(Start::of(&range.start)),
+                        },
+                        Some(r),
+                    ));
                 }
                 Err(e) if e.is_unavailable_partition() => {
                     unavailable.push(ctx.unavailable(p, &e));
@@ -172,13 +197,19 @@ pub(crate) async fn scan(ctx: Arc<QueryContext>, req: pb::ScanRequest) -> Result
             let page = match (&part.resume, &reader) {
                 (Resume::Done, _) | (_, None) => None,
                 (Resume::From(start), Some(r)) => Some(r.scan(&ScanRequest {
-                    range: KeyRange { start: start.bound(), end: end.clone() },
+                    range: KeyRange {
+                        start: start.bound(),
+                        end: end.clone(),
+                    },
                     at: At::Version(Version(part.version)),
                     limit: page_size,
                     token: None,
                 })?),
                 (Resume::Token(start, t), Some(r)) => Some(r.scan(&ScanRequest {
-                    range: KeyRange { start: start.bound(), end: end.clone() },
+                    range: KeyRange {
+                        start: start.bound(),
+                        end: end.clone(),
+                    },
                     at: At::Version(Version(part.version)),
                     limit: page_size,
                     token: Some(ScanToken(t.clone())),
@@ -208,7 +239,12 @@ pub(crate) async fn scan(ctx: Arc<QueryContext>, req: pb::ScanRequest) -> Result
             break;
         }
         let p = pages[i].0.partition;
-        let item = pb::ScanItem { partition: p, key: render.key(&key), key_json: render.key_json(&key), entry: Some(render.entry(v)) };
+        let item = pb::ScanItem {
+            partition: p,
+            key: render.key(&key),
+            key_json: render.key_json(&key),
+            entry: Some(render.entry(v)),
+        };
         let size = item.encoded_len() + 8;
         if used + size > budget {
             if items.is_empty() {
@@ -252,6 +288,16 @@ pub(crate) async fn scan(ctx: Arc<QueryContext>, req: pb::ScanRequest) -> Result
     }
     let partial = !unavailable.is_empty();
     let more = parts.iter().any(|p| !matches!(p.resume, Resume::Done));
-    let next_page_token = if more { token::seal(Kind::Scan, identity, &ScanCursor { parts, missing })? } else { Vec::new() };
-    Ok(pb::ScanResponse { items, next_page_token, partial, unavailable, served })
+    let next_page_token = if more {
+        token::seal(Kind::Scan, identity, &ScanCursor { parts, missing })?
+    } else {
+        Vec::new()
+    };
+    Ok(pb::ScanResponse {
+        items,
+        next_page_token,
+        partial,
+        unavailable,
+        served,
+    })
 }

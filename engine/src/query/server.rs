@@ -53,35 +53,55 @@ impl GrpcServer {
             .thread_name("strata-grpc")
             .enable_all()
             .build()
-            .map_err(|e| Error::Io { context: "starting the gRPC server's runtime".into(), source: e })?;
+            .map_err(|e| Error::Io {
+                context: "starting the gRPC server's runtime".into(),
+                source: e,
+            })?;
         let incoming = {
             let _g = runtime.enter();
             TcpIncoming::bind(addr)
-                .map_err(|e| Error::Io { context: format!("binding the gRPC server to {addr} (grpc_listen)"), source: e })?
+                .map_err(|e| Error::Io {
+                    context: format!("binding the gRPC server to {addr} (grpc_listen)"),
+                    source: e,
+                })?
                 .with_nodelay(Some(true))
         };
-        let local = incoming
-            .local_addr()
-            .map_err(|e| Error::Io { context: format!("reading the gRPC server's address ({addr})"), source: e })?;
+        let local = incoming.local_addr().map_err(|e| Error::Io {
+            context: format!("reading the gRPC server's address ({addr})"),
+            source: e,
+        })?;
 
         let service = QueryService::new(Arc::new(QueryContext::new(app, local)));
         let max = limits.max_message_bytes;
-        let query = QueryServer::new(service.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
-        let admin = AdminServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
+        let query = QueryServer::new(service.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let admin = AdminServer::new(service)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| Error::config("grpc_listen", format!("building the reflection service: {e}")))?;
+            .map_err(|e| {
+                Error::config(
+                    "grpc_listen",
+                    format!("building the reflection service: {e}"),
+                )
+            })?;
 
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done, stopped) = std::sync::mpsc::channel();
         let span = tracing::info_span!("grpc_server", addr = %local);
         let task = runtime.spawn(
             async move {
-                health_reporter.set_serving::<QueryServer<QueryService>>().await;
-                health_reporter.set_serving::<AdminServer<QueryService>>().await;
+                health_reporter
+                    .set_serving::<QueryServer<QueryService>>()
+                    .await;
+                health_reporter
+                    .set_serving::<AdminServer<QueryService>>()
+                    .await;
                 tracing::info!("serving strata.v1 over gRPC");
                 let r = Server::builder()
                     .timeout(limits.default_deadline)
@@ -102,7 +122,13 @@ impl GrpcServer {
             }
             .instrument(span),
         );
-        Ok(GrpcServer { local, runtime: Some(runtime), stop: Some(stop), stopped, _task: task })
+        Ok(GrpcServer {
+            local,
+            runtime: Some(runtime),
+            stop: Some(stop),
+            stopped,
+            _task: task,
+        })
     }
 
     /// The address the server is bound to.
@@ -120,9 +146,14 @@ impl GrpcServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let Some(runtime) = self.runtime.take() else { return };
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
         if self.stopped.recv_timeout(DRAIN_TIMEOUT).is_err() {
-            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "calls still in flight when the gRPC server stopped");
+            tracing::warn!(
+                timeout_s = DRAIN_TIMEOUT.as_secs(),
+                "calls still in flight when the gRPC server stopped"
+            );
         }
         // Not `shutdown_timeout`: that panics when called from async code
         // (dropping a `RunningApp` inside a runtime). The server has

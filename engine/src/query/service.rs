@@ -40,25 +40,50 @@ fn reply<T>(r: Result<T, QueryError>, rpc: &'static str) -> Result<Response<T>, 
 
 #[tonic::async_trait]
 impl Query for QueryService {
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         reply(read::get(&self.ctx, request.into_inner()), "Get")
     }
 
-    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        reply(read::history(self.ctx.clone(), request.into_inner()).await, "History")
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        reply(
+            read::history(self.ctx.clone(), request.into_inner()).await,
+            "History",
+        )
     }
 
-    async fn scan(&self, request: Request<pb::ScanRequest>) -> Result<Response<pb::ScanResponse>, Status> {
-        reply(scan::scan(self.ctx.clone(), request.into_inner()).await, "Scan")
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        reply(
+            scan::scan(self.ctx.clone(), request.into_inner()).await,
+            "Scan",
+        )
     }
 
-    async fn diff(&self, request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
-        reply(diff::diff(self.ctx.clone(), request.into_inner()).await, "Diff")
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        reply(
+            diff::diff(self.ctx.clone(), request.into_inner()).await,
+            "Diff",
+        )
     }
 
-    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
+    type SubscribeStream =
+        Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send + 'static>>;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = request.into_inner();
         let r: Result<Self::SubscribeStream, QueryError> = self.ctx.table(&req.table).and_then(|_| {
             Err(QueryError::Unimplemented(
@@ -68,18 +93,33 @@ impl Query for QueryService {
         reply(r, "Subscribe")
     }
 
-    async fn list_tables(&self, _request: Request<pb::ListTablesRequest>) -> Result<Response<pb::ListTablesResponse>, Status> {
+    async fn list_tables(
+        &self,
+        _request: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
         Ok(Response::new(tables::list(&self.ctx)))
     }
 
-    async fn describe_table(&self, request: Request<pb::DescribeTableRequest>) -> Result<Response<pb::DescribeTableResponse>, Status> {
-        reply(tables::describe(&self.ctx, request.get_ref()), "DescribeTable")
+    async fn describe_table(
+        &self,
+        request: Request<pb::DescribeTableRequest>,
+    ) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        reply(
+            tables::describe(&self.ctx, request.get_ref()),
+            "DescribeTable",
+        )
     }
 }
 
 #[tonic::async_trait]
 impl Admin for QueryService {
-    async fn rewind(&self, request: Request<pb::RewindRequest>) -> Result<Response<pb::RewindResponse>, Status> {
-        reply(admin::rewind(self.ctx.clone(), request.into_inner()).await, "Rewind")
+    async fn rewind(
+        &self,
+        request: Request<pb::RewindRequest>,
+    ) -> Result<Response<pb::RewindResponse>, Status> {
+        reply(
+            admin::rewind(self.ctx.clone(), request.into_inner()).await,
+            "Rewind",
+        )
     }
 }

@@ -24,7 +24,9 @@ fn info(ctx: &QueryContext, t: &TableMeta) -> pb::TableInfo {
     pb::TableInfo {
         name: t.name.clone(),
         partitions: ctx.partitions(),
-        retention: Some(pb::Retention { policy: Some(policy) }),
+        retention: Some(pb::Retention {
+            policy: Some(policy),
+        }),
         granularity: granularity as i32,
         // Keys are stored in their order-preserving encoding, values in
         // bincode; both render as JSON through the table's serde types.
@@ -44,19 +46,34 @@ pub(crate) fn list(ctx: &QueryContext) -> pb::ListTablesResponse {
 }
 
 /// DescribeTable: settings and every partition's state.
-pub(crate) fn describe(ctx: &QueryContext, req: &pb::DescribeTableRequest) -> Result<pb::DescribeTableResponse, QueryError> {
+pub(crate) fn describe(
+    ctx: &QueryContext,
+    req: &pb::DescribeTableRequest,
+) -> Result<pb::DescribeTableResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
     let lag = ctx.app.registry.lag();
-    let local: Vec<(Partition, PartitionState)> =
-        ctx.app.registry.partitions().into_iter().filter(|(t, _, _)| *t == meta.name).map(|(_, p, s)| (p, s)).collect();
+    let local: Vec<(Partition, PartitionState)> = ctx
+        .app
+        .registry
+        .partitions()
+        .into_iter()
+        .filter(|(t, _, _)| *t == meta.name)
+        .map(|(_, p, s)| (p, s))
+        .collect();
     let mut partitions = Vec::with_capacity(ctx.partitions() as usize);
     for p in (0..ctx.partitions()).map(Partition) {
-        let mut info = pb::PartitionInfo { partition: p.0, ..Default::default() };
+        let mut info = pb::PartitionInfo {
+            partition: p.0,
+            ..Default::default()
+        };
         match local.iter().find(|(q, _)| *q == p).map(|(_, s)| s) {
             Some(PartitionState::Running) => {
                 info.owner = Some(ctx.instance.clone());
                 info.state = Some(pb::partition_info::State::Running(pb::Running {}));
-                info.input_lag = lag.get(&(meta.input_topic.clone(), p)).copied().unwrap_or(0);
+                info.input_lag = lag
+                    .get(&(meta.input_topic.clone(), p))
+                    .copied()
+                    .unwrap_or(0);
                 if let Some(r) = ctx.app.registry.reader(&meta.name, p) {
                     info.latest_version = r.latest_version().0;
                     info.latest_time_ms = r.last_commit_time().0;
@@ -65,22 +82,36 @@ pub(crate) fn describe(ctx: &QueryContext, req: &pb::DescribeTableRequest) -> Re
             }
             Some(PartitionState::Restoring { records, rate }) => {
                 info.owner = Some(ctx.instance.clone());
-                info.state = Some(pb::partition_info::State::Restoring(pb::Restoring { records: *records, rate: *rate, remaining: None }));
+                info.state = Some(pb::partition_info::State::Restoring(pb::Restoring {
+                    records: *records,
+                    rate: *rate,
+                    remaining: None,
+                }));
             }
             None => {
-                let e = QueryError::NotLocal { table: meta.name.clone(), partition: p };
-                info.state = Some(pb::partition_info::State::Unreachable(ctx.unavailable(p, &e)));
+                let e = QueryError::NotLocal {
+                    table: meta.name.clone(),
+                    partition: p,
+                };
+                info.state = Some(pb::partition_info::State::Unreachable(
+                    ctx.unavailable(p, &e),
+                ));
             }
         }
         partitions.push(info);
     }
-    Ok(pb::DescribeTableResponse { table: Some(info(ctx, meta)), partitions })
+    Ok(pb::DescribeTableResponse {
+        table: Some(info(ctx, meta)),
+        partitions,
+    })
 }
 
 /// The oldest version whose state the partition can still read as a whole
 /// (per-key limits aside): found by bisecting over `resolve`, which applies
 /// the partition-level retention checks.
-fn oldest_readable<S: strata_state::store::KvStore>(r: &strata_state::PartitionReader<S>) -> Version {
+fn oldest_readable<S: strata_state::store::KvStore>(
+    r: &strata_state::PartitionReader<S>,
+) -> Version {
     let latest = r.latest_version();
     if r.resolve(strata_state::At::Version(Version::ZERO)).is_ok() {
         return Version::ZERO;

@@ -30,7 +30,11 @@ pub(crate) fn identity<M: Message>(request_without_paging: &M) -> u32 {
 }
 
 /// Seals a token body.
-pub(crate) fn seal<T: Serialize>(kind: Kind, identity: u32, body: &T) -> Result<Vec<u8>, QueryError> {
+pub(crate) fn seal<T: Serialize>(
+    kind: Kind,
+    identity: u32,
+    body: &T,
+) -> Result<Vec<u8>, QueryError> {
     let mut out = vec![FORMAT, kind as u8];
     out.extend_from_slice(&identity.to_be_bytes());
     let b = bincode::serde::encode_to_vec(body, bincode::config::standard())
@@ -43,7 +47,11 @@ pub(crate) fn seal<T: Serialize>(kind: Kind, identity: u32, body: &T) -> Result<
 
 /// Opens a token sealed by [`seal`] for the same kind of request and the
 /// same identity.
-pub(crate) fn open<T: DeserializeOwned>(kind: Kind, identity: u32, token: &[u8]) -> Result<T, QueryError> {
+pub(crate) fn open<T: DeserializeOwned>(
+    kind: Kind,
+    identity: u32,
+    token: &[u8],
+) -> Result<T, QueryError> {
     let bad = |why: &str| {
         QueryError::invalid(format!(
             "invalid page_token: {why}; pass the next_page_token of the previous page with the same arguments, \
@@ -61,9 +69,12 @@ pub(crate) fn open<T: DeserializeOwned>(kind: Kind, identity: u32, token: &[u8])
         return Err(bad("it belongs to another kind of request"));
     }
     if body[2..6] != identity.to_be_bytes() {
-        return Err(bad("it belongs to a request with other arguments (table, key, range, point or partition)"));
+        return Err(bad(
+            "it belongs to a request with other arguments (table, key, range, point or partition)",
+        ));
     }
-    let (v, n) = bincode::serde::decode_from_slice(&body[6..], bincode::config::standard()).map_err(|_| bad("undecodable"))?;
+    let (v, n) = bincode::serde::decode_from_slice(&body[6..], bincode::config::standard())
+        .map_err(|_| bad("undecodable"))?;
     if n != body.len() - 6 {
         return Err(bad("trailing bytes"));
     }
@@ -77,12 +88,27 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_reject_tampering_and_other_requests() {
         let t = seal(Kind::Scan, 7, &(3u64, vec![1u8, 2])).unwrap();
-        assert_eq!(open::<(u64, Vec<u8>)>(Kind::Scan, 7, &t).unwrap(), (3, vec![1, 2]));
-        assert!(open::<(u64, Vec<u8>)>(Kind::Scan, 8, &t).is_err(), "other request");
-        assert!(open::<(u64, Vec<u8>)>(Kind::Diff, 7, &t).is_err(), "other kind");
+        assert_eq!(
+            open::<(u64, Vec<u8>)>(Kind::Scan, 7, &t).unwrap(),
+            (3, vec![1, 2])
+        );
+        assert!(
+            open::<(u64, Vec<u8>)>(Kind::Scan, 8, &t).is_err(),
+            "other request"
+        );
+        assert!(
+            open::<(u64, Vec<u8>)>(Kind::Diff, 7, &t).is_err(),
+            "other kind"
+        );
         let mut bad = t.clone();
         bad[7] ^= 1;
-        assert!(open::<(u64, Vec<u8>)>(Kind::Scan, 7, &bad).is_err(), "tampered");
-        assert!(open::<(u64, Vec<u8>)>(Kind::Scan, 7, &t[..5]).is_err(), "truncated");
+        assert!(
+            open::<(u64, Vec<u8>)>(Kind::Scan, 7, &bad).is_err(),
+            "tampered"
+        );
+        assert!(
+            open::<(u64, Vec<u8>)>(Kind::Scan, 7, &t[..5]).is_err(),
+            "truncated"
+        );
     }
 }

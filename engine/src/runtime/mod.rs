@@ -4,9 +4,9 @@
 pub(crate) mod worker;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use crate::config::{AppConfig, StartPosition};
 use crate::kafka::admin::{KafkaAdmin, TopicSpec};
 use crate::kafka::changelog::ChangelogProducer;
 use crate::kafka::client::create;
-use crate::kafka::group::{run_poll_loop, GroupConsumer, GroupContext};
+use crate::kafka::group::{GroupConsumer, GroupContext, run_poll_loop};
 use crate::kafka::output::OutputProducer;
 use crate::partitioner::partition_for;
 use crate::registry::{PartitionState, Registry};
@@ -41,7 +41,9 @@ impl App {
     /// Validates the configuration.
     pub fn new(config: AppConfig) -> Result<App> {
         config.validate()?;
-        Ok(App { config: Arc::new(config) })
+        Ok(App {
+            config: Arc::new(config),
+        })
     }
 
     /// The configuration.
@@ -60,11 +62,17 @@ impl App {
         // Input topics: must exist, with one partition count.
         let mut partitions = None;
         let internal = topology.internal_topics();
-        for logical in topology.source_topics().into_iter().filter(|t| !internal.contains(t)) {
+        for logical in topology
+            .source_topics()
+            .into_iter()
+            .filter(|t| !internal.contains(t))
+        {
             let physical = config.physical(&logical);
-            let n = admin
-                .partition_count(&physical)?
-                .ok_or_else(|| Error::Topology(format!("input topic {physical:?} does not exist; create it first")))?;
+            let n = admin.partition_count(&physical)?.ok_or_else(|| {
+                Error::Topology(format!(
+                    "input topic {physical:?} does not exist; create it first"
+                ))
+            })?;
             match partitions {
                 None => partitions = Some((physical, n)),
                 Some((ref t, m)) if m != n => {
@@ -76,9 +84,16 @@ impl App {
             }
         }
         let (_, n) = partitions.ok_or_else(|| Error::Topology("no input topic".into()))?;
-        let mut specs: Vec<TopicSpec> =
-            topology.table_names().iter().map(|t| TopicSpec::changelog(config.changelog_topic(t), n)).collect();
-        for logical in topology.output_topics().into_iter().chain([config.dlq_topic()]) {
+        let mut specs: Vec<TopicSpec> = topology
+            .table_names()
+            .iter()
+            .map(|t| TopicSpec::changelog(config.changelog_topic(t), n))
+            .collect();
+        for logical in topology
+            .output_topics()
+            .into_iter()
+            .chain([config.dlq_topic()])
+        {
             specs.push(TopicSpec::new(config.physical(&logical), n));
         }
         if config.manage_topics {
@@ -88,9 +103,17 @@ impl App {
                 match admin.partition_count(&s.name)? {
                     Some(m) if m == n => {}
                     Some(m) => {
-                        return Err(Error::Topology(format!("topic {:?} has {m} partitions; it must have {n}, like the input", s.name)));
+                        return Err(Error::Topology(format!(
+                            "topic {:?} has {m} partitions; it must have {n}, like the input",
+                            s.name
+                        )));
                     }
-                    None => return Err(Error::Topology(format!("topic {:?} does not exist (manage_topics is off): create it with {n} partitions", s.name))),
+                    None => {
+                        return Err(Error::Topology(format!(
+                            "topic {:?} does not exist (manage_topics is off): create it with {n} partitions",
+                            s.name
+                        )));
+                    }
                 }
             }
         }
@@ -98,12 +121,24 @@ impl App {
         crate::directory::ensure_topic(&admin, &config)?;
 
         let graph = topology.take_graph();
-        let g = graph.lock().map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+        let g = graph
+            .lock()
+            .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
         let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
         for s in &g.sources {
-            sources.entry(config.physical(&s.topic)).or_default().push(TaskSource { run: s.run.clone(), on_error: s.on_error.clone() });
+            sources
+                .entry(config.physical(&s.topic))
+                .or_default()
+                .push(TaskSource {
+                    run: s.run.clone(),
+                    on_error: s.on_error.clone(),
+                });
         }
-        let tables: Vec<(String, crate::topology::TableOptions)> = g.tables.iter().map(|t| (t.name.clone(), t.options.clone())).collect();
+        let tables: Vec<(String, crate::topology::TableOptions)> = g
+            .tables
+            .iter()
+            .map(|t| (t.name.clone(), t.options.clone()))
+            .collect();
         let table_meta: Vec<TableMeta> = g
             .tables
             .iter()
@@ -120,7 +155,11 @@ impl App {
         drop(g);
 
         let mut topic_map = config.topics.clone();
-        for logical in topology.output_topics().into_iter().chain([config.dlq_topic()]) {
+        for logical in topology
+            .output_topics()
+            .into_iter()
+            .chain([config.dlq_topic()])
+        {
             topic_map.insert(logical.clone(), config.physical(&logical));
         }
         let outputs = Arc::new(OutputProducer::new(&config.kafka, topic_map)?);
@@ -137,10 +176,13 @@ impl App {
             receivers.push(rx);
         }
         let mut cc = config.kafka.group_consumer(&config.application_id, false)?;
-        cc.set("auto.offset.reset", match config.start_position {
-            StartPosition::Earliest => "earliest",
-            StartPosition::Latest => "latest",
-        });
+        cc.set(
+            "auto.offset.reset",
+            match config.start_position {
+                StartPosition::Earliest => "earliest",
+                StartPosition::Latest => "latest",
+            },
+        );
         if topology.source_topics().len() > 1 {
             // Co-partitioned topics must land on the same instance: the
             // range assignor gives every member the same partition numbers
@@ -157,7 +199,9 @@ impl App {
         GroupContext::attach(&consumer);
         let topics: Vec<String> = sources.keys().cloned().collect();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topic_refs).map_err(|e| Error::kafka("subscribing to input topics", e))?;
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|e| Error::kafka("subscribing to input topics", e))?;
 
         let env = Arc::new(WorkerEnv {
             config: config.clone(),
@@ -197,7 +241,10 @@ impl App {
             std::thread::Builder::new()
                 .name("strata-consumer".into())
                 .spawn(move || run_poll_loop(consumer, senders, stop, failed))
-                .map_err(|e| Error::Io { context: "spawning the consumer thread".into(), source: e })?
+                .map_err(|e| Error::Io {
+                    context: "spawning the consumer thread".into(),
+                    source: e,
+                })?
         };
         let handle = AppHandle {
             config: config.clone(),
@@ -282,13 +329,26 @@ impl AppHandle {
         dry_run: bool,
         expect: Option<Version>,
     ) -> Result<RewindPlan> {
-        let idx = self.tables.iter().position(|t| t.name == table).ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
+        let idx = self
+            .tables
+            .iter()
+            .position(|t| t.name == table)
+            .ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
         let (tx, rx) = mpsc::channel();
         let w = partition.0 as usize % self.senders.len();
         self.senders[w]
-            .send(Command::Rewind { table: idx, partition, at, range, dry_run, expect, reply: tx })
+            .send(Command::Rewind {
+                table: idx,
+                partition,
+                at,
+                range,
+                dry_run,
+                expect,
+                reply: tx,
+            })
             .map_err(|_| Error::Stopped("the worker has exited".into()))?;
-        rx.recv_timeout(self.config.revoke_timeout).map_err(|_| Error::Stopped("the worker did not answer the rewind".into()))?
+        rx.recv_timeout(self.config.revoke_timeout)
+            .map_err(|_| Error::Stopped("the worker did not answer the rewind".into()))?
     }
 }
 
@@ -332,7 +392,12 @@ impl RunningApp {
             let per_table: Vec<usize> = self
                 .tables
                 .iter()
-                .map(|t| parts.iter().filter(|(n, _, s)| n == t && *s == PartitionState::Running).count())
+                .map(|t| {
+                    parts
+                        .iter()
+                        .filter(|(n, _, s)| n == t && *s == PartitionState::Running)
+                        .count()
+                })
                 .collect();
             if !restoring && per_table.iter().all(|n| *n >= min_partitions) {
                 return Ok(());
@@ -348,8 +413,12 @@ impl RunningApp {
     }
 
     fn check_threads(&self) -> Result<()> {
-        if self.workers.iter().any(|w| w.is_finished()) || self.poller.as_ref().is_some_and(|p| p.is_finished()) {
-            return Err(Error::Stopped("a worker or the consumer thread stopped; see the log".into()));
+        if self.workers.iter().any(|w| w.is_finished())
+            || self.poller.as_ref().is_some_and(|p| p.is_finished())
+        {
+            return Err(Error::Stopped(
+                "a worker or the consumer thread stopped; see the log".into(),
+            ));
         }
         Ok(())
     }
@@ -363,18 +432,33 @@ impl RunningApp {
     /// The latest committed value of a key (table key bytes), if its
     /// partition is owned here; `partition_key` is the key as the input
     /// topic's producer encoded it.
-    pub fn get(&self, table: &str, partition_key: &[u8], table_key: &[u8]) -> Result<Option<Versioned>> {
-        let r = self
-            .reader_for_key(table, partition_key)
-            .ok_or_else(|| Error::Stopped(format!("the partition of this key in {table:?} is not owned here or not running")))?;
+    pub fn get(
+        &self,
+        table: &str,
+        partition_key: &[u8],
+        table_key: &[u8],
+    ) -> Result<Option<Versioned>> {
+        let r = self.reader_for_key(table, partition_key).ok_or_else(|| {
+            Error::Stopped(format!(
+                "the partition of this key in {table:?} is not owned here or not running"
+            ))
+        })?;
         Ok(r.get(table_key)?)
     }
 
     /// Rewinds (or, with `dry_run`, plans rewinding) one partition of a
     /// table, online: the owner commits what it has, stages the rewind as
     /// new versions flagged as such, and commits them.
-    pub fn rewind(&self, table: &str, partition: Partition, at: At, range: KeyRange, dry_run: bool) -> Result<RewindPlan> {
-        self.handle.rewind(table, partition, at, range, dry_run, None)
+    pub fn rewind(
+        &self,
+        table: &str,
+        partition: Partition,
+        at: At,
+        range: KeyRange,
+        dry_run: bool,
+    ) -> Result<RewindPlan> {
+        self.handle
+            .rewind(table, partition, at, range, dry_run, None)
     }
 
     /// Commits everything, leaves the group and stops the threads.
@@ -400,7 +484,9 @@ impl RunningApp {
         for w in self.workers.drain(..) {
             match w.join() {
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(_) => first_err = first_err.or(Some(Error::Stopped("a worker panicked".into()))),
+                Err(_) => {
+                    first_err = first_err.or(Some(Error::Stopped("a worker panicked".into())))
+                }
                 Ok(Ok(())) => {}
             }
         }
@@ -408,7 +494,10 @@ impl RunningApp {
         if let Some(p) = self.poller.take() {
             match p.join() {
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(_) => first_err = first_err.or(Some(Error::Stopped("the consumer thread panicked".into()))),
+                Err(_) => {
+                    first_err =
+                        first_err.or(Some(Error::Stopped("the consumer thread panicked".into())))
+                }
                 Ok(Ok(())) => {}
             }
         }

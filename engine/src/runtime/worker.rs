@@ -9,19 +9,22 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{Message, OwnedMessage};
 use strata_state::store::{RocksEnv, RocksStore};
-use strata_state::{At, KeyRange, Location, Offset, Partition, RewindPlan, TableConfig, TableName, TablePartition, Timestamp};
+use strata_state::{
+    At, KeyRange, Location, Offset, Partition, RewindPlan, TableConfig, TableName, TablePartition,
+    Timestamp,
+};
 
 use crate::config::AppConfig;
 use crate::context::OutRecord;
 use crate::kafka::changelog::{ChangelogProducer, KafkaChangelogReader, KafkaChangelogWriter};
-use crate::kafka::group::{commit_positions, GroupConsumer, GroupContext};
+use crate::kafka::group::{GroupConsumer, GroupContext, commit_positions};
 use crate::kafka::output::OutputProducer;
 use crate::registry::{PartitionState, Registry};
 use crate::task::{CommitIo, RawRecord, SourceMap, Task};
@@ -34,9 +37,16 @@ const MAX_STRAYS: usize = 100_000;
 /// What a worker is asked to do.
 pub(crate) enum Command {
     /// Start reading `topic`'s partition from this queue.
-    Assign { topic: Arc<str>, partition: Partition, queue: Box<PartitionQueue<GroupContext>> },
+    Assign {
+        topic: Arc<str>,
+        partition: Partition,
+        queue: Box<PartitionQueue<GroupContext>>,
+    },
     /// Commit and release these partitions, then acknowledge.
-    Revoke { parts: Vec<(String, Partition)>, ack: mpsc::Sender<()> },
+    Revoke {
+        parts: Vec<(String, Partition)>,
+        ack: mpsc::Sender<()>,
+    },
     /// A record that reached the consumer's main queue.
     Stray(Box<OwnedMessage>),
     /// Rewind a table partition (or plan it, with `dry_run`); with
@@ -98,7 +108,11 @@ impl CommitIo for Io<'_> {
 
 /// Runs one worker until shutdown or a fatal error.
 pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -> Result<()> {
-    let mut w = Worker { env, tasks: BTreeMap::new(), strays: BTreeMap::new() };
+    let mut w = Worker {
+        env,
+        tasks: BTreeMap::new(),
+        strays: BTreeMap::new(),
+    };
     let mut last_commit = Instant::now();
     let span = tracing::info_span!("worker", id);
     let _g = span.enter();
@@ -156,7 +170,11 @@ impl Worker {
     fn handle(&mut self, cmd: Command) -> Result<Flow> {
         let env = &*self.env.clone();
         match cmd {
-            Command::Assign { topic, partition, queue } => {
+            Command::Assign {
+                topic,
+                partition,
+                queue,
+            } => {
                 if !self.tasks.contains_key(&partition.0) {
                     let owned = open_task(env, partition)?;
                     self.tasks.insert(partition.0, owned);
@@ -175,19 +193,46 @@ impl Worker {
             }
             Command::Stray(m) => match self.tasks.get_mut(&(m.partition() as u32)) {
                 Some(o) => {
-                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "record from the main queue after its partition was split");
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "record from the main queue after its partition was split"
+                    );
                     process_owned(&mut o.task, &m)?
                 }
                 None => {
                     let buffered: usize = self.strays.values().map(Vec::len).sum();
                     if buffered >= MAX_STRAYS {
-                        return Err(Error::Stopped(format!("more than {MAX_STRAYS} records arrived for partitions without a task")));
+                        return Err(Error::Stopped(format!(
+                            "more than {MAX_STRAYS} records arrived for partitions without a task"
+                        )));
                     }
-                    self.strays.entry(m.partition() as u32).or_default().push(*m)
+                    self.strays
+                        .entry(m.partition() as u32)
+                        .or_default()
+                        .push(*m)
                 }
             },
-            Command::Rewind { table, partition, at, range, dry_run, expect, reply } => {
-                let r = rewind(env, &mut self.tasks, table, partition, at, range, dry_run, expect);
+            Command::Rewind {
+                table,
+                partition,
+                at,
+                range,
+                dry_run,
+                expect,
+                reply,
+            } => {
+                let r = rewind(
+                    env,
+                    &mut self.tasks,
+                    table,
+                    partition,
+                    at,
+                    range,
+                    dry_run,
+                    expect,
+                );
                 let _ = reply.send(r);
             }
             Command::Shutdown { ack } => {
@@ -281,7 +326,11 @@ fn process_owned(task: &mut Task<RocksStore>, m: &OwnedMessage) -> Result<()> {
 }
 
 fn partition_dir(env: &WorkerEnv, table: &str, p: Partition) -> PathBuf {
-    env.config.state_dir.join(&env.config.application_id).join(table).join(p.0.to_string())
+    env.config
+        .state_dir
+        .join(&env.config.application_id)
+        .join(table)
+        .join(p.0.to_string())
 }
 
 /// Opens a task's tables (wiping unusable local state) and restores each
@@ -290,24 +339,43 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
     let mut tables = Vec::new();
     let mut writers = Vec::new();
     for (name, options) in &env.tables {
-        let cfg = TableConfig::new(TableName::new(name.clone())?, p).retention(options.retention).granularity(options.granularity);
+        let cfg = TableConfig::new(TableName::new(name.clone())?, p)
+            .retention(options.retention)
+            .granularity(options.granularity);
         let dir = partition_dir(env, name, p);
         let mut table = match TablePartition::open_rocks(&dir, &env.rocks, cfg.clone()) {
             Ok(t) => t,
-            Err(e @ (strata_state::Error::Corrupt { .. } | strata_state::Error::Protocol { .. })) => {
+            Err(
+                e @ (strata_state::Error::Corrupt { .. } | strata_state::Error::Protocol { .. }),
+            ) => {
                 tracing::warn!(table = %name, partition = %p, error = %e, "local state unusable; wiping it and rebuilding from the changelog");
-                RocksStore::destroy(&dir).map_err(|e| Error::Io { context: format!("wiping {}", dir.display()), source: std::io::Error::other(e.message) })?;
+                RocksStore::destroy(&dir).map_err(|e| Error::Io {
+                    context: format!("wiping {}", dir.display()),
+                    source: std::io::Error::other(e.message),
+                })?;
                 TablePartition::open_rocks(&dir, &env.rocks, cfg)?
             }
             Err(e) => return Err(e.into()),
         };
         let topic = env.config.changelog_topic(name);
-        let location = Location { table: TableName::new(name.clone())?, partition: p };
-        env.registry.set_table(name, p, table.reader(), PartitionState::Restoring { records: 0, rate: 0.0 });
-        let mut reader = KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?;
+        let location = Location {
+            table: TableName::new(name.clone())?,
+            partition: p,
+        };
+        env.registry.set_table(
+            name,
+            p,
+            table.reader(),
+            PartitionState::Restoring {
+                records: 0,
+                rate: 0.0,
+            },
+        );
+        let mut reader =
+            KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?;
         let started = Instant::now();
         let mut last_log = Instant::now();
-        let from = table.checkpoint().changelog.map(|c| c.0 .0 + 1).unwrap_or(0);
+        let from = table.checkpoint().changelog.map(|c| c.0.0 + 1).unwrap_or(0);
         tracing::info!(table = %name, partition = %p, from, "restoring from the changelog");
         let registry = env.registry.clone();
         let progress = table.restore_from(&mut reader, env.config.restore_batch, &mut |pr| {
@@ -324,14 +392,23 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
             table = %name, partition = %p, records = progress.read, applied = progress.applied,
             elapsed_ms = started.elapsed().as_millis() as u64, version = table.latest_version().0, "restored"
         );
-        env.registry.set_table(name, p, table.reader(), PartitionState::Running);
-        writers.push(KafkaChangelogWriter::new(env.changelog.clone(), topic, location));
+        env.registry
+            .set_table(name, p, table.reader(), PartitionState::Running);
+        writers.push(KafkaChangelogWriter::new(
+            env.changelog.clone(),
+            topic,
+            location,
+        ));
         tables.push(table);
     }
     let mut task = Task::new(p, env.sources.clone(), tables, env.dlq.clone());
     task.set_timers(&env.timers, Timestamp::now());
     env.registry.set_assigned(p);
-    Ok(Owned { task, queues: Vec::new(), writers })
+    Ok(Owned {
+        task,
+        queues: Vec::new(),
+        writers,
+    })
 }
 
 fn commit_task(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
@@ -343,9 +420,17 @@ fn commit_task_sync(env: &WorkerEnv, o: &mut Owned, sync: bool) -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    let mut io = Io { writers: &mut o.writers, env, sync };
+    let mut io = Io {
+        writers: &mut o.writers,
+        env,
+        sync,
+    };
     o.task.commit(&mut io, Timestamp::now())?;
-    env.registry.set_stats(o.task.partition, o.task.stats.clone(), Some(started.elapsed().as_micros() as u64));
+    env.registry.set_stats(
+        o.task.partition,
+        o.task.stats.clone(),
+        Some(started.elapsed().as_micros() as u64),
+    );
     Ok(())
 }
 
@@ -378,9 +463,16 @@ fn rewind(
     dry_run: bool,
     expect: Option<strata_state::Version>,
 ) -> Result<RewindPlan> {
-    let o = tasks.get_mut(&p.0).ok_or_else(|| Error::Stopped(format!("partition {p} is not owned by this instance")))?;
+    let o = tasks
+        .get_mut(&p.0)
+        .ok_or_else(|| Error::Stopped(format!("partition {p} is not owned by this instance")))?;
     commit_task(env, o)?;
-    let t = o.task.tables.tables.get_mut(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+    let t = o
+        .task
+        .tables
+        .tables
+        .get_mut(table)
+        .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
     if let Some(want) = expect {
         // Checked after the commit above, on the thread that owns the
         // partition: nothing can commit between this check and the rewind.
@@ -399,12 +491,23 @@ fn rewind(
     if dry_run {
         return Ok(t.plan_rewind(at, &range)?);
     }
-    let emit = env.emitters.get(table).ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+    let emit = env
+        .emitters
+        .get(table)
+        .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
     let plan = o.task.rewind(table, emit, at, &range)?;
     let started = Instant::now();
-    let mut io = Io { writers: &mut o.writers, env, sync: false };
+    let mut io = Io {
+        writers: &mut o.writers,
+        env,
+        sync: false,
+    };
     o.task.commit(&mut io, Timestamp::now())?;
-    env.registry.set_stats(p, o.task.stats.clone(), Some(started.elapsed().as_micros() as u64));
+    env.registry.set_stats(
+        p,
+        o.task.stats.clone(),
+        Some(started.elapsed().as_micros() as u64),
+    );
     tracing::info!(partition = %p, table, target = plan.target.0, changes = plan.changes.len(), "rewound");
     Ok(plan)
 }

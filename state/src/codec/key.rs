@@ -29,7 +29,10 @@ pub trait OrderedKey: Sized {
 }
 
 fn short(what: &str, bytes: &[u8]) -> Error {
-    Error::Codec(format!("cannot decode {what} key from {} bytes", bytes.len()))
+    Error::Codec(format!(
+        "cannot decode {what} key from {} bytes",
+        bytes.len()
+    ))
 }
 
 macro_rules! unsigned {
@@ -88,7 +91,10 @@ impl OrderedKey for bool {
         self.encode_key(out)
     }
     fn decode_nested(bytes: &[u8]) -> Result<(Self, usize)> {
-        Ok((Self::decode_key(bytes.get(..1).ok_or_else(|| short("bool", bytes))?)?, 1))
+        Ok((
+            Self::decode_key(bytes.get(..1).ok_or_else(|| short("bool", bytes))?)?,
+            1,
+        ))
     }
 }
 
@@ -103,7 +109,8 @@ impl OrderedKey for Vec<u8> {
         escape_into(self, out)
     }
     fn decode_nested(bytes: &[u8]) -> Result<(Self, usize)> {
-        unescape(bytes).ok_or_else(|| Error::Codec("malformed escaped bytes in composite key".into()))
+        unescape(bytes)
+            .ok_or_else(|| Error::Codec("malformed escaped bytes in composite key".into()))
     }
 }
 
@@ -112,14 +119,19 @@ impl OrderedKey for String {
         out.extend_from_slice(self.as_bytes())
     }
     fn decode_key(bytes: &[u8]) -> Result<Self> {
-        String::from_utf8(bytes.to_vec()).map_err(|e| Error::Codec(format!("string key is not UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| Error::Codec(format!("string key is not UTF-8: {e}")))
     }
     fn encode_nested(&self, out: &mut Vec<u8>) {
         escape_into(self.as_bytes(), out)
     }
     fn decode_nested(bytes: &[u8]) -> Result<(Self, usize)> {
         let (raw, n) = Vec::<u8>::decode_nested(bytes)?;
-        Ok((String::from_utf8(raw).map_err(|e| Error::Codec(format!("string key is not UTF-8: {e}")))?, n))
+        Ok((
+            String::from_utf8(raw)
+                .map_err(|e| Error::Codec(format!("string key is not UTF-8: {e}")))?,
+            n,
+        ))
     }
 }
 
@@ -157,7 +169,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn check_order<K: OrderedKey + Ord + std::fmt::Debug + PartialEq>(a: K, b: K) -> std::result::Result<(), TestCaseError> {
+    fn check_order<K: OrderedKey + Ord + std::fmt::Debug + PartialEq>(
+        a: K,
+        b: K,
+    ) -> std::result::Result<(), TestCaseError> {
         let (ea, eb) = (a.to_key_bytes(), b.to_key_bytes());
         prop_assert_eq!(ea.cmp(&eb), a.cmp(&b));
         prop_assert_eq!(K::decode_key(&ea).unwrap(), a);

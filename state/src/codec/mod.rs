@@ -9,9 +9,9 @@ mod escape;
 mod key;
 mod value;
 
-pub use escape::{escape_into, unescape, ESCAPED_TERMINATOR};
+pub use escape::{ESCAPED_TERMINATOR, escape_into, unescape};
 pub use key::OrderedKey;
-pub use value::{Bincode, Json, ValueCodec, VALUE_FORMAT_BINCODE, VALUE_FORMAT_JSON};
+pub use value::{Bincode, Json, VALUE_FORMAT_BINCODE, VALUE_FORMAT_JSON, ValueCodec};
 
 /// Renders key bytes for an error message: as text when printable UTF-8,
 /// else as hex, truncated to 64 bytes.

@@ -48,7 +48,10 @@ impl<V: Serialize + DeserializeOwned> ValueCodec<V> for Bincode {
         let (v, n) = bincode::serde::decode_from_slice(&bytes[1..], bincode::config::standard())
             .map_err(|e| Error::Codec(format!("bincode decode: {e}")))?;
         if n + 1 != bytes.len() {
-            return Err(Error::Codec(format!("bincode decode: {} trailing bytes", bytes.len() - n - 1)));
+            return Err(Error::Codec(format!(
+                "bincode decode: {} trailing bytes",
+                bytes.len() - n - 1
+            )));
         }
         Ok(v)
     }
@@ -62,7 +65,8 @@ pub struct Json;
 impl<V: Serialize + DeserializeOwned> ValueCodec<V> for Json {
     fn encode(&self, value: &V) -> Result<Vec<u8>> {
         let mut out = vec![VALUE_FORMAT_JSON];
-        serde_json::to_writer(&mut out, value).map_err(|e| Error::Codec(format!("json encode: {e}")))?;
+        serde_json::to_writer(&mut out, value)
+            .map_err(|e| Error::Codec(format!("json encode: {e}")))?;
         Ok(out)
     }
 
@@ -111,6 +115,11 @@ mod tests {
         assert!(ValueCodec::<Order>::decode(&Bincode, &[1, 0xff, 0xff, 0xff]).is_err());
         let mut ok = Bincode.encode(&7u32).unwrap();
         ok.push(9);
-        assert!(ValueCodec::<u32>::decode(&Bincode, &ok).unwrap_err().to_string().contains("trailing"));
+        assert!(
+            ValueCodec::<u32>::decode(&Bincode, &ok)
+                .unwrap_err()
+                .to_string()
+                .contains("trailing")
+        );
     }
 }

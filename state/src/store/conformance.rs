@@ -42,9 +42,22 @@ fn get_put_delete<S: KvStore>(s: &S) {
 
 fn batches_are_atomic_and_ordered<S: KvStore>(s: &S) {
     // Later operations in a batch win over earlier ones on the same key.
-    write(s, &[(Cf::History, b"k", Some(b"1")), (Cf::History, b"k", None), (Cf::History, b"k", Some(b"3"))]);
-    assert_eq!(s.get(Cf::History, b"k").unwrap().as_deref(), Some(&b"3"[..]));
-    write(s, &[(Cf::History, b"k", Some(b"4")), (Cf::History, b"k", None)]);
+    write(
+        s,
+        &[
+            (Cf::History, b"k", Some(b"1")),
+            (Cf::History, b"k", None),
+            (Cf::History, b"k", Some(b"3")),
+        ],
+    );
+    assert_eq!(
+        s.get(Cf::History, b"k").unwrap().as_deref(),
+        Some(&b"3"[..])
+    );
+    write(
+        s,
+        &[(Cf::History, b"k", Some(b"4")), (Cf::History, b"k", None)],
+    );
     assert_eq!(s.get(Cf::History, b"k").unwrap(), None);
     let b = s.batch();
     assert!(b.is_empty());
@@ -72,7 +85,9 @@ fn column_families_are_separate<S: KvStore>(s: &S) {
 
 fn keys(n: u16) -> Vec<Vec<u8>> {
     // Includes keys that are prefixes of others, and zero bytes.
-    let mut ks: Vec<Vec<u8>> = (0..n).map(|i| format!("k{:03}", i * 2).into_bytes()).collect();
+    let mut ks: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("k{:03}", i * 2).into_bytes())
+        .collect();
     ks.push(b"k".to_vec());
     ks.push(b"k\x00".to_vec());
     ks.push(vec![0xff, 0xff]);

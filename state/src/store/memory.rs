@@ -85,7 +85,10 @@ pub struct MemoryCursor<'a> {
 }
 
 impl MemoryCursor<'_> {
-    fn set(&mut self, pick: impl FnOnce(&BTreeMap<Vec<u8>, Vec<u8>>) -> Option<(Vec<u8>, Vec<u8>)>) {
+    fn set(
+        &mut self,
+        pick: impl FnOnce(&BTreeMap<Vec<u8>, Vec<u8>>) -> Option<(Vec<u8>, Vec<u8>)>,
+    ) {
         match self.store.lock() {
             Ok(maps) => self.current = pick(&maps[self.cf]),
             Err(e) => {
@@ -102,10 +105,18 @@ fn owned((k, v): (&Vec<u8>, &Vec<u8>)) -> (Vec<u8>, Vec<u8>) {
 
 impl KvCursor for MemoryCursor<'_> {
     fn seek(&mut self, key: &[u8]) {
-        self.set(|m| m.range::<[u8], _>((Bound::Included(key), Bound::Unbounded)).next().map(owned));
+        self.set(|m| {
+            m.range::<[u8], _>((Bound::Included(key), Bound::Unbounded))
+                .next()
+                .map(owned)
+        });
     }
     fn seek_for_prev(&mut self, key: &[u8]) {
-        self.set(|m| m.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back().map(owned));
+        self.set(|m| {
+            m.range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+                .next_back()
+                .map(owned)
+        });
     }
     fn seek_to_first(&mut self) {
         self.set(|m| m.iter().next().map(owned));
@@ -115,12 +126,20 @@ impl KvCursor for MemoryCursor<'_> {
     }
     fn next(&mut self) {
         if let Some((k, _)) = self.current.take() {
-            self.set(|m| m.range::<[u8], _>((Bound::Excluded(&k[..]), Bound::Unbounded)).next().map(owned));
+            self.set(|m| {
+                m.range::<[u8], _>((Bound::Excluded(&k[..]), Bound::Unbounded))
+                    .next()
+                    .map(owned)
+            });
         }
     }
     fn prev(&mut self) {
         if let Some((k, _)) = self.current.take() {
-            self.set(|m| m.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(&k[..]))).next_back().map(owned));
+            self.set(|m| {
+                m.range::<[u8], _>((Bound::Unbounded, Bound::Excluded(&k[..])))
+                    .next_back()
+                    .map(owned)
+            });
         }
     }
     fn valid(&self) -> bool {
@@ -164,7 +183,12 @@ impl KvStore for MemoryStore {
     }
 
     fn cursor(&self, cf: Cf) -> StoreResult<MemoryCursor<'_>> {
-        Ok(MemoryCursor { store: self, cf: idx(cf), current: None, error: None })
+        Ok(MemoryCursor {
+            store: self,
+            cf: idx(cf),
+            current: None,
+            error: None,
+        })
     }
 
     fn flush(&self) -> StoreResult<()> {

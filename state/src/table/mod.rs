@@ -80,7 +80,10 @@ impl<S: KvStore> Shared<S> {
     }
 
     pub fn retention(&self) -> Retention {
-        self.retention.read().map(|r| *r).unwrap_or(Retention::Unlimited)
+        self.retention
+            .read()
+            .map(|r| *r)
+            .unwrap_or(Retention::Unlimited)
     }
 
     pub fn loc(&self) -> Box<Location> {
@@ -89,15 +92,24 @@ impl<S: KvStore> Shared<S> {
 
     pub fn store_err(&self, e: StoreError, key: Option<&[u8]>) -> Error {
         match e.kind {
-            StoreErrorKind::Corruption => {
-                Error::Corrupt { location: self.loc(), key: key.map(<[u8]>::to_vec), detail: e.message }
-            }
-            _ => Error::Storage { location: self.loc(), message: e.message },
+            StoreErrorKind::Corruption => Error::Corrupt {
+                location: self.loc(),
+                key: key.map(<[u8]>::to_vec),
+                detail: e.message,
+            },
+            _ => Error::Storage {
+                location: self.loc(),
+                message: e.message,
+            },
         }
     }
 
     pub fn corrupt(&self, key: Option<&[u8]>, detail: impl Into<String>) -> Error {
-        Error::Corrupt { location: self.loc(), key: key.map(<[u8]>::to_vec), detail: detail.into() }
+        Error::Corrupt {
+            location: self.loc(),
+            key: key.map(<[u8]>::to_vec),
+            detail: detail.into(),
+        }
     }
 
     pub fn cursor(&self, cf: Cf) -> Result<S::Cursor<'_>> {
@@ -144,15 +156,22 @@ impl TablePartition<crate::store::RocksStore> {
         env: &crate::store::RocksEnv,
         config: TableConfig,
     ) -> Result<TablePartition<crate::store::RocksStore>> {
-        let loc = Box::new(Location { table: config.name.clone(), partition: config.partition });
-        let store = crate::store::RocksStore::open(path.as_ref(), env).map_err(|e| match e.kind {
-            StoreErrorKind::Corruption => Error::Corrupt {
-                location: loc.clone(),
-                key: None,
-                detail: format!("{} ({})", e.message, path.as_ref().display()),
-            },
-            _ => Error::Storage { location: loc.clone(), message: format!("{} ({})", e.message, path.as_ref().display()) },
-        })?;
+        let loc = Box::new(Location {
+            table: config.name.clone(),
+            partition: config.partition,
+        });
+        let store =
+            crate::store::RocksStore::open(path.as_ref(), env).map_err(|e| match e.kind {
+                StoreErrorKind::Corruption => Error::Corrupt {
+                    location: loc.clone(),
+                    key: None,
+                    detail: format!("{} ({})", e.message, path.as_ref().display()),
+                },
+                _ => Error::Storage {
+                    location: loc.clone(),
+                    message: format!("{} ({})", e.message, path.as_ref().display()),
+                },
+            })?;
         TablePartition::open(store, config)
     }
 }
@@ -165,7 +184,10 @@ impl<S: KvStore> TablePartition<S> {
     /// stored one replaces it.
     pub fn open(store: S, config: TableConfig) -> Result<TablePartition<S>> {
         config.validate()?;
-        let loc = Location { table: config.name.clone(), partition: config.partition };
+        let loc = Location {
+            table: config.name.clone(),
+            partition: config.partition,
+        };
         let shared = Shared {
             store,
             loc,
@@ -174,12 +196,21 @@ impl<S: KvStore> TablePartition<S> {
             floor: AtomicU64::new(0),
             retention: RwLock::new(config.retention),
         };
-        let read_meta = |key: &[u8]| shared.store.get(Cf::Meta, key).map_err(|e| shared.store_err(e, None));
-        let identity = PartitionMeta { table: config.name.as_str().to_string(), partition: config.partition.0 };
+        let read_meta = |key: &[u8]| {
+            shared
+                .store
+                .get(Cf::Meta, key)
+                .map_err(|e| shared.store_err(e, None))
+        };
+        let identity = PartitionMeta {
+            table: config.name.as_str().to_string(),
+            partition: config.partition.0,
+        };
         let mut init = shared.store.batch();
         match read_meta(meta::PARTITION)? {
             Some(bytes) => {
-                let found: PartitionMeta = layout::open_meta(&bytes).map_err(|d| shared.corrupt(None, d))?;
+                let found: PartitionMeta =
+                    layout::open_meta(&bytes).map_err(|d| shared.corrupt(None, d))?;
                 if found != identity {
                     return Err(Error::Protocol {
                         location: shared.loc(),
@@ -190,7 +221,12 @@ impl<S: KvStore> TablePartition<S> {
                     });
                 }
             }
-            None => crate::store::KvBatch::put(&mut init, Cf::Meta, meta::PARTITION, &layout::seal_meta(&identity)),
+            None => crate::store::KvBatch::put(
+                &mut init,
+                Cf::Meta,
+                meta::PARTITION,
+                &layout::seal_meta(&identity),
+            ),
         }
         let checkpoint: Checkpoint = match read_meta(meta::CHECKPOINT)? {
             Some(b) => layout::open_meta(&b).map_err(|d| shared.corrupt(None, d))?,
@@ -205,7 +241,12 @@ impl<S: KvStore> TablePartition<S> {
             None => None,
         };
         if stored_retention != Some(config.retention) {
-            crate::store::KvBatch::put(&mut init, Cf::Meta, meta::RETENTION, &layout::seal_meta(&config.retention));
+            crate::store::KvBatch::put(
+                &mut init,
+                Cf::Meta,
+                meta::RETENTION,
+                &layout::seal_meta(&config.retention),
+            );
         }
         // The version log and the checkpoint are written in one batch, so
         // they must agree; anything else means the files were tampered with.
@@ -214,17 +255,24 @@ impl<S: KvStore> TablePartition<S> {
             c.seek_to_last();
             shared.cursor_status(&c, None)?;
             if c.valid() {
-                let last = layout::parse_version_key(c.key()).map_err(|d| shared.corrupt(None, d))?;
+                let last =
+                    layout::parse_version_key(c.key()).map_err(|d| shared.corrupt(None, d))?;
                 if last != checkpoint.version {
                     return Err(shared.corrupt(
                         None,
-                        format!("version log ends at {last} but the checkpoint says {}", checkpoint.version),
+                        format!(
+                            "version log ends at {last} but the checkpoint says {}",
+                            checkpoint.version
+                        ),
                     ));
                 }
             }
         }
         if !crate::store::KvBatch::is_empty(&init) {
-            shared.store.write(init).map_err(|e| shared.store_err(e, None))?;
+            shared
+                .store
+                .write(init)
+                .map_err(|e| shared.store_err(e, None))?;
         }
         shared.latest.store(checkpoint.version.0, Ordering::Release);
         shared.last_time.store(checkpoint.time.0, Ordering::Release);
@@ -278,7 +326,10 @@ impl<S: KvStore> TablePartition<S> {
     /// Makes everything committed durable on disk (a no-op for stores with
     /// a write-ahead log, apart from flushing memtables).
     pub fn flush(&self) -> Result<()> {
-        self.shared.store.flush().map_err(|e| self.shared.store_err(e, None))
+        self.shared
+            .store
+            .flush()
+            .map_err(|e| self.shared.store_err(e, None))
     }
 
     /// The retention in force.
@@ -291,8 +342,16 @@ impl<S: KvStore> TablePartition<S> {
     pub fn set_retention(&mut self, retention: Retention) -> Result<()> {
         retention.validate()?;
         let mut b = self.shared.store.batch();
-        crate::store::KvBatch::put(&mut b, Cf::Meta, meta::RETENTION, &layout::seal_meta(&retention));
-        self.shared.store.write(b).map_err(|e| self.shared.store_err(e, None))?;
+        crate::store::KvBatch::put(
+            &mut b,
+            Cf::Meta,
+            meta::RETENTION,
+            &layout::seal_meta(&retention),
+        );
+        self.shared
+            .store
+            .write(b)
+            .map_err(|e| self.shared.store_err(e, None))?;
         if let Ok(mut r) = self.shared.retention.write() {
             *r = retention;
         }

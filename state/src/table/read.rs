@@ -82,7 +82,12 @@ pub struct HistoryQuery {
 
 impl Default for HistoryQuery {
     fn default() -> Self {
-        HistoryQuery { from: None, to: None, order: Order::Descending, limit: 1000 }
+        HistoryQuery {
+            from: None,
+            to: None,
+            order: Order::Descending,
+            limit: 1000,
+        }
     }
 }
 
@@ -107,15 +112,21 @@ pub struct PartitionReader<S> {
 
 impl<S> Clone for PartitionReader<S> {
     fn clone(&self) -> Self {
-        PartitionReader { shared: self.shared.clone() }
+        PartitionReader {
+            shared: self.shared.clone(),
+        }
     }
 }
 
 fn to_versioned(e: Entry) -> Option<Versioned> {
     match e.kind {
-        EntryKind::Value => {
-            Some(Versioned { version: e.version, time: e.time, flags: e.flags, lineage: e.lineage, value: e.value })
-        }
+        EntryKind::Value => Some(Versioned {
+            version: e.version,
+            time: e.time,
+            flags: e.flags,
+            lineage: e.lineage,
+            value: e.value,
+        }),
         _ => None,
     }
 }
@@ -158,8 +169,14 @@ impl<S: KvStore> PartitionReader<S> {
 
     pub(super) fn latest_entry(&self, key: &[u8]) -> Result<Option<Entry>> {
         let s = &self.shared;
-        match s.store.get(Cf::Latest, key).map_err(|e| s.store_err(e, Some(key)))? {
-            Some(bytes) => Entry::decode(&bytes).map(Some).map_err(|d| s.corrupt(Some(key), d)),
+        match s
+            .store
+            .get(Cf::Latest, key)
+            .map_err(|e| s.store_err(e, Some(key)))?
+        {
+            Some(bytes) => Entry::decode(&bytes)
+                .map(Some)
+                .map_err(|d| s.corrupt(Some(key), d)),
             None => Ok(None),
         }
     }
@@ -192,8 +209,14 @@ impl<S: KvStore> PartitionReader<S> {
     /// The metadata of a committed version.
     pub fn version_record(&self, v: Version) -> Result<Option<VersionRecord>> {
         let s = &self.shared;
-        match s.store.get(Cf::Versions, &layout::version_key(v)).map_err(|e| s.store_err(e, None))? {
-            Some(b) => VersionRecord::decode(&b).map(Some).map_err(|d| s.corrupt(None, format!("version log at {v}: {d}"))),
+        match s
+            .store
+            .get(Cf::Versions, &layout::version_key(v))
+            .map_err(|e| s.store_err(e, None))?
+        {
+            Some(b) => VersionRecord::decode(&b)
+                .map(Some)
+                .map_err(|d| s.corrupt(None, format!("version log at {v}: {d}"))),
             None => Ok(None),
         }
     }
@@ -206,21 +229,33 @@ impl<S: KvStore> PartitionReader<S> {
             At::Latest => Ok(latest),
             At::Version(v) => {
                 if v > latest {
-                    return Err(Error::FutureVersion { location: self.shared.loc(), requested: v, latest });
+                    return Err(Error::FutureVersion {
+                        location: self.shared.loc(),
+                        requested: v,
+                        latest,
+                    });
                 }
                 if v == latest {
                     return Ok(v);
                 }
                 let floor = self.partition_floor();
                 if v < floor {
-                    return Err(self.beyond(None, Point::Version(v), format!("version {}", floor.0)));
+                    return Err(self.beyond(
+                        None,
+                        Point::Version(v),
+                        format!("version {}", floor.0),
+                    ));
                 }
                 if let Some(h) = self.time_horizon() {
                     // The state at v is readable iff it is the state at
                     // some time at or after the horizon.
                     let at_h = self.version_at_time(h)?;
                     if v < at_h {
-                        return Err(self.beyond(None, Point::Version(v), format!("version {}", at_h.0)));
+                        return Err(self.beyond(
+                            None,
+                            Point::Version(v),
+                            format!("version {}", at_h.0),
+                        ));
                     }
                 }
                 Ok(v)
@@ -274,7 +309,11 @@ impl<S: KvStore> PartitionReader<S> {
         }
         let entry = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
         if entry.kind == EntryKind::Expired {
-            return Err(self.beyond(Some(key), Point::Version(v), "a later version of this key".into()));
+            return Err(self.beyond(
+                Some(key),
+                Point::Version(v),
+                "a later version of this key".into(),
+            ));
         }
         if let Retention::LastVersions(n) = s.retention() {
             // Count newer versions of the key, up to n.
@@ -286,7 +325,11 @@ impl<S: KvStore> PartitionReader<S> {
             }
             s.cursor_status(&c, Some(key))?;
             if newer >= n.get() {
-                return Err(self.beyond(Some(key), Point::Version(v), format!("the key's last {n} versions")));
+                return Err(self.beyond(
+                    Some(key),
+                    Point::Version(v),
+                    format!("the key's last {n} versions"),
+                ));
             }
         }
         Ok(Some(entry))
@@ -334,7 +377,10 @@ impl<S: KvStore> PartitionReader<S> {
     pub fn history(&self, key: &[u8], q: &HistoryQuery) -> Result<History> {
         let s = &self.shared;
         if q.limit == 0 {
-            return Err(Error::InvalidRequest { location: s.loc(), reason: "history limit must be at least 1".into() });
+            return Err(Error::InvalidRequest {
+                location: s.loc(),
+                reason: "history limit must be at least 1".into(),
+            });
         }
         let mut from = match q.from {
             Some(p) => self.point_to_version(p, true)?,
@@ -369,7 +415,11 @@ impl<S: KvStore> PartitionReader<S> {
         let mut entries = Vec::new();
         let mut next = None;
         if from > to {
-            return Ok(History { entries, next, truncated_by_retention: truncated });
+            return Ok(History {
+                entries,
+                next,
+                truncated_by_retention: truncated,
+            });
         }
         let prefix = layout::history_prefix(key);
         let mut c = s.cursor(Cf::History)?;
@@ -417,6 +467,10 @@ impl<S: KvStore> PartitionReader<S> {
             }
         }
         s.cursor_status(&c, Some(key))?;
-        Ok(History { entries, next, truncated_by_retention: truncated })
+        Ok(History {
+            entries,
+            next,
+            truncated_by_retention: truncated,
+        })
     }
 }

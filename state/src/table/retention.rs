@@ -19,11 +19,11 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::Result;
 use crate::config::Retention;
 use crate::layout::{self, Entry, EntryKind, PruneState, VersionRecord, meta};
 use crate::store::{Cf, KvBatch, KvCursor, KvStore};
 use crate::types::Version;
-use crate::Result;
 
 use super::TablePartition;
 
@@ -71,7 +71,8 @@ impl<S: KvStore> TablePartition<S> {
                 report.done = true;
                 break;
             }
-            let rec = VersionRecord::decode(vc.value()).map_err(|d| s.corrupt(None, format!("version log at {u}: {d}")))?;
+            let rec = VersionRecord::decode(vc.value())
+                .map_err(|d| s.corrupt(None, format!("version log at {u}: {d}")))?;
             match retention {
                 Retention::Unlimited => {}
                 Retention::LastVersions(n) => {
@@ -134,7 +135,12 @@ impl<S: KvStore> TablePartition<S> {
         }
         if let Some((k, oldest)) = pending {
             if oldest.kind != EntryKind::Expired {
-                let marker = Entry { kind: EntryKind::Expired, value: Vec::new(), lineage: None, ..oldest };
+                let marker = Entry {
+                    kind: EntryKind::Expired,
+                    value: Vec::new(),
+                    lineage: None,
+                    ..oldest
+                };
                 batch.put(Cf::History, &k, &marker.encode());
                 removed += 1;
             }
@@ -146,7 +152,12 @@ impl<S: KvStore> TablePartition<S> {
     /// Under a duration: delete the entry `u` superseded. (A deleted key's
     /// final tombstone is kept: it is one small entry, and without it a later
     /// change of policy could not tell "absent" from "expired".)
-    fn expire_superseded(&self, batch: &mut S::Batch, rec: &VersionRecord, u: Version) -> Result<usize> {
+    fn expire_superseded(
+        &self,
+        batch: &mut S::Batch,
+        rec: &VersionRecord,
+        u: Version,
+    ) -> Result<usize> {
         let s = &self.shared;
         let key = &rec.key;
         let prefix = layout::history_prefix(key);
@@ -170,7 +181,12 @@ impl<S: KvStore> TablePartition<S> {
 
     /// Deletes time-index entries before the horizon, keeping the newest
     /// of them (it resolves reads at times between it and the horizon).
-    fn prune_commit_index(&self, batch: &mut S::Batch, h: crate::types::Timestamp, budget: usize) -> Result<usize> {
+    fn prune_commit_index(
+        &self,
+        batch: &mut S::Batch,
+        h: crate::types::Timestamp,
+        budget: usize,
+    ) -> Result<usize> {
         let s = &self.shared;
         let mut c = s.cursor(Cf::Commits)?;
         c.seek_to_first();

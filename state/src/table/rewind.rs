@@ -42,7 +42,13 @@ pub struct RewindPlan {
 
 impl<S: KvStore> PartitionReader<S> {
     /// Keys of `range` written by versions in `(from, to]`.
-    fn changed_keys(&self, from: Version, to: Version, range: &KeyRange, max: usize) -> Result<BTreeSet<Vec<u8>>> {
+    fn changed_keys(
+        &self,
+        from: Version,
+        to: Version,
+        range: &KeyRange,
+        max: usize,
+    ) -> Result<BTreeSet<Vec<u8>>> {
         let s = &self.shared;
         let mut keys = BTreeSet::new();
         let mut c = s.cursor(Cf::Versions)?;
@@ -52,13 +58,16 @@ impl<S: KvStore> PartitionReader<S> {
             if v > to {
                 break;
             }
-            let rec = VersionRecord::decode(c.value()).map_err(|d| s.corrupt(None, format!("version log at {v}: {d}")))?;
+            let rec = VersionRecord::decode(c.value())
+                .map_err(|d| s.corrupt(None, format!("version log at {v}: {d}")))?;
             if range.contains(&rec.key) {
                 keys.insert(rec.key);
                 if keys.len() > max {
                     return Err(Error::InvalidRequest {
                         location: s.loc(),
-                        reason: format!("more than {max} keys changed in the range; narrow the key range or the versions"),
+                        reason: format!(
+                            "more than {max} keys changed in the range; narrow the key range or the versions"
+                        ),
                     });
                 }
             }
@@ -70,32 +79,60 @@ impl<S: KvStore> PartitionReader<S> {
 
     /// The keys of `range` whose values differ between `from` and `to`,
     /// with both values, in key order.
-    pub fn diff(&self, from: At, to: At, range: &KeyRange, max_keys: usize) -> Result<Vec<DiffEntry>> {
+    pub fn diff(
+        &self,
+        from: At,
+        to: At,
+        range: &KeyRange,
+        max_keys: usize,
+    ) -> Result<Vec<DiffEntry>> {
         let (a, b) = (self.resolve(from)?, self.resolve(to)?);
         self.diff_resolved(a, b, range, max_keys)
     }
 
     /// [`PartitionReader::diff`] between versions already resolved (and
     /// retention-checked) by [`PartitionReader::resolve`].
-    fn diff_resolved(&self, a: Version, b: Version, range: &KeyRange, max_keys: usize) -> Result<Vec<DiffEntry>> {
+    fn diff_resolved(
+        &self,
+        a: Version,
+        b: Version,
+        range: &KeyRange,
+        max_keys: usize,
+    ) -> Result<Vec<DiffEntry>> {
         if a > b {
             return Err(Error::InvalidRequest {
                 location: self.shared.loc(),
-                reason: format!("diff from {a} to {b}: the first point must not be later than the second"),
+                reason: format!(
+                    "diff from {a} to {b}: the first point must not be later than the second"
+                ),
             });
         }
         let mut out = Vec::new();
         for key in self.changed_keys(a, b, range, max_keys)? {
-            let before = self.entry_at(&key, a)?.filter(|e| e.kind == EntryKind::Value);
-            let after = self.entry_at(&key, b)?.filter(|e| e.kind == EntryKind::Value);
+            let before = self
+                .entry_at(&key, a)?
+                .filter(|e| e.kind == EntryKind::Value);
+            let after = self
+                .entry_at(&key, b)?
+                .filter(|e| e.kind == EntryKind::Value);
             let same = match (&before, &after) {
                 (Some(x), Some(y)) => x.value == y.value,
                 (None, None) => true,
                 _ => false,
             };
             if !same {
-                let conv = |e: crate::layout::Entry| Versioned { version: e.version, time: e.time, flags: e.flags, lineage: e.lineage, value: e.value };
-                out.push(DiffEntry { key, before: before.map(conv), after: after.map(conv) });
+                let conv = |e: crate::layout::Entry| Versioned {
+                    version: e.version,
+                    time: e.time,
+                    flags: e.flags,
+                    lineage: e.lineage,
+                    value: e.value,
+                };
+                out.push(DiffEntry {
+                    key,
+                    before: before.map(conv),
+                    after: after.map(conv),
+                });
             }
         }
         Ok(out)
@@ -106,14 +143,19 @@ impl<S: KvStore> PartitionReader<S> {
         let from = self.shared.latest();
         let t = self.resolve(target)?;
         let changes = self.diff_resolved(t, from, range, max_keys)?;
-        Ok(RewindPlan { target: t, from, changes })
+        Ok(RewindPlan {
+            target: t,
+            from,
+            changes,
+        })
     }
 }
 
 impl<S: KvStore> TablePartition<S> {
     /// Plans a rewind of `range` to `target` without changing anything.
     pub fn plan_rewind(&self, target: At, range: &KeyRange) -> Result<RewindPlan> {
-        self.reader().plan_rewind(target, range, self.config.max_diff_keys)
+        self.reader()
+            .plan_rewind(target, range, self.config.max_diff_keys)
     }
 
     /// Stages the mutations that bring `range` back to its state at
@@ -123,7 +165,8 @@ impl<S: KvStore> TablePartition<S> {
         if self.staged_len() > 0 || self.prepared.is_some() {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
-                reason: "rewind with uncommitted mutations staged; commit or discard them first".into(),
+                reason: "rewind with uncommitted mutations staged; commit or discard them first"
+                    .into(),
             });
         }
         let plan = self.plan_rewind(target, range)?;
@@ -137,7 +180,11 @@ impl<S: KvStore> TablePartition<S> {
         if plan.from != self.latest_version() {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
-                reason: format!("the rewind plan was made at {} but the partition is now at {}; plan again", plan.from, self.latest_version()),
+                reason: format!(
+                    "the rewind plan was made at {} but the partition is now at {}; plan again",
+                    plan.from,
+                    self.latest_version()
+                ),
             });
         }
         for d in &plan.changes {

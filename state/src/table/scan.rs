@@ -27,12 +27,18 @@ pub struct KeyRange {
 impl KeyRange {
     /// Every key.
     pub fn all() -> KeyRange {
-        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
 
     /// Keys in `[start, end)`.
     pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> KeyRange {
-        KeyRange { start: Bound::Included(start.into()), end: Bound::Excluded(end.into()) }
+        KeyRange {
+            start: Bound::Included(start.into()),
+            end: Bound::Excluded(end.into()),
+        }
     }
 
     /// Keys starting with `prefix`.
@@ -51,7 +57,10 @@ impl KeyRange {
             }
             None => Bound::Unbounded,
         };
-        KeyRange { start: Bound::Included(p), end }
+        KeyRange {
+            start: Bound::Included(p),
+            end,
+        }
     }
 
     /// Whether `key` is in the range.
@@ -139,7 +148,10 @@ impl<S: KvStore> PartitionReader<S> {
     }
 
     fn decode_token(&self, range: &KeyRange, t: &ScanToken) -> Result<(Version, Vec<u8>)> {
-        let bad = |reason: &str| Error::InvalidScanToken { location: self.shared.loc(), reason: reason.into() };
+        let bad = |reason: &str| Error::InvalidScanToken {
+            location: self.shared.loc(),
+            reason: reason.into(),
+        };
         let b = &t.0;
         if b.len() < 17 {
             return Err(bad("too short"));
@@ -151,10 +163,14 @@ impl<S: KvStore> PartitionReader<S> {
         if body[0] != TOKEN_FORMAT {
             return Err(bad("unknown token format"));
         }
-        let version = Version(u64::from_be_bytes(body[1..9].try_into().map_err(|_| bad("version"))?));
+        let version = Version(u64::from_be_bytes(
+            body[1..9].try_into().map_err(|_| bad("version"))?,
+        ));
         let id = u32::from_be_bytes(body[9..13].try_into().map_err(|_| bad("identity"))?);
         if id != self.identity_hash(range) {
-            return Err(bad("the token belongs to another table, partition or key range"));
+            return Err(bad(
+                "the token belongs to another table, partition or key range",
+            ));
         }
         Ok((version, body[13..].to_vec()))
     }
@@ -162,7 +178,10 @@ impl<S: KvStore> PartitionReader<S> {
     /// Reads one page of a scan.
     pub fn scan(&self, req: &ScanRequest) -> Result<ScanPage> {
         if req.limit == 0 {
-            return Err(Error::InvalidRequest { location: self.shared.loc(), reason: "scan limit must be at least 1".into() });
+            return Err(Error::InvalidRequest {
+                location: self.shared.loc(),
+                reason: "scan limit must be at least 1".into(),
+            });
         }
         let (version, start) = match &req.token {
             Some(t) => {
@@ -179,8 +198,16 @@ impl<S: KvStore> PartitionReader<S> {
             }
             None => (self.resolve(req.at)?, req.range.start.clone()),
         };
-        let range = KeyRange { start, end: req.range.end.clone() };
-        let scan = Scan { whole: &req.range, range: &range, version, limit: req.limit };
+        let range = KeyRange {
+            start,
+            end: req.range.end.clone(),
+        };
+        let scan = Scan {
+            whole: &req.range,
+            range: &range,
+            version,
+            limit: req.limit,
+        };
         if version == self.shared.latest() {
             let page = self.scan_latest(&scan)?;
             // A commit that raced the scan may have changed keys the latest
@@ -194,9 +221,18 @@ impl<S: KvStore> PartitionReader<S> {
 
     /// A page: `resume_after` is the last key examined when the page stops
     /// early (limit reached, or the examination budget spent on absent keys).
-    fn finish(&self, scan: &Scan<'_>, items: Vec<(Vec<u8>, Versioned)>, resume_after: Option<Vec<u8>>) -> ScanPage {
+    fn finish(
+        &self,
+        scan: &Scan<'_>,
+        items: Vec<(Vec<u8>, Versioned)>,
+        resume_after: Option<Vec<u8>>,
+    ) -> ScanPage {
         let next = resume_after.map(|k| self.encode_token(scan.whole, scan.version, &k));
-        ScanPage { items, version: scan.version, next }
+        ScanPage {
+            items,
+            version: scan.version,
+            next,
+        }
     }
 
     fn scan_latest(&self, scan: &Scan<'_>) -> Result<ScanPage> {
@@ -225,9 +261,22 @@ impl<S: KvStore> PartitionReader<S> {
                 break;
             }
             let e = Entry::decode(c.value()).map_err(|d| s.corrupt(Some(key), d))?;
-            let item = if e.version > version { self.entry_at(key, version)? } else { Some(e) };
+            let item = if e.version > version {
+                self.entry_at(key, version)?
+            } else {
+                Some(e)
+            };
             if let Some(e) = item.filter(|e| e.kind == EntryKind::Value) {
-                items.push((key.to_vec(), Versioned { version: e.version, time: e.time, flags: e.flags, lineage: e.lineage, value: e.value }));
+                items.push((
+                    key.to_vec(),
+                    Versioned {
+                        version: e.version,
+                        time: e.time,
+                        flags: e.flags,
+                        lineage: e.lineage,
+                        value: e.value,
+                    },
+                ));
             }
             c.next();
         }
@@ -261,12 +310,24 @@ impl<S: KvStore> PartitionReader<S> {
                 break;
             }
             examined += 1;
-            if let Some(e) = self.entry_at(&key, version)?.filter(|e| e.kind == EntryKind::Value) {
+            if let Some(e) = self
+                .entry_at(&key, version)?
+                .filter(|e| e.kind == EntryKind::Value)
+            {
                 if items.len() == limit {
                     resume = last_examined.take();
                     break;
                 }
-                items.push((key.clone(), Versioned { version: e.version, time: e.time, flags: e.flags, lineage: e.lineage, value: e.value }));
+                items.push((
+                    key.clone(),
+                    Versioned {
+                        version: e.version,
+                        time: e.time,
+                        flags: e.flags,
+                        lineage: e.lineage,
+                        value: e.value,
+                    },
+                ));
             }
             c.seek(&layout::history_after_key(&key));
             last_examined = Some(key);

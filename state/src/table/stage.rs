@@ -32,7 +32,11 @@ pub(crate) struct Staging {
 
 impl Staging {
     pub fn new(granularity: Granularity) -> Staging {
-        Staging { granularity, log: Vec::new(), index: HashMap::new() }
+        Staging {
+            granularity,
+            log: Vec::new(),
+            index: HashMap::new(),
+        }
     }
 
     pub fn stage(&mut self, m: Staged) {
@@ -76,7 +80,12 @@ mod tests {
     use super::*;
 
     fn m(k: &str, v: Option<&str>) -> Staged {
-        Staged { key: k.into(), value: v.map(Into::into), lineage: None, flags: VersionFlags::NONE }
+        Staged {
+            key: k.into(),
+            value: v.map(Into::into),
+            lineage: None,
+            flags: VersionFlags::NONE,
+        }
     }
 
     #[test]

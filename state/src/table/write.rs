@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use crate::changelog::ChangeRecord;
 use crate::layout::{self, Entry, EntryKind, VersionRecord, meta};
 use crate::store::{Cf, KvBatch, KvStore};
-use crate::types::{ChangelogPosition, InputOffset, Lineage, Offset, Timestamp, Version, VersionFlags};
+use crate::types::{
+    ChangelogPosition, InputOffset, Lineage, Offset, Timestamp, Version, VersionFlags,
+};
 use crate::{Error, Result};
 
 use super::TablePartition;
@@ -78,8 +80,19 @@ impl<S: KvStore> TablePartition<S> {
     }
 
     /// Stages a mutation with explicit flags (e.g. a replayed record).
-    pub fn stage(&mut self, key: &[u8], value: Option<&[u8]>, lineage: Option<Lineage>, flags: VersionFlags) {
-        self.staging.stage(Staged { key: key.to_vec(), value: value.map(<[u8]>::to_vec), lineage, flags });
+    pub fn stage(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        lineage: Option<Lineage>,
+        flags: VersionFlags,
+    ) {
+        self.staging.stage(Staged {
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+            lineage,
+            flags,
+        });
     }
 
     /// Number of staged mutations.
@@ -140,7 +153,9 @@ impl<S: KvStore> TablePartition<S> {
         if let Some(first) = self.prepared {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
-                reason: format!("a commit starting at {first} is already prepared; apply or discard it first"),
+                reason: format!(
+                    "a commit starting at {first} is already prepared; apply or discard it first"
+                ),
             });
         }
         let time = now.max(self.checkpoint.time);
@@ -151,7 +166,14 @@ impl<S: KvStore> TablePartition<S> {
             .into_iter()
             .map(|s| {
                 next = next.next();
-                ChangeRecord { key: s.key, version: next, time, flags: s.flags, lineage: s.lineage, value: s.value }
+                ChangeRecord {
+                    key: s.key,
+                    version: next,
+                    time,
+                    flags: s.flags,
+                    lineage: s.lineage,
+                    value: s.value,
+                }
             })
             .collect();
         if let Some(r) = records.first() {
@@ -185,18 +207,30 @@ impl<S: KvStore> TablePartition<S> {
 
     /// Writes a prepared commit. `changelog` gives the changelog offset of
     /// each record (same order), or is empty when there is no changelog.
-    pub fn apply(&mut self, prepared: PreparedCommit, changelog: &[Offset], inputs: &[InputOffset]) -> Result<CommitSummary> {
+    pub fn apply(
+        &mut self,
+        prepared: PreparedCommit,
+        changelog: &[Offset],
+        inputs: &[InputOffset],
+    ) -> Result<CommitSummary> {
         let expected = prepared.records.first().map(|r| r.version);
         if expected != self.prepared {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
-                reason: format!("apply of a commit starting at {expected:?} that was not the one prepared ({:?})", self.prepared),
+                reason: format!(
+                    "apply of a commit starting at {expected:?} that was not the one prepared ({:?})",
+                    self.prepared
+                ),
             });
         }
         if !changelog.is_empty() && changelog.len() != prepared.records.len() {
             return Err(Error::Protocol {
                 location: self.shared.loc(),
-                reason: format!("{} changelog offsets for {} records", changelog.len(), prepared.records.len()),
+                reason: format!(
+                    "{} changelog offsets for {} records",
+                    changelog.len(),
+                    prepared.records.len()
+                ),
             });
         }
         let versions = prepared.versions();
@@ -265,7 +299,11 @@ impl<S: KvStore> TablePartition<S> {
         }
         let inputs: Vec<InputOffset> = inputs
             .into_iter()
-            .map(|((topic, p), next)| InputOffset { topic, partition: crate::types::Partition(p), next: Offset(next) })
+            .map(|((topic, p), next)| InputOffset {
+                topic,
+                partition: crate::types::Partition(p),
+                next: Offset(next),
+            })
             .collect();
         step.applied = fresh.len();
         // Skipped duplicates still move the changelog position on, so the
@@ -275,8 +313,15 @@ impl<S: KvStore> TablePartition<S> {
             if end > self.checkpoint.changelog {
                 self.checkpoint.changelog = end;
                 let mut b = self.shared.store.batch();
-                b.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&self.checkpoint));
-                self.shared.store.write(b).map_err(|e| self.shared.store_err(e, None))?;
+                b.put(
+                    Cf::Meta,
+                    meta::CHECKPOINT,
+                    &layout::seal_meta(&self.checkpoint),
+                );
+                self.shared
+                    .store
+                    .write(b)
+                    .map_err(|e| self.shared.store_err(e, None))?;
             }
         }
         Ok(step)
@@ -284,7 +329,12 @@ impl<S: KvStore> TablePartition<S> {
 
     /// One atomic store write of `records` (dense versions following the
     /// checkpoint), then the published watermark.
-    fn write_records(&mut self, records: &[ChangeRecord], changelog: &[Offset], inputs: &[InputOffset]) -> Result<()> {
+    fn write_records(
+        &mut self,
+        records: &[ChangeRecord],
+        changelog: &[Offset],
+        inputs: &[InputOffset],
+    ) -> Result<()> {
         let shared = &self.shared;
         let mut batch = shared.store.batch();
         let mut checkpoint = self.checkpoint.clone();
@@ -296,7 +346,11 @@ impl<S: KvStore> TablePartition<S> {
                 version: r.version,
                 time: r.time,
                 flags: r.flags,
-                kind: if r.value.is_some() { EntryKind::Value } else { EntryKind::Tombstone },
+                kind: if r.value.is_some() {
+                    EntryKind::Value
+                } else {
+                    EntryKind::Tombstone
+                },
                 lineage: r.lineage.clone(),
                 value: r.value.clone().unwrap_or_default(),
             };
@@ -337,7 +391,10 @@ impl<S: KvStore> TablePartition<S> {
             checkpoint.inputs = inputs.to_vec();
         }
         batch.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&checkpoint));
-        shared.store.write(batch).map_err(|e| shared.store_err(e, None))?;
+        shared
+            .store
+            .write(batch)
+            .map_err(|e| shared.store_err(e, None))?;
         // Refresh cached keys only: filling the cache with every write would
         // let one large commit (or rewind) evict the owner's hot keys;
         // `read` fills it on a miss.

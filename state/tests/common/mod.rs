@@ -43,8 +43,16 @@ pub struct Rocks {
 
 impl Rocks {
     pub fn new() -> Rocks {
-        let config = RocksConfig { block_cache_bytes: 8 << 20, write_buffer_budget_bytes: 8 << 20, write_buffer_bytes: 1 << 20, ..RocksConfig::default() };
-        Rocks { env: RocksEnv::new(config).unwrap(), dirs: Vec::new() }
+        let config = RocksConfig {
+            block_cache_bytes: 8 << 20,
+            write_buffer_budget_bytes: 8 << 20,
+            write_buffer_bytes: 1 << 20,
+            ..RocksConfig::default()
+        };
+        Rocks {
+            env: RocksEnv::new(config).unwrap(),
+            dirs: Vec::new(),
+        }
     }
 }
 

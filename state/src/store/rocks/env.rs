@@ -43,7 +43,10 @@ impl RocksConfig {
     /// Checks the settings, naming the offending key.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |key: &str, reason: &str| {
-            Err(crate::Error::InvalidConfig { key: key.into(), reason: reason.into() })
+            Err(crate::Error::InvalidConfig {
+                key: key.into(),
+                reason: reason.into(),
+            })
         };
         if self.block_cache_bytes < (1 << 20) {
             return bad("state.block_cache_bytes", "must be at least 1 MiB");
@@ -52,7 +55,10 @@ impl RocksConfig {
             return bad("state.write_buffer_bytes", "must be at least 64 KiB");
         }
         if self.write_buffer_budget_bytes < self.write_buffer_bytes {
-            return bad("state.write_buffer_budget_bytes", "must be at least state.write_buffer_bytes");
+            return bad(
+                "state.write_buffer_budget_bytes",
+                "must be at least state.write_buffer_bytes",
+            );
         }
         if self.write_buffer_budget_bytes > self.block_cache_bytes {
             return bad(
@@ -81,7 +87,9 @@ pub struct RocksEnv {
 
 impl std::fmt::Debug for RocksEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksEnv").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("RocksEnv")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,9 +98,16 @@ impl RocksEnv {
     pub fn new(config: RocksConfig) -> crate::Result<RocksEnv> {
         config.validate()?;
         let cache = Cache::new_lru_cache(config.block_cache_bytes);
-        let write_buffers =
-            WriteBufferManager::new_write_buffer_manager_with_cache(config.write_buffer_budget_bytes, false, cache.clone());
-        Ok(RocksEnv { config, cache, write_buffers })
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            config.write_buffer_budget_bytes,
+            false,
+            cache.clone(),
+        );
+        Ok(RocksEnv {
+            config,
+            cache,
+            write_buffers,
+        })
     }
 
     /// The settings in force.

@@ -12,7 +12,9 @@ mod env;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, DBRawIteratorWithThreadMode, ErrorKind, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBRawIteratorWithThreadMode, ErrorKind, WriteBatch, WriteOptions,
+};
 
 pub use env::{RocksConfig, RocksEnv};
 
@@ -24,7 +26,10 @@ fn err(e: rocksdb::Error) -> StoreError {
         ErrorKind::IOError => StoreErrorKind::Io,
         _ => StoreErrorKind::Other,
     };
-    StoreError { kind, message: e.into_string() }
+    StoreError {
+        kind,
+        message: e.into_string(),
+    }
 }
 
 /// One table partition's RocksDB instance.
@@ -45,7 +50,9 @@ unsafe impl Sync for WriteOptionsSend {}
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore").field("path", &self.path).finish()
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -58,11 +65,17 @@ impl RocksStore {
             message: format!("cannot create {}: {e}", path.display()),
         })?;
         let db_opts = env.db_options();
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), env.cf_options(*cf)));
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), env.cf_options(*cf)));
         let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(err)?;
         let mut write_opts = WriteOptions::default();
         write_opts.disable_wal(!env.config().wal);
-        Ok(RocksStore { db: Arc::new(db), path, write_opts: WriteOptionsSend(write_opts) })
+        Ok(RocksStore {
+            db: Arc::new(db),
+            path,
+            write_opts: WriteOptionsSend(write_opts),
+        })
     }
 
     /// The directory holding this store.
@@ -161,25 +174,38 @@ impl KvStore for RocksStore {
 
     fn get(&self, cf: Cf, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         let h = self.cf(cf)?;
-        Ok(self.db.get_pinned_cf(h, key).map_err(err)?.map(|p| p.to_vec()))
+        Ok(self
+            .db
+            .get_pinned_cf(h, key)
+            .map_err(err)?
+            .map(|p| p.to_vec()))
     }
 
     fn batch(&self) -> RocksBatch {
-        RocksBatch { db: self.db.clone(), batch: WriteBatch::default() }
+        RocksBatch {
+            db: self.db.clone(),
+            batch: WriteBatch::default(),
+        }
     }
 
     fn write(&self, batch: RocksBatch) -> StoreResult<()> {
-        self.db.write_opt(batch.batch, &self.write_opts.0).map_err(err)
+        self.db
+            .write_opt(batch.batch, &self.write_opts.0)
+            .map_err(err)
     }
 
     fn cursor(&self, cf: Cf) -> StoreResult<RocksCursor<'_>> {
         let h = self.cf(cf)?;
-        Ok(RocksCursor { it: self.db.raw_iterator_cf(h) })
+        Ok(RocksCursor {
+            it: self.db.raw_iterator_cf(h),
+        })
     }
 
     fn flush(&self) -> StoreResult<()> {
-        let handles: Vec<&rocksdb::ColumnFamily> =
-            Cf::ALL.iter().map(|cf| self.cf(*cf)).collect::<StoreResult<_>>()?;
+        let handles: Vec<&rocksdb::ColumnFamily> = Cf::ALL
+            .iter()
+            .map(|cf| self.cf(*cf))
+            .collect::<StoreResult<_>>()?;
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(true);
         self.db.flush_cfs_opt(&handles, &opts).map_err(err)
