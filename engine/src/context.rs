@@ -36,6 +36,9 @@ pub struct RecordMeta {
     pub replay: bool,
     /// Whether this is a table change made by a rewind.
     pub rewind: bool,
+    /// Whether `topic`/`partition`/`offset` name a real input record (so
+    /// table writes carry it as lineage); false for timers and rewinds.
+    pub from_input: bool,
 }
 
 /// A record waiting to be produced at the next commit.
@@ -123,10 +126,9 @@ impl<'a> Ctx<'a> {
     }
 
     /// Stages a write to a table, with this record as its lineage (none
-    /// for timers and rewinds, whose pseudo-topics contain a `:`, which no
-    /// Kafka topic name can).
+    /// for timers and rewinds).
     pub fn table_put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>) {
-        let lineage = (!self.meta.topic.contains(':')).then(|| Lineage {
+        let lineage = self.meta.from_input.then(|| Lineage {
             topic: self.meta.topic.to_string(),
             partition: self.meta.partition,
             offset: self.meta.offset,

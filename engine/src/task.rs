@@ -178,6 +178,7 @@ impl<S: KvStore> Task<S> {
             timestamp: None,
             replay: false,
             rewind: true,
+            from_input: false,
         };
         self.dirty = true;
         for change in &plan.changes {
@@ -215,6 +216,7 @@ impl<S: KvStore> Task<S> {
                 timestamp: Some(now.0 as i64),
                 replay: self.replay,
                 rewind: false,
+                from_input: false,
             };
             self.trace.clear();
             self.trace.push(spec.name.clone());
@@ -251,6 +253,7 @@ impl<S: KvStore> Task<S> {
             timestamp: rec.timestamp,
             replay: self.replay,
             rewind: false,
+            from_input: true,
         };
         self.positions
             .insert(rec.topic.clone(), Offset(rec.offset.0 + 1));

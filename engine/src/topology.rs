@@ -12,7 +12,7 @@
 //! a record's key decides its partition, and the aggregation key is the
 //! record's key, so table partition `p` lives in task `p`.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 
 use strata_state::codec::{Bincode as TableBincode, OrderedKey, ValueCodec};
@@ -263,7 +263,7 @@ pub(crate) struct Graph {
     pub sources: Vec<SourceSpec>,
     pub timers: Vec<TimerSpec>,
     pub tables: Vec<TableSpec>,
-    pub outputs: BTreeMap<String, ()>,
+    pub outputs: BTreeSet<String>,
     pub next_op: usize,
 }
 
@@ -428,7 +428,7 @@ impl Topology {
     /// [`OnError::DeadLetterTo`] included).
     pub fn output_topics(&self) -> Vec<String> {
         let g = lock(&self.graph);
-        let mut out: Vec<String> = g.outputs.keys().cloned().collect();
+        let mut out: Vec<String> = g.outputs.iter().cloned().collect();
         for s in &g.sources {
             if let OnError::DeadLetterTo(t) = &s.on_error {
                 out.push(t.clone());
@@ -574,7 +574,7 @@ where
     /// given codecs, with headers naming the operators it went through.
     pub fn to(&self, topic: &str, key: impl Serde<K>, value: impl Serde<V>) {
         let t: Arc<str> = Arc::from(topic);
-        lock(&self.graph).outputs.insert(topic.to_string(), ());
+        lock(&self.graph).outputs.insert(topic.to_string());
         let name = self.op_name("to");
         self.sinks.add(Arc::new(move |ctx, k, v| {
             let kb = key.encode(&k)?;
@@ -734,7 +734,6 @@ where
 /// A table computed by the app: one versioned table partition per input
 /// partition.
 pub struct Table<K, A> {
-    #[allow(dead_code)]
     graph: Arc<Mutex<Graph>>,
     id: TableId,
     changes: Arc<Sinks<K, Option<A>>>,
