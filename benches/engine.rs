@@ -36,6 +36,9 @@
 //! `STRATA_BENCH_*` variables, then flags (`cargo bench --bench engine --
 //! --help`).
 
+#[path = "common/knobs.rs"]
+mod knobs;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -94,7 +97,7 @@ struct Sizes {
 }
 
 /// (flag, environment variable, help).
-const KNOBS: &[(&str, &str, &str)] = &[
+const KNOBS: &[knobs::Knob] = &[
     (
         "--records",
         "STRATA_BENCH_RECORDS",
@@ -126,59 +129,29 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
     Ok(())
 }
 
-fn usage() -> String {
-    let mut u = String::from("usage: cargo bench --bench engine -- [--quick] [--FLAG N]...\n");
-    for (flag, var, help) in KNOBS {
-        u += &format!("  {flag:<10} {var:<24} {help}\n");
-    }
-    u
-}
-
 fn parse_sizes() -> Result<Sizes> {
-    // cargo passes `--bench` to harness-less benches; it means nothing here.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", usage());
-        std::process::exit(0);
-    }
-    let quick = args.iter().any(|a| a == "--quick")
-        || std::env::var("STRATA_BENCH_QUICK").is_ok_and(|v| v == "1");
-    let mut s = if quick {
-        Sizes {
-            records: 100_000,
-            keys: 10_000,
-            workers: 2,
-            quick,
-        }
-    } else {
-        Sizes {
-            records: 1_000_000,
-            keys: 100_000,
-            workers: 2,
-            quick,
-        }
-    };
-    for (flag, var, _) in KNOBS {
-        if let Ok(v) = std::env::var(var) {
-            set(&mut s, flag, &v).with_context(|| format!("from {var}"))?;
-        }
-    }
-    let mut it = args.iter().filter(|a| *a != "--quick");
-    while let Some(a) = it.next() {
-        let (flag, value) = match a.split_once('=') {
-            Some((f, v)) => (f.to_string(), v.to_string()),
-            None => (
-                a.clone(),
-                it.next()
-                    .with_context(|| format!("{a} needs a value\n{}", usage()))?
-                    .clone(),
-            ),
-        };
-        set(&mut s, &flag, &value).with_context(usage)?;
-    }
+    let s = knobs::parse(
+        "engine",
+        KNOBS,
+        |quick| {
+            if quick {
+                Sizes {
+                    records: 100_000,
+                    keys: 10_000,
+                    workers: 2,
+                    quick,
+                }
+            } else {
+                Sizes {
+                    records: 1_000_000,
+                    keys: 100_000,
+                    workers: 2,
+                    quick,
+                }
+            }
+        },
+        set,
+    )?;
     if s.records == 0 || s.keys == 0 || s.workers == 0 || s.keys > 1_000_000 {
         bail!("need positive sizes and at most 1,000,000 keys: {s:?}");
     }

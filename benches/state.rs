@@ -19,6 +19,9 @@
 //! Sizes come from defaults, then `--quick`, then `STRATA_BENCH_*` variables,
 //! then command-line flags (`cargo bench --bench state -- --help`).
 
+#[path = "common/knobs.rs"]
+mod knobs;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -91,7 +94,7 @@ impl Sizes {
 }
 
 /// (flag, environment variable, help): every size can be set either way.
-const KNOBS: &[(&str, &str, &str)] = &[
+const KNOBS: &[knobs::Knob] = &[
     (
         "--keys",
         "STRATA_BENCH_KEYS",
@@ -180,45 +183,13 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
     Ok(())
 }
 
-fn usage() -> String {
-    let mut u = String::from("usage: cargo bench --bench state -- [--quick] [--FLAG N]...\n");
-    for (flag, var, help) in KNOBS {
-        u += &format!("  {flag:<16} {var:<28} {help}\n");
-    }
-    u
-}
-
 fn parse_sizes() -> Result<Sizes> {
-    // cargo passes `--bench` to harness-less benches; it means nothing here.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", usage());
-        std::process::exit(0);
-    }
-    let quick = args.iter().any(|a| a == "--quick")
-        || std::env::var("STRATA_BENCH_QUICK").is_ok_and(|v| v == "1");
-    let mut s = if quick { Sizes::quick() } else { Sizes::full() };
-    for (flag, var, _) in KNOBS {
-        if let Ok(v) = std::env::var(var) {
-            set(&mut s, flag, &v).with_context(|| format!("from {var}"))?;
-        }
-    }
-    let mut it = args.iter().filter(|a| *a != "--quick");
-    while let Some(a) = it.next() {
-        let (flag, value) = match a.split_once('=') {
-            Some((f, v)) => (f.to_string(), v.to_string()),
-            None => (
-                a.clone(),
-                it.next()
-                    .with_context(|| format!("{a} needs a value\n{}", usage()))?
-                    .clone(),
-            ),
-        };
-        set(&mut s, &flag, &value).with_context(usage)?;
-    }
+    let s = knobs::parse(
+        "state",
+        KNOBS,
+        |quick| if quick { Sizes::quick() } else { Sizes::full() },
+        set,
+    )?;
     if s.batch == 0
         || s.keys == 0
         || s.small_keys == 0
