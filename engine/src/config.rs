@@ -112,8 +112,19 @@ pub struct QueryConfig {
     pub default_rewind_listed: u32,
     /// Most changes listed per partition by a Rewind.
     pub max_rewind_listed: u32,
-    /// Deadline of a unary call whose client set none.
+    /// Deadline of a unary call whose client set none, and the longest
+    /// deadline a unary call gets.
     pub default_deadline: Duration,
+    /// Most times a request may be forwarded between instances to reach a
+    /// partition's owner (a request may ask for fewer, or up to 8).
+    pub max_hops: u32,
+    /// How long connecting to another instance may take when forwarding.
+    pub connect_timeout: Duration,
+    /// How often an idle change feed (Subscribe) looks for new commits and
+    /// sends a heartbeat.
+    pub subscribe_poll: Duration,
+    /// Most changes per Subscribe message.
+    pub max_subscribe_batch: u32,
 }
 
 impl Default for QueryConfig {
@@ -127,6 +138,10 @@ impl Default for QueryConfig {
             default_rewind_listed: 100,
             max_rewind_listed: 10_000,
             default_deadline: Duration::from_secs(30),
+            max_hops: 3,
+            connect_timeout: Duration::from_secs(1),
+            subscribe_poll: Duration::from_millis(20),
+            max_subscribe_batch: 1000,
         }
     }
 }
@@ -147,6 +162,24 @@ impl QueryConfig {
             return Err(Error::config(
                 "query.max_message_bytes",
                 "must be at least 64 KiB",
+            ));
+        }
+        if self.max_hops == 0 || self.max_hops > 8 {
+            return Err(Error::config("query.max_hops", "must be between 1 and 8"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config("query.connect_timeout", "must be positive"));
+        }
+        if self.subscribe_poll.is_zero() || self.subscribe_poll > Duration::from_secs(5) {
+            return Err(Error::config(
+                "query.subscribe_poll",
+                "must be positive and at most 5 s",
+            ));
+        }
+        if self.max_subscribe_batch == 0 {
+            return Err(Error::config(
+                "query.max_subscribe_batch",
+                "must be at least 1",
             ));
         }
         if self.max_diff_keys == 0 {

@@ -306,6 +306,9 @@ struct Shared {
     /// records per second, so readers almost never wait.
     view: RwLock<View>,
     caught_up: AtomicBool,
+    /// Counts applied announcements and prunes: a router that found a
+    /// stale owner waits for it to move before trying again.
+    changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Directory {
@@ -326,6 +329,7 @@ impl Directory {
                 ttl,
                 view: RwLock::new(View::default()),
                 caught_up: AtomicBool::new(false),
+                changes: AtomicU64::new(0),
             }),
         }
     }
@@ -388,19 +392,48 @@ impl Directory {
     }
 
     pub(crate) fn apply(&self, key: &str, value: Option<Announcement>) -> Applied {
-        self.inner
+        let applied = self
+            .inner
             .view
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .apply(key, value)
+            .apply(key, value);
+        self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        applied
     }
 
     pub(crate) fn prune(&self, now: Timestamp) -> usize {
-        self.inner
+        let n = self
+            .inner
             .view
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .prune(now, self.inner.ttl)
+            .prune(now, self.inner.ttl);
+        if n > 0 {
+            self.inner.changes.fetch_add(1, Ordering::AcqRel);
+        }
+        n
+    }
+
+    /// A counter that moves whenever the view may have changed (an
+    /// announcement applied, members expired).
+    pub(crate) fn changes(&self) -> u64 {
+        self.inner.changes.load(Ordering::Acquire)
+    }
+
+    /// Waits (polling, off any lock) until the view changed after `seen`
+    /// or `timeout` passed; true when it changed.
+    pub(crate) async fn changed_since(&self, seen: u64, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.changes() != seen {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub(crate) fn set_caught_up(&self) -> bool {
@@ -436,9 +469,9 @@ pub(crate) struct DirectoryService {
 }
 
 impl DirectoryService {
-    /// Starts following the directory topic, and publishing this instance's
-    /// ownership if it advertises an endpoint.
-    pub(crate) fn start(config: &AppConfig, registry: Registry) -> Result<DirectoryService> {
+    /// Starts following the directory topic. Publishing starts with
+    /// [`DirectoryService::publish`], once the endpoint is known.
+    pub(crate) fn follow(config: &AppConfig) -> Result<DirectoryService> {
         let ttl = config
             .directory_ttl
             .unwrap_or(config.kafka.session_timeout * 3);
@@ -453,18 +486,29 @@ impl DirectoryService {
         service.follower = Some(Stoppable::spawn("strata-directory-follow", move |stop| {
             follower.run(stop)
         })?);
-        if let Some(endpoint) = &config.advertised_endpoint {
-            let publisher =
-                publisher::Publisher::new(config, registry, member.clone(), endpoint.clone(), ttl)?;
-            service.publisher = Some(Stoppable::spawn("strata-directory-publish", move |stop| {
-                publisher.run(stop)
-            })?);
-        }
         tracing::info!(
-            member = %member, endpoint = ?config.advertised_endpoint, topic = %config.directory_topic(),
-            ttl_ms = ttl.as_millis() as u64, "owner directory started"
+            member = %member, topic = %config.directory_topic(), ttl_ms = ttl.as_millis() as u64,
+            "following the owner directory"
         );
         Ok(service)
+    }
+
+    /// Starts publishing this instance's partitions with `endpoint`, the
+    /// gRPC endpoint others reach it at.
+    pub(crate) fn publish(
+        &mut self,
+        config: &AppConfig,
+        registry: Registry,
+        endpoint: String,
+    ) -> Result<()> {
+        let member = self.directory.member_id().to_string();
+        let ttl = self.directory.ttl();
+        tracing::info!(member = %member, endpoint = %endpoint, "publishing to the owner directory");
+        let publisher = publisher::Publisher::new(config, registry, member, endpoint, ttl)?;
+        self.publisher = Some(Stoppable::spawn("strata-directory-publish", move |stop| {
+            publisher.run(stop)
+        })?);
+        Ok(())
     }
 
     pub(crate) fn directory(&self) -> &Directory {

@@ -47,6 +47,9 @@ struct Inner {
     tasks: BTreeMap<u32, TaskStats>,
     commit_latency_us: Vec<u64>,
     lag: BTreeMap<(String, u32), u64>,
+    /// Changelog records a restoring table partition has still to read,
+    /// when its changelog's end is known.
+    restore_remaining: BTreeMap<(String, u32), u64>,
     /// Partitions whose task finished opening here (tables restored).
     assigned: BTreeSet<u32>,
 }
@@ -60,6 +63,9 @@ impl Registry {
         state: PartitionState,
     ) {
         if let Ok(mut g) = self.inner.write() {
+            if state == PartitionState::Running {
+                g.restore_remaining.remove(&(table.to_string(), p.0));
+            }
             g.tables
                 .insert((table.to_string(), p.0), Slot { reader, state });
         }
@@ -67,14 +73,50 @@ impl Registry {
 
     pub(crate) fn set_state(&self, table: &str, p: Partition, state: PartitionState) {
         if let Ok(mut g) = self.inner.write() {
+            if state == PartitionState::Running {
+                g.restore_remaining.remove(&(table.to_string(), p.0));
+            }
             if let Some(s) = g.tables.get_mut(&(table.to_string(), p.0)) {
                 s.state = state;
             }
         }
     }
 
+    /// Records how much a restoring table partition has left to read.
+    pub(crate) fn set_restore_remaining(&self, table: &str, p: Partition, remaining: Option<u64>) {
+        if let Ok(mut g) = self.inner.write() {
+            let k = (table.to_string(), p.0);
+            match remaining {
+                Some(n) => g.restore_remaining.insert(k, n),
+                None => g.restore_remaining.remove(&k),
+            };
+        }
+    }
+
+    /// Changelog records a restoring table partition has still to read,
+    /// when known.
+    pub fn restore_remaining(&self, table: &str, p: Partition) -> Option<u64> {
+        let g = self.inner.read().ok()?;
+        g.restore_remaining.get(&(table.to_string(), p.0)).copied()
+    }
+
+    /// The reader of a table partition owned here whatever its state (a
+    /// restoring partition's reader sees what it has restored so far: a
+    /// stale read).
+    pub(crate) fn any_reader(
+        &self,
+        table: &str,
+        p: Partition,
+    ) -> Option<(PartitionReader<RocksStore>, PartitionState)> {
+        let g = self.inner.read().ok()?;
+        g.tables
+            .get(&(table.to_string(), p.0))
+            .map(|s| (s.reader.clone(), s.state.clone()))
+    }
+
     pub(crate) fn remove_partition(&self, p: Partition) {
         if let Ok(mut g) = self.inner.write() {
+            g.restore_remaining.retain(|(_, q), _| *q != p.0);
             g.tables.retain(|(_, q), _| *q != p.0);
             g.tasks.remove(&p.0);
             g.assigned.remove(&p.0);

@@ -681,17 +681,17 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     )));
     let (c, m) = raw_unary(ch.clone(), "/strata.v1.Query/Get", huge.encode_to_vec()).await;
     assert_eq!(c, Code::ResourceExhausted, "{m}");
-    // Subscribe is not built yet.
+    // Subscribe to an unknown table: NOT_FOUND before any stream.
     let Err(s) = q
         .subscribe(pb::SubscribeRequest {
-            table: "sums".into(),
+            table: "nope".into(),
             ..Default::default()
         })
         .await
     else {
         panic!("Subscribe answered a stream")
     };
-    assert_eq!(s.code(), Code::Unimplemented);
+    assert_eq!(s.code(), Code::NotFound);
 
     // Health and reflection.
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
@@ -806,8 +806,8 @@ impl tonic::codec::Decoder for RawCodec {
 /// Two instances share the partitions: each serves its own, reports the
 /// others as unavailable (forwarding comes later), and the two partial
 /// scans together hold every key exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_anywhere_are_routed_to_the_owner() {
     let kafka = EmbeddedKafka::start(1).unwrap();
     kafka.create_topic("events", PARTITIONS).unwrap();
     let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -820,28 +820,41 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
         .unwrap();
     let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), i as i64)).collect();
     produce(&kafka, &recs);
+    let running = |app: &RunningApp| -> BTreeSet<u32> {
+        app.registry()
+            .partitions()
+            .into_iter()
+            .filter(|(t, _, s)| t == "sums" && *s == strata_engine::PartitionState::Running)
+            .map(|(_, p, _)| p.0)
+            .collect()
+    };
     let (a, b) = tokio::task::block_in_place(|| {
         let a = App::new(ca).unwrap().start(topology()).unwrap();
         a.wait_running(PARTITIONS as usize, Duration::from_secs(60))
             .unwrap();
         let b = App::new(cb).unwrap().start(topology()).unwrap();
-        // Wait for the rebalance to settle: every partition running on
-        // exactly one of the two, each with some.
+        // Wait for the rebalance to settle and both directories to say
+        // so: every partition running on exactly one of the two, each
+        // with some, and both directories naming those owners.
         let end = Instant::now() + Duration::from_secs(90);
         loop {
-            let running = |app: &RunningApp| -> BTreeSet<u32> {
-                app.registry()
-                    .partitions()
-                    .into_iter()
-                    .filter(|(t, _, s)| t == "sums" && *s == strata_engine::PartitionState::Running)
-                    .map(|(_, p, _)| p.0)
-                    .collect()
-            };
             let (pa, pb) = (running(&a), running(&b));
+            let agreed = |app: &RunningApp| {
+                (0..PARTITIONS).all(|p| {
+                    let want = if pa.contains(&p) { "a" } else { "b" };
+                    app.directory()
+                        .owner(strata_state::Partition(p))
+                        .is_some_and(|o| {
+                            o.member == want && o.state == strata_engine::PartitionState::Running
+                        })
+                })
+            };
             if !pa.is_empty()
                 && !pb.is_empty()
                 && pa.is_disjoint(&pb)
                 && pa.len() + pb.len() == PARTITIONS as usize
+                && agreed(&a)
+                && agreed(&b)
             {
                 break;
             }
@@ -853,76 +866,98 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
         }
         (a, b)
     });
-    let mut all = Vec::new();
-    for app in [&a, &b] {
-        let (mut q, _, _) = clients(app.grpc_addr().unwrap()).await;
-        let mine: BTreeSet<u32> = app
-            .registry()
-            .partitions()
-            .into_iter()
-            .filter(|(t, _, _)| t == "sums")
-            .map(|(_, p, _)| p.0)
-            .collect();
-        // Converged values, read where they live.
+    let owner_of = |k: &str| {
+        let p = a.partition_of(k.as_bytes()).0;
+        if running(&a).contains(&p) { "a" } else { "b" }
+    };
+    for (app, me) in [(&a, "a"), (&b, "b")] {
+        let (mut q, mut adm, _) = clients(app.grpc_addr().unwrap()).await;
+        // Converged: every key from this instance, with its value, served
+        // by its owner (forwarded once when that is the other).
         let end = Instant::now() + Duration::from_secs(60);
-        let items = loop {
+        'keys: loop {
+            for i in 0..KEYS {
+                let k = key(i);
+                let r = q.get(get_json("sums", &k)).await.unwrap().into_inner();
+                let served = r.served.unwrap();
+                let owner = owner_of(&k);
+                assert_eq!(served.instance.as_ref().unwrap().id, owner, "{k} from {me}");
+                assert_eq!(served.hops, u32::from(owner != me), "{k} from {me}");
+                let v = match r.outcome {
+                    Some(pb::get_response::Outcome::Found(e)) => {
+                        e.value_json.parse::<i64>().unwrap()
+                    }
+                    _ => -1,
+                };
+                if v != i as i64 {
+                    assert!(Instant::now() < end, "{k} from {me}: {v}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'keys;
+                }
+                // History is routed too.
+                let h = q
+                    .history(pb::HistoryRequest {
+                        table: "sums".into(),
+                        key_ref: Some(pb::history_request::KeyRef::KeyJson(
+                            serde_json::to_string(&k).unwrap(),
+                        )),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(h.entries.len(), 1, "{k}");
+                assert_eq!(h.served.unwrap().instance.unwrap().id, owner);
+            }
+            break;
+        }
+        // A scan over every partition, in small pages, gathers every key
+        // exactly once and in key order, from both owners.
+        let mut keys = Vec::new();
+        let mut token = Vec::new();
+        let mut servers = BTreeSet::new();
+        loop {
             let r = q
                 .scan(pb::ScanRequest {
                     table: "sums".into(),
+                    page_size: 7,
+                    page_token: token,
                     ..Default::default()
                 })
                 .await
                 .unwrap()
                 .into_inner();
-            assert!(r.partial, "partitions elsewhere make the scan partial");
-            let missing: BTreeSet<u32> = r.unavailable.iter().map(|u| u.partition).collect();
-            assert_eq!(
-                missing,
-                (0..PARTITIONS)
-                    .filter(|p| !mine.contains(p))
-                    .collect::<BTreeSet<u32>>()
-            );
-            assert!(
-                r.unavailable
+            assert!(!r.partial, "{:?}", r.unavailable);
+            assert!(r.items.len() <= 7);
+            keys.extend(r.items.iter().map(|i| i.key_json.clone()));
+            servers.extend(
+                r.served
                     .iter()
-                    .all(|u| u.code == Code::Unavailable as i32 && u.message.contains("not owned")),
-                "{:?}",
-                r.unavailable
+                    .map(|s| s.instance.as_ref().unwrap().id.clone()),
             );
-            assert!(r.items.iter().all(|i| mine.contains(&i.partition)));
-            let sum: i64 = r
-                .items
-                .iter()
-                .map(|i| i.entry.as_ref().unwrap().value_json.parse::<i64>().unwrap())
-                .sum();
-            let want: i64 = (0..KEYS)
-                .filter(|i| mine.contains(&app.partition_of(key(*i).as_bytes()).0))
-                .map(|i| i as i64)
-                .sum();
-            if sum == want {
-                break r.items;
+            token = r.next_page_token;
+            if token.is_empty() {
+                break;
             }
-            assert!(Instant::now() < end, "values not converged on {mine:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        all.extend(items.into_iter().map(|i| i.key_json));
-        // A key owned by the other instance: UNAVAILABLE, saying what to do.
-        let other = (0..KEYS)
-            .map(key)
-            .find(|k| !mine.contains(&app.partition_of(k.as_bytes()).0))
-            .unwrap();
-        let s = q
-            .get(get_json("sums", &other))
-            .await
-            .expect_err("owned elsewhere");
-        assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
-        assert!(
-            s.message().contains("not owned by this instance"),
-            "{}",
-            s.message()
-        );
-        // DescribeTable lists the others as unreachable from here.
+        }
+        let want: Vec<String> = (0..KEYS).map(|i| format!("\"{}\"", key(i))).collect();
+        assert_eq!(keys, want, "every key exactly once, in order, from {me}");
+        assert_eq!(servers, BTreeSet::from(["a".to_string(), "b".to_string()]));
+        // Diff from the beginning across partitions: every key, once.
         let d = q
+            .diff(pb::DiffRequest {
+                table: "sums".into(),
+                from: at_time(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!d.partial);
+        assert_eq!(d.entries.len(), KEYS);
+        assert_eq!(d.from_versions.len(), PARTITIONS as usize);
+        // DescribeTable names every partition's owner and its versions.
+        let desc = q
             .describe_table(pb::DescribeTableRequest {
                 table: "sums".into(),
                 options: None,
@@ -930,16 +965,241 @@ async fn partitions_owned_elsewhere_are_unavailable_and_scans_partial() {
             .await
             .unwrap()
             .into_inner();
-        for p in d.partitions {
-            let local = matches!(p.state, Some(pb::partition_info::State::Running(_)));
-            assert_eq!(local, mine.contains(&p.partition), "{p:?}");
+        for p in &desc.partitions {
+            assert!(
+                matches!(p.state, Some(pb::partition_info::State::Running(_))),
+                "{p:?}"
+            );
+            let want = if running(&a).contains(&p.partition) {
+                "a"
+            } else {
+                "b"
+            };
+            assert_eq!(p.owner.as_ref().unwrap().id, want);
+            assert!(p.latest_version > 0, "{p:?}");
         }
+        // A key owned elsewhere, with no hop left: UNAVAILABLE, saying why.
+        let other = (0..KEYS).map(key).find(|k| owner_of(k) != me).unwrap();
+        let mut req = get_json("sums", &other);
+        req.options = Some(pb::RequestOptions {
+            max_hops: 1,
+            hops: 1,
+            ..Default::default()
+        });
+        let s = q.get(req).await.expect_err("out of hops");
+        assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+        assert!(s.message().contains("forwarded"), "{}", s.message());
+        // A deadline too short to forward: DEADLINE_EXCEEDED.
+        let mut req = tonic::Request::new(get_json("sums", &other));
+        req.set_timeout(Duration::from_millis(3));
+        let s = q.get(req).await.expect_err("too late to forward");
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{}", s.message());
+        // Errors of the owner come back as they are: unknown table.
+        let s = q.get(get_json("nope", &other)).await.expect_err("no table");
+        assert_eq!(s.code(), Code::NotFound);
+        // A dry-run rewind of every partition reaches both owners.
+        let r = adm
+            .rewind(pb::RewindRequest {
+                table: "sums".into(),
+                to: at_time(1),
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.partitions.len(), PARTITIONS as usize);
+        let planned: u64 = r.partitions.iter().map(|p| p.change_count).sum();
+        assert_eq!(planned, KEYS as u64, "{r:?}");
+        assert!(
+            r.partitions
+                .iter()
+                .all(|p| p.status == pb::RewindStatus::Planned as i32)
+        );
     }
-    all.sort();
-    let want: Vec<String> = (0..KEYS).map(|i| format!("\"{}\"", key(i))).collect();
-    assert_eq!(all, want, "every key exactly once across the two instances");
     tokio::task::block_in_place(move || {
         b.shutdown().unwrap();
         a.shutdown().unwrap();
     });
+}
+
+/// Reads a feed until every partition's cursor reaches `until`, checking
+/// each partition's versions arrive in order, once, with no gap after
+/// `from`; returns the changes and the last cursor.
+async fn read_feed(
+    feed: &mut tonic::Streaming<pb::SubscribeResponse>,
+    from: &BTreeMap<u32, u64>,
+    until: &BTreeMap<u32, u64>,
+) -> (Vec<pb::Change>, pb::Cursor) {
+    let mut next: BTreeMap<u32, u64> = from.iter().map(|(p, v)| (*p, v + 1)).collect();
+    let mut changes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = tokio::time::timeout_at(deadline.into(), feed.message())
+            .await
+            .expect("the feed reached the end in time")
+            .unwrap()
+            .expect("the feed is open");
+        for c in &m.changes {
+            let v = c.entry.as_ref().unwrap().version;
+            let want = next.get_mut(&c.partition).unwrap();
+            assert_eq!(v, *want, "partition {} in order, once, no gap", c.partition);
+            *want += 1;
+        }
+        changes.extend(m.changes);
+        let cursor = m.resume.unwrap();
+        let at: BTreeMap<u32, u64> = cursor
+            .positions
+            .iter()
+            .map(|pv| (pv.partition, pv.version))
+            .collect();
+        for (p, v) in &at {
+            assert_eq!(
+                next[p],
+                v + 1,
+                "the cursor of partition {p} is where its changes stopped"
+            );
+        }
+        if until.iter().all(|(p, v)| at.get(p).is_some_and(|a| a >= v)) {
+            return (changes, cursor);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_delivers_every_committed_change_once_in_order() {
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("events", PARTITIONS).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let c = config(&kafka, "feed", state.path());
+    kafka
+        .create_app_topics(&c, &topology(), PARTITIONS)
+        .unwrap();
+    let first: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), 1)).collect();
+    produce(&kafka, &first);
+    let app = tokio::task::block_in_place(|| {
+        let app = App::new(c).unwrap().start(topology()).unwrap();
+        app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
+            .unwrap();
+        app
+    });
+    let latest = |app: &RunningApp| -> BTreeMap<u32, u64> {
+        (0..PARTITIONS)
+            .map(|p| {
+                (
+                    p,
+                    app.registry()
+                        .reader("sums", strata_state::Partition(p))
+                        .unwrap()
+                        .latest_version()
+                        .0,
+                )
+            })
+            .collect()
+    };
+    // Wait until the first batch is committed.
+    let end = Instant::now() + Duration::from_secs(60);
+    while latest(&app).values().sum::<u64>() < KEYS as u64 {
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut q, _, _) = clients(app.grpc_addr().unwrap()).await;
+    // From the oldest kept version (an empty cursor), in small batches.
+    let mut feed = q
+        .subscribe(pb::SubscribeRequest {
+            table: "sums".into(),
+            start: Some(pb::subscribe_request::Start::After(pb::Cursor::default())),
+            max_batch: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let zero: BTreeMap<u32, u64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    let now = latest(&app);
+    let (backlog, cursor) = read_feed(&mut feed, &zero, &now).await;
+    assert_eq!(backlog.len() as u64, now.values().sum::<u64>());
+    let mut keys: Vec<String> = backlog.iter().map(|c| c.key_json.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), KEYS, "every key's first version");
+    // New commits arrive on the open feed.
+    let second: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), 10)).collect();
+    produce(&kafka, &second);
+    let end = Instant::now() + Duration::from_secs(60);
+    while latest(&app).values().sum::<u64>() < 2 * KEYS as u64 {
+        assert!(Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let from: BTreeMap<u32, u64> = cursor
+        .positions
+        .iter()
+        .map(|pv| (pv.partition, pv.version))
+        .collect();
+    let (live, _) = read_feed(&mut feed, &from, &latest(&app)).await;
+    assert_eq!(live.len(), KEYS);
+    assert!(
+        live.iter()
+            .all(|c| c.entry.as_ref().unwrap().value_json == "11"),
+        "{live:?}"
+    );
+    drop(feed);
+    // Resuming from the first cursor delivers exactly the rest.
+    let mut again = q
+        .subscribe(pb::SubscribeRequest {
+            table: "sums".into(),
+            start: Some(pb::subscribe_request::Start::After(cursor.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (rest, _) = read_feed(&mut again, &from, &latest(&app)).await;
+    assert_eq!(rest.len(), KEYS);
+    drop(again);
+    // One key, from a time before everything: its two versions.
+    let mut one = q
+        .subscribe(pb::SubscribeRequest {
+            table: "sums".into(),
+            start: Some(pb::subscribe_request::Start::FromTimeMs(1)),
+            keys: Some(pb::KeyFilter {
+                filter: Some(pb::key_filter::Filter::KeyJson("\"k07\"".into())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(30), one.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.extend(m.changes.into_iter().map(|c| c.entry.unwrap().value_json));
+    }
+    assert_eq!(got, ["1", "11"]);
+    // A cursor past the latest version: INVALID_ARGUMENT on the stream.
+    let mut ahead = q
+        .subscribe(pb::SubscribeRequest {
+            table: "sums".into(),
+            partition: Some(0),
+            start: Some(pb::subscribe_request::Start::After(pb::Cursor {
+                positions: vec![pb::PartitionVersion {
+                    partition: 0,
+                    version: 1_000_000,
+                }],
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = tokio::time::timeout(Duration::from_secs(30), ahead.message())
+        .await
+        .unwrap()
+        .expect_err("ahead");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    tokio::task::block_in_place(move || app.shutdown().unwrap());
 }

@@ -15,12 +15,14 @@ use strata_state::{Partition, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::QueryError;
+use super::error::{QueryError, to_status};
+use super::route::{Call, routed};
 use super::scan::{check_single, targets};
 
 /// Rewind: plans or applies a rewind in every partition concerned.
 pub(crate) async fn rewind(
     ctx: Arc<QueryContext>,
+    call: Call,
     req: pb::RewindRequest,
 ) -> Result<pb::RewindResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
@@ -53,34 +55,82 @@ pub(crate) async fn rewind(
         repr: Repr::of(req.options.as_ref()),
     };
 
-    // Listed changes share the reply budget; counts stay complete.
-    let mut budget = ctx.reply_budget();
-    let mut partitions = Vec::with_capacity(targets.len());
-    for p in targets {
+    let one = |p: Partition| {
         let expect = req
             .expect_latest
             .iter()
             .find(|e| e.partition == p.0)
             .map(|e| Version(e.version));
-        let outcome = match ctx.reader(&meta.name, p) {
-            // Only an up-to-date owner rewinds.
-            Err(e) => Err(e),
-            Ok(_) => {
-                let (app, table, range) = (ctx.app.clone(), meta.name.clone(), range.clone());
-                let dry_run = req.dry_run;
-                blocking(move || Ok(app.rewind(&table, p, at, range, dry_run, expect)?)).await
-            }
+        let sub = pb::RewindRequest {
+            partition: Some(p.0),
+            expect_latest: req
+                .expect_latest
+                .iter()
+                .filter(|e| e.partition == p.0)
+                .cloned()
+                .collect(),
+            ..req.clone()
         };
-        match outcome {
-            Ok(plan) => partitions.push(result(
-                &ctx,
-                &render,
+        let (ctx, call, range, render) = (&ctx, &call, range.clone(), render.clone());
+        let (table, dry_run) = (sub.table.clone(), sub.dry_run);
+        async move {
+            routed(
+                ctx,
+                call,
+                &sub.table,
                 p,
-                plan,
-                req.dry_run,
-                listed,
-                &mut budget,
-            )),
+                |_local| async move {
+                    let app = ctx.app.clone();
+                    let plan =
+                        blocking(move || Ok(app.rewind(&table, p, at, range, dry_run, expect)?))
+                            .await?;
+                    Ok(result(ctx, &render, p, plan, dry_run, listed))
+                },
+                |mut remote| {
+                    let r = call.request(pb::RewindRequest {
+                        options: Some(call.forwarded_options(sub.options.clone())),
+                        ..sub.clone()
+                    });
+                    async move {
+                        let resp = remote
+                            .admin
+                            .rewind(r.map_err(|e| to_status(&e))?)
+                            .await?
+                            .into_inner();
+                        resp.partitions
+                            .into_iter()
+                            .find(|r| r.partition == p.0)
+                            .ok_or_else(|| {
+                                tonic::Status::internal(format!(
+                                    "the owner's rewind reply has no partition {p}"
+                                ))
+                            })
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let outcomes = futures_util::future::join_all(targets.iter().map(|&p| one(p))).await;
+    // Listed changes share the reply budget; counts stay complete.
+    let mut budget = ctx.reply_budget();
+    let mut partitions = Vec::with_capacity(targets.len());
+    for (p, outcome) in targets.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(mut r) => {
+                let mut kept = Vec::new();
+                for c in std::mem::take(&mut r.changes) {
+                    let size = c.encoded_len() + 8;
+                    if size > budget {
+                        break;
+                    }
+                    budget -= size;
+                    kept.push(c);
+                }
+                r.changes_truncated = (kept.len() as u64) < r.change_count;
+                r.changes = kept;
+                partitions.push(r);
+            }
             // One partition asked for: its failure is the call's.
             Err(e) if req.partition.is_some() || single.is_some() => return Err(e),
             Err(e) => partitions.push(pb::PartitionRewind {
@@ -104,7 +154,6 @@ fn result(
     plan: strata_state::RewindPlan,
     dry_run: bool,
     listed: usize,
-    budget: &mut usize,
 ) -> pb::PartitionRewind {
     let count = plan.changes.len();
     let status = match (count, dry_run) {
@@ -140,11 +189,6 @@ fn result(
             current: d.after.map(|v| render.entry(v)),
             restored: d.before.map(|v| render.entry(v)),
         };
-        let size = change.encoded_len() + 8;
-        if size > *budget {
-            break;
-        }
-        *budget -= size;
         out.changes.push(change);
     }
     out.changes_truncated = out.changes.len() < count;

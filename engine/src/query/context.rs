@@ -7,7 +7,7 @@
 
 use strata_proto::v1 as pb;
 use strata_state::store::RocksStore;
-use strata_state::{Partition, PartitionReader, Version};
+use strata_state::{Partition, PartitionReader};
 
 use super::error::QueryError;
 use crate::config::QueryConfig;
@@ -21,27 +21,22 @@ pub(crate) struct QueryContext {
     /// This instance, as replies name it.
     pub instance: pb::Instance,
     pub limits: QueryConfig,
+    /// Clients of the other instances, for forwarding.
+    pub(crate) peers: super::route::Peers,
 }
 
 impl QueryContext {
     pub(crate) fn new(app: AppHandle, local: std::net::SocketAddr) -> QueryContext {
-        let config = &app.config;
-        let id = config.instance_id.clone().unwrap_or_else(|| {
-            format!(
-                "{}-{}-{}",
-                config.application_id,
-                std::process::id(),
-                local.port()
-            )
-        });
-        let endpoint = config
-            .advertised_endpoint
-            .clone()
-            .unwrap_or_else(|| format!("http://{local}"));
+        // The same names the owner directory publishes: replies and the
+        // directory agree on who served what.
+        let id = app.directory.member_id().to_string();
+        let endpoint = crate::runtime::advertised_endpoint(&app.config, local)
+            .unwrap_or_else(|_| format!("http://{local}"));
         let instance = pb::Instance { id, endpoint };
         QueryContext {
-            limits: config.query.clone(),
+            limits: app.config.query.clone(),
             instance,
+            peers: Default::default(),
             app,
         }
     }
@@ -142,25 +137,6 @@ impl QueryContext {
             .into_iter()
             .find(|(t, q, _)| t == table && *q == p)
             .map(|(_, _, s)| s)
-    }
-
-    /// Who served a read of partition `p` at `read_version`.
-    pub(crate) fn served(
-        &self,
-        p: Partition,
-        reader: &PartitionReader<RocksStore>,
-        read_version: Version,
-    ) -> pb::Served {
-        pb::Served {
-            partition: p.0,
-            instance: Some(self.instance.clone()),
-            hops: 0,
-            read_version: read_version.0,
-            latest_version: reader.latest_version().0,
-            latest_time_ms: reader.last_commit_time().0,
-            stale: false,
-            lag_records: 0,
-        }
     }
 
     /// A partition that could not take part in a scatter-gather.

@@ -19,8 +19,10 @@ use strata_state::{At, KeyRange, Partition, PartitionReader, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::QueryError;
-use super::scan::{check_single, targets};
+use super::error::{QueryError, to_status};
+use super::gather::{self, Sub, SubPage};
+use super::route::{Call, Local, routed};
+use super::scan::{check_single, reader_of, targets};
 use super::token::{self, Kind};
 
 #[derive(Serialize, Deserialize)]
@@ -42,10 +44,165 @@ struct DiffCursor {
     missing: Vec<u32>,
 }
 
-/// Diff: one page of changed keys.
+fn point(at: Option<pb::At>) -> Option<At> {
+    at.and_then(|a| a.point)
+        .map(|p| convert::at(Some(pb::At { point: Some(p) })))
+}
+
+/// Diff: one page of changed keys, from the partition concerned (here or
+/// on its owner) or gathered from all.
 pub(crate) async fn diff(
     ctx: Arc<QueryContext>,
+    call: Call,
     req: pb::DiffRequest,
+) -> Result<pb::DiffResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    let (range, single) = convert::key_filter(meta, req.keys.clone())?;
+    let Some(from) = point(req.from) else {
+        return Err(QueryError::invalid(
+            "a diff needs `from`: the earlier point (a version or a time)",
+        ));
+    };
+    let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
+    if let [p] = targets[..] {
+        let req = pb::DiffRequest {
+            partition: Some(p.0),
+            ..req
+        };
+        return diff_one(&ctx, &call, p, req).await;
+    }
+    check_single(from, &targets, "a diff from")?;
+    check_single(convert::at(req.to), &targets, "a diff to")?;
+    let page_size = ctx.page_size(req.page_size);
+    let identity = token::identity(&pb::DiffRequest {
+        page_size: 0,
+        page_token: Vec::new(),
+        options: None,
+        ..req.clone()
+    });
+    let repr = Repr::of(req.options.as_ref());
+    let options = gather::sub_options(req.options.as_ref());
+    let version = |v: u64| {
+        Some(pb::At {
+            point: Some(pb::at::Point::Version(v)),
+        })
+    };
+    let fetch = |p: Partition, sub: Sub| {
+        let (from, to) = match &sub.pins {
+            Some(v) => (version(v[0]), version(v[1])),
+            None => (req.from, req.to),
+        };
+        let one = pb::DiffRequest {
+            table: req.table.clone(),
+            from,
+            to,
+            keys: gather::sub_keys(req.keys.clone(), sub.start.as_ref(), &range.end),
+            partition: Some(p.0),
+            page_size: page_size as u32,
+            page_token: sub.token,
+            options: Some(options.clone()),
+        };
+        let (ctx, call) = (&ctx, &call);
+        async move {
+            let r = diff_one(ctx, call, p, one).await?;
+            let missing = || {
+                QueryError::Internal(format!(
+                    "partition {p} answered a diff without its versions"
+                ))
+            };
+            let to = r
+                .served
+                .first()
+                .map(|s| s.read_version)
+                .ok_or_else(missing)?;
+            let from = r
+                .from_versions
+                .first()
+                .map(|v| v.version)
+                .ok_or_else(missing)?;
+            Ok(SubPage {
+                items: r.entries.into_iter().map(|e| (e.key.clone(), e)).collect(),
+                next_token: r.next_page_token,
+                served: r.served,
+                pins: vec![from, to],
+            })
+        }
+    };
+    let g = gather::gather(
+        &ctx,
+        identity,
+        &req.page_token,
+        page_size,
+        "diff",
+        |e: &pb::DiffEntry| e.encoded_len(),
+        fetch,
+    )
+    .await?;
+    let entries = g
+        .items
+        .into_iter()
+        .map(|(_, mut e)| {
+            if !repr.bytes {
+                e.key.clear();
+                for v in [&mut e.before, &mut e.after].into_iter().flatten() {
+                    v.value.clear();
+                }
+            }
+            e
+        })
+        .collect();
+    Ok(pb::DiffResponse {
+        entries,
+        next_page_token: g.next_page_token,
+        partial: !g.unavailable.is_empty(),
+        unavailable: g.unavailable,
+        served: g.served,
+        from_versions: g
+            .pins
+            .into_iter()
+            .map(|(p, v)| pb::PartitionVersion {
+                partition: p.0,
+                version: v[0],
+            })
+            .collect(),
+    })
+}
+
+/// A diff of one partition, served here or by its owner.
+async fn diff_one(
+    ctx: &Arc<QueryContext>,
+    call: &Call,
+    p: Partition,
+    req: pb::DiffRequest,
+) -> Result<pb::DiffResponse, QueryError> {
+    routed(
+        ctx,
+        call,
+        &req.table,
+        p,
+        |local| diff_here(ctx.clone(), req.clone(), local),
+        |mut remote| {
+            let r = call.request(pb::DiffRequest {
+                options: Some(call.forwarded_options(req.options.clone())),
+                ..req.clone()
+            });
+            async move {
+                Ok(remote
+                    .query
+                    .diff(r.map_err(|e| to_status(&e))?)
+                    .await?
+                    .into_inner())
+            }
+        },
+    )
+    .await
+}
+
+/// Diff of one partition readable here (`req.partition` is `local`'s).
+async fn diff_here(
+    ctx: Arc<QueryContext>,
+    req: pb::DiffRequest,
+    local: Local,
 ) -> Result<pb::DiffResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
     let render = Render {
@@ -79,7 +236,7 @@ pub(crate) async fn diff(
         check_single(to, &targets, "a diff to")?;
         let mut missing = Vec::new();
         for p in targets {
-            match ctx.reader(&meta.name, p) {
+            match reader_of(&local, p) {
                 Ok(r) => {
                     let (a, b) = (r.resolve(from)?, r.resolve(to)?);
                     if a > b {
@@ -123,7 +280,7 @@ pub(crate) async fn diff(
                 jobs.push((part, None));
                 continue;
             }
-            match ctx.reader(&meta.name, Partition(part.partition)) {
+            match reader_of(&local, Partition(part.partition)) {
                 Ok(r) => jobs.push((part, Some(r))),
                 Err(e) if e.is_unavailable_partition() => {
                     unavailable.push(ctx.unavailable(Partition(part.partition), &e));
@@ -223,7 +380,8 @@ pub(crate) async fn diff(
             version: part.from,
         });
         if let (Some(r), Some(entries)) = (&reader, entries) {
-            served.push(ctx.served(Partition(part.partition), r, Version(part.to)));
+            let _ = r;
+            served.push(local.served(&ctx, Version(part.to)));
             // Every entry of this partition up to the page's last key was
             // taken; those after it come on later pages.
             if taken[i] == entries.len() {

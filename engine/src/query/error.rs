@@ -47,6 +47,29 @@ pub(crate) enum QueryError {
          not available yet; send the request to the instance that owns it"
     )]
     NotLocal { table: String, partition: Partition },
+    /// The partition is owned elsewhere and no owner could be found.
+    #[error(
+        "partition {partition} of table {table:?} has no reachable owner: {why}; retry shortly"
+    )]
+    NoOwner {
+        table: String,
+        partition: Partition,
+        why: String,
+    },
+    /// Cannot be served now; the message says why and what to do.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Too little time is left of the caller's deadline.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The owner a request was forwarded to answered with this status (or
+    /// could not be reached), passed back as it is.
+    #[error("forwarded to {member} at {endpoint}: {}: {}", status.code(), status.message())]
+    Forwarded {
+        member: String,
+        endpoint: String,
+        status: tonic::Status,
+    },
     /// The partition is replaying its changelog.
     #[error(
         "partition {partition} of table {table:?} is restoring from its changelog ({records} records read, \
@@ -84,10 +107,17 @@ impl QueryError {
     /// Whether the partition concerned could not be read here (restoring
     /// or not owned): a scatter-gather reports it and goes on.
     pub(crate) fn is_unavailable_partition(&self) -> bool {
-        matches!(
-            self,
-            QueryError::NotLocal { .. } | QueryError::Restoring { .. }
-        )
+        match self {
+            QueryError::NotLocal { .. }
+            | QueryError::Restoring { .. }
+            | QueryError::NoOwner { .. }
+            | QueryError::Unavailable(_)
+            | QueryError::DeadlineExceeded(_) => true,
+            QueryError::Forwarded { status, .. } => {
+                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -95,6 +125,37 @@ impl QueryError {
 pub(crate) fn to_status(e: &QueryError) -> Status {
     let mut detail = ErrorDetail::default();
     let code = match e {
+        QueryError::Forwarded {
+            member,
+            endpoint,
+            status,
+        } => {
+            // The owner's answer stands as it is; a transport failure (no
+            // answer at all) says which owner could not be reached.
+            if status.metadata().get("content-type").is_none() && status.code() == Code::Unavailable
+            {
+                return Status::unavailable(format!(
+                    "the partition's owner {member} at {endpoint} could not be reached ({}); retry shortly, \
+                     or check that instance is up and its advertised_endpoint is reachable from here",
+                    status.message()
+                ));
+            }
+            let mut md = MetadataMap::new();
+            if let Some(d) = status.metadata().get_bin(DETAIL_TRAILER) {
+                md.insert_bin(DETAIL_TRAILER, d.clone());
+            }
+            return Status::with_metadata(status.code(), status.message().to_string(), md);
+        }
+        QueryError::NoOwner {
+            table, partition, ..
+        } => {
+            detail.table = table.clone();
+            detail.partition = Some(partition.0);
+            detail.retry_after_ms = 500;
+            Code::Unavailable
+        }
+        QueryError::Unavailable(_) => Code::Unavailable,
+        QueryError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         QueryError::UnknownTable { table, .. } => {
             detail.table = table.clone();
             Code::NotFound

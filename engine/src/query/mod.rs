@@ -9,28 +9,32 @@
 //!
 //! Invariants:
 //! - Reads see committed versions only, through `PartitionReader`s taken
-//!   from the registry on each request; a partition that is restoring or
-//!   owned elsewhere answers UNAVAILABLE (or is listed as unavailable in a
-//!   scatter-gather reply marked partial). Forwarding to owners comes with
-//!   the owner directory.
+//!   from the registry on each request. A partition owned elsewhere is
+//!   read on its owner (`route`: forwarded with a hop limit and the
+//!   caller's deadline); a restoring one answers UNAVAILABLE unless the
+//!   caller accepts a stale read; reads over every partition gather pages
+//!   from each owner (`gather`) and report the partitions they could not
+//!   read (the reply is then marked partial).
 //! - Every failure becomes a status in one function, `error::to_status`.
 //! - Iterating reads run on the blocking pool with bounded work (page size,
 //!   `query.max_diff_keys`); point reads run inline.
 //! - Every reply stays within `query.max_message_bytes`: pages are cut to
 //!   fit, and an item that cannot fit alone is RESOURCE_EXHAUSTED.
 //!
-//! Not yet: Subscribe (UNIMPLEMENTED), rewind with replay (UNIMPLEMENTED),
-//! stale reads of restoring partitions, forwarding, TLS and tokens.
+//! Not yet: rewind with replay (UNIMPLEMENTED).
 
 mod admin;
 mod context;
 mod convert;
 mod diff;
 mod error;
+mod gather;
 mod read;
+mod route;
 mod scan;
 mod server;
 mod service;
+mod subscribe;
 mod tables;
 mod token;
 

@@ -14,19 +14,55 @@ use strata_state::{At, HistoryQuery, Order, Point, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::QueryError;
+use super::error::{QueryError, to_status};
+use super::route::{Call, Local, routed};
 use super::token::{self, Kind};
 
-/// Get: the value of one key at one point.
-pub(crate) fn get(ctx: &QueryContext, req: pb::GetRequest) -> Result<pb::GetResponse, QueryError> {
+/// Get: the value of one key at one point, read here or on the key's
+/// partition's owner.
+pub(crate) async fn get(
+    ctx: Arc<QueryContext>,
+    call: Call,
+    req: pb::GetRequest,
+) -> Result<pb::GetResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    let key = convert::key_bytes(meta, req.key_ref.clone().map(Into::into))?;
+    let p = ctx.partition_of_key(meta, &key)?;
+    routed(
+        &ctx,
+        &call,
+        &meta.name,
+        p,
+        |local| std::future::ready(get_here(&ctx, &req, key, local)),
+        |mut remote| {
+            let r = call.request(pb::GetRequest {
+                options: Some(call.forwarded_options(req.options.clone())),
+                ..req.clone()
+            });
+            async move {
+                Ok(remote
+                    .query
+                    .get(r.map_err(|e| to_status(&e))?)
+                    .await?
+                    .into_inner())
+            }
+        },
+    )
+    .await
+}
+
+fn get_here(
+    ctx: &QueryContext,
+    req: &pb::GetRequest,
+    key: Vec<u8>,
+    local: Local,
+) -> Result<pb::GetResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
     let render = Render {
         meta,
         repr: Repr::of(req.options.as_ref()),
     };
-    let key = convert::key_bytes(meta, req.key_ref.map(Into::into))?;
-    let p = ctx.partition_of_key(meta, &key)?;
-    let reader = ctx.reader(&meta.name, p)?;
+    let reader = &local.reader;
     // Resolve once, then read at that version: the reply's read_version is
     // exactly the state read, even if the owner commits meanwhile.
     let v = reader.resolve(convert::at(req.at))?;
@@ -49,7 +85,7 @@ pub(crate) fn get(ctx: &QueryContext, req: pb::GetRequest) -> Result<pb::GetResp
         key: render.key(&key),
         key_json: render.key_json(&key),
         outcome: Some(outcome),
-        served: Some(ctx.served(p, &reader, v)),
+        served: Some(local.served(ctx, v)),
     })
 }
 
@@ -60,19 +96,51 @@ struct HistoryCursor {
     next: u64,
 }
 
-/// History: one page of a key's versions.
+/// History: one page of a key's versions, read here or on the key's
+/// partition's owner.
 pub(crate) async fn history(
     ctx: Arc<QueryContext>,
+    call: Call,
     req: pb::HistoryRequest,
+) -> Result<pb::HistoryResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    let key = convert::key_bytes(meta, req.key_ref.clone().map(Into::into))?;
+    let p = ctx.partition_of_key(meta, &key)?;
+    routed(
+        &ctx,
+        &call,
+        &meta.name,
+        p,
+        |local| history_here(ctx.clone(), req.clone(), key, local),
+        |mut remote| {
+            let r = call.request(pb::HistoryRequest {
+                options: Some(call.forwarded_options(req.options.clone())),
+                ..req.clone()
+            });
+            async move {
+                Ok(remote
+                    .query
+                    .history(r.map_err(|e| to_status(&e))?)
+                    .await?
+                    .into_inner())
+            }
+        },
+    )
+    .await
+}
+
+async fn history_here(
+    ctx: Arc<QueryContext>,
+    req: pb::HistoryRequest,
+    key: Vec<u8>,
+    local: Local,
 ) -> Result<pb::HistoryResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
     let render = Render {
         meta,
         repr: Repr::of(req.options.as_ref()),
     };
-    let key = convert::key_bytes(meta, req.key_ref.clone().map(Into::into))?;
-    let p = ctx.partition_of_key(meta, &key)?;
-    let reader = ctx.reader(&meta.name, p)?;
+    let reader = local.reader.clone();
     let order = match req.order() {
         pb::Order::Ascending => Order::Ascending,
         pb::Order::Unspecified | pb::Order::Descending => Order::Descending,
@@ -133,6 +201,6 @@ pub(crate) async fn history(
         entries,
         next_page_token,
         truncated_by_retention: page.truncated_by_retention,
-        served: Some(ctx.served(p, &reader, read_version)),
+        served: Some(local.served(&ctx, read_version)),
     })
 }

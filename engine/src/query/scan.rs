@@ -9,7 +9,6 @@
 //! page. Each page reads at most `page size` items per partition, on the
 //! blocking pool.
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use prost::Message;
@@ -22,7 +21,9 @@ use strata_state::{
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::QueryError;
+use super::error::{QueryError, to_status};
+use super::gather::{self, Start, Sub, SubPage};
+use super::route::{Call, Local, routed};
 use super::token::{self, Kind};
 use crate::runtime::TableMeta;
 
@@ -35,31 +36,6 @@ enum Resume {
     Token(Start, Vec<u8>),
     /// Nothing left.
     Done,
-}
-
-/// A lower key bound (serializable `Bound`).
-#[derive(Clone, Serialize, Deserialize)]
-enum Start {
-    Unbounded,
-    Included(Vec<u8>),
-    Excluded(Vec<u8>),
-}
-
-impl Start {
-    fn of(b: &Bound<Vec<u8>>) -> Start {
-        match b {
-            Bound::Unbounded => Start::Unbounded,
-            Bound::Included(k) => Start::Included(k.clone()),
-            Bound::Excluded(k) => Start::Excluded(k.clone()),
-        }
-    }
-    fn bound(&self) -> Bound<Vec<u8>> {
-        match self {
-            Start::Unbounded => Bound::Unbounded,
-            Start::Included(k) => Bound::Included(k.clone()),
-            Start::Excluded(k) => Bound::Excluded(k.clone()),
-        }
-    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -75,6 +51,20 @@ struct ScanCursor {
     parts: Vec<PartCursor>,
     /// Partitions that could not be read on the first page.
     missing: Vec<u32>,
+}
+
+/// The reader of `p`, which must be the partition routed here.
+pub(crate) fn reader_of(
+    local: &Local,
+    p: Partition,
+) -> Result<PartitionReader<RocksStore>, QueryError> {
+    if p != local.partition {
+        return Err(QueryError::Internal(format!(
+            "partition {p} read through the route of partition {}",
+            local.partition
+        )));
+    }
+    Ok(local.reader.clone())
 }
 
 /// Which partitions a request concerns: the one it names, the one a
@@ -107,10 +97,132 @@ pub(crate) fn check_single(at: At, targets: &[Partition], what: &str) -> Result<
     Ok(())
 }
 
-/// Scan: one page of keys and values.
+/// Scan: one page of keys and values, from the partition concerned (here
+/// or on its owner) or gathered from all.
 pub(crate) async fn scan(
     ctx: Arc<QueryContext>,
+    call: Call,
     req: pb::ScanRequest,
+) -> Result<pb::ScanResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    let (range, single) = convert::key_filter(meta, req.keys.clone())?;
+    let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
+    if let [p] = targets[..] {
+        let req = pb::ScanRequest {
+            partition: Some(p.0),
+            ..req
+        };
+        return scan_one(&ctx, &call, p, req).await;
+    }
+    check_single(convert::at(req.at), &targets, "a scan")?;
+    let page_size = ctx.page_size(req.page_size);
+    let identity = token::identity(&pb::ScanRequest {
+        page_size: 0,
+        page_token: Vec::new(),
+        options: None,
+        ..req.clone()
+    });
+    let repr = Repr::of(req.options.as_ref());
+    let options = gather::sub_options(req.options.as_ref());
+    let fetch = |p: Partition, sub: Sub| {
+        let at = match &sub.pins {
+            Some(v) => Some(pb::At {
+                point: Some(pb::at::Point::Version(v[0])),
+            }),
+            None => req.at,
+        };
+        let one = pb::ScanRequest {
+            table: req.table.clone(),
+            keys: gather::sub_keys(req.keys.clone(), sub.start.as_ref(), &range.end),
+            at,
+            partition: Some(p.0),
+            page_size: page_size as u32,
+            page_token: sub.token,
+            options: Some(options.clone()),
+        };
+        let (ctx, call) = (&ctx, &call);
+        async move {
+            let r = scan_one(ctx, call, p, one).await?;
+            let read = r.served.first().map(|s| s.read_version).ok_or_else(|| {
+                QueryError::Internal(format!(
+                    "partition {p} answered a scan without saying what it read"
+                ))
+            })?;
+            Ok(SubPage {
+                items: r.items.into_iter().map(|i| (i.key.clone(), i)).collect(),
+                next_token: r.next_page_token,
+                served: r.served,
+                pins: vec![read],
+            })
+        }
+    };
+    let g = gather::gather(
+        &ctx,
+        identity,
+        &req.page_token,
+        page_size,
+        "scan",
+        |i: &pb::ScanItem| i.encoded_len(),
+        fetch,
+    )
+    .await?;
+    let items = g
+        .items
+        .into_iter()
+        .map(|(_, mut i)| {
+            if !repr.bytes {
+                i.key.clear();
+                if let Some(e) = &mut i.entry {
+                    e.value.clear();
+                }
+            }
+            i
+        })
+        .collect();
+    Ok(pb::ScanResponse {
+        items,
+        next_page_token: g.next_page_token,
+        partial: !g.unavailable.is_empty(),
+        unavailable: g.unavailable,
+        served: g.served,
+    })
+}
+
+/// A scan of one partition, served here or by its owner.
+async fn scan_one(
+    ctx: &Arc<QueryContext>,
+    call: &Call,
+    p: Partition,
+    req: pb::ScanRequest,
+) -> Result<pb::ScanResponse, QueryError> {
+    routed(
+        ctx,
+        call,
+        &req.table,
+        p,
+        |local| scan_here(ctx.clone(), req.clone(), local),
+        |mut remote| {
+            let r = call.request(pb::ScanRequest {
+                options: Some(call.forwarded_options(req.options.clone())),
+                ..req.clone()
+            });
+            async move {
+                Ok(remote
+                    .query
+                    .scan(r.map_err(|e| to_status(&e))?)
+                    .await?
+                    .into_inner())
+            }
+        },
+    )
+    .await
+}
+
+/// Scan of one partition readable here (`req.partition` is `local`'s).
+async fn scan_here(
+    ctx: Arc<QueryContext>,
+    req: pb::ScanRequest,
+    local: Local,
 ) -> Result<pb::ScanResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
     let render = Render {
@@ -138,7 +250,7 @@ pub(crate) async fn scan(
         check_single(at, &targets, "a scan")?;
         missing = Vec::new();
         for p in targets {
-            match ctx.reader(&meta.name, p) {
+            match reader_of(&local, p) {
                 Ok(r) => {
                     let version = r.resolve(at)?;
                     jobs.push((
@@ -176,7 +288,7 @@ pub(crate) async fn scan(
                 jobs.push((part, None));
                 continue;
             }
-            match ctx.reader(&meta.name, p) {
+            match reader_of(&local, p) {
                 Ok(r) => jobs.push((part, Some(r))),
                 Err(e) if e.is_unavailable_partition() => {
                     // Moved or restoring since the last page: keep its
@@ -267,7 +379,8 @@ pub(crate) async fn scan(
     let mut parts = Vec::with_capacity(pages.len());
     for (i, (mut part, reader, page)) in pages.into_iter().enumerate() {
         if let (Some(page), Some(r)) = (page, reader) {
-            served.push(ctx.served(Partition(part.partition), &r, Version(part.version)));
+            let _ = &r;
+            served.push(local.served(&ctx, Version(part.version)));
             let start = match &part.resume {
                 Resume::From(s) | Resume::Token(s, _) => s.clone(),
                 Resume::Done => Start::Unbounded,

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 
 use super::context::QueryContext;
 use super::error::{QueryError, to_status};
-use super::{admin, diff, read, scan, tables};
+use super::route::Call;
+use super::{admin, diff, read, scan, subscribe, tables};
 
 /// Serves both services from this instance's table partitions.
 #[derive(Clone)]
@@ -24,6 +25,10 @@ pub(crate) struct QueryService {
 impl QueryService {
     pub(crate) fn new(ctx: Arc<QueryContext>) -> QueryService {
         QueryService { ctx }
+    }
+
+    fn call<T>(&self, request: &Request<T>, options: Option<&pb::RequestOptions>) -> Call {
+        Call::new(&self.ctx, request.metadata(), options)
     }
 }
 
@@ -44,15 +49,20 @@ impl Query for QueryService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        reply(read::get(&self.ctx, request.into_inner()), "Get")
+        let call = self.call(&request, request.get_ref().options.as_ref());
+        reply(
+            read::get(self.ctx.clone(), call, request.into_inner()).await,
+            "Get",
+        )
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            read::history(self.ctx.clone(), request.into_inner()).await,
+            read::history(self.ctx.clone(), call, request.into_inner()).await,
             "History",
         )
     }
@@ -61,8 +71,9 @@ impl Query for QueryService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
+        let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            scan::scan(self.ctx.clone(), request.into_inner()).await,
+            scan::scan(self.ctx.clone(), call, request.into_inner()).await,
             "Scan",
         )
     }
@@ -71,8 +82,9 @@ impl Query for QueryService {
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<pb::DiffResponse>, Status> {
+        let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            diff::diff(self.ctx.clone(), request.into_inner()).await,
+            diff::diff(self.ctx.clone(), call, request.into_inner()).await,
             "Diff",
         )
     }
@@ -84,13 +96,11 @@ impl Query for QueryService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let req = request.into_inner();
-        let r: Result<Self::SubscribeStream, QueryError> = self.ctx.table(&req.table).and_then(|_| {
-            Err(QueryError::Unimplemented(
-                "Subscribe is not available on this server yet; poll Diff from the last versions seen instead".into(),
-            ))
-        });
-        reply(r, "Subscribe")
+        let call = self.call(&request, request.get_ref().options.as_ref());
+        reply(
+            subscribe::subscribe(self.ctx.clone(), call, request.into_inner()),
+            "Subscribe",
+        )
     }
 
     async fn list_tables(
@@ -104,8 +114,9 @@ impl Query for QueryService {
         &self,
         request: Request<pb::DescribeTableRequest>,
     ) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            tables::describe(&self.ctx, request.get_ref()),
+            tables::describe(self.ctx.clone(), call, request.into_inner()).await,
             "DescribeTable",
         )
     }
@@ -117,8 +128,11 @@ impl Admin for QueryService {
         &self,
         request: Request<pb::RewindRequest>,
     ) -> Result<Response<pb::RewindResponse>, Status> {
+        // Only an up-to-date owner rewinds: no stale route.
+        let mut call = self.call(&request, request.get_ref().options.as_ref());
+        call.allow_stale = false;
         reply(
-            admin::rewind(self.ctx.clone(), request.into_inner()).await,
+            admin::rewind(self.ctx.clone(), call, request.into_inner()).await,
             "Rewind",
         )
     }

@@ -1,13 +1,16 @@
 //! ListTables and DescribeTable: the tables' settings, and the state of
-//! each partition as this instance knows it. Partitions owned elsewhere are
-//! listed as unreachable from here until the owner directory and
-//! forwarding say more.
+//! each partition as its owner reports it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use strata_proto::v1 as pb;
 use strata_state::{Granularity, Partition, Retention, Version};
 
 use super::context::QueryContext;
 use super::error::QueryError;
+use super::route::{Call, Route};
+use crate::directory::Owner;
 use crate::registry::PartitionState;
 use crate::runtime::TableMeta;
 
@@ -45,12 +48,128 @@ pub(crate) fn list(ctx: &QueryContext) -> pb::ListTablesResponse {
     pb::ListTablesResponse { tables }
 }
 
-/// DescribeTable: settings and every partition's state.
-pub(crate) fn describe(
-    ctx: &QueryContext,
-    req: &pb::DescribeTableRequest,
+/// DescribeTable: settings and every partition's state, from this
+/// instance for its own partitions, from their owners for the others (one
+/// forwarded DescribeTable per owner, answered from its own partitions),
+/// and from the owner directory when an owner does not answer.
+pub(crate) async fn describe(
+    ctx: Arc<QueryContext>,
+    call: Call,
+    req: pb::DescribeTableRequest,
 ) -> Result<pb::DescribeTableResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
+    let mut partitions = describe_here(&ctx, meta);
+    // A forwarded call answers for this instance's partitions only.
+    let forwarded = call.hops > 0;
+    let directory = &ctx.app.directory;
+    let mut owners: BTreeMap<String, (Owner, Vec<usize>)> = BTreeMap::new();
+    for (i, info) in partitions.iter_mut().enumerate() {
+        if info.owner.is_some() {
+            continue;
+        }
+        match directory.owner(Partition(info.partition)) {
+            Some(o) if o.member != directory.member_id() => {
+                info.owner = Some(pb::Instance {
+                    id: o.member.clone(),
+                    endpoint: o.endpoint.clone(),
+                });
+                info.state = Some(match &o.state {
+                    PartitionState::Running => pb::partition_info::State::Running(pb::Running {}),
+                    PartitionState::Restoring { records, rate } => {
+                        pb::partition_info::State::Restoring(pb::Restoring {
+                            records: *records,
+                            rate: *rate,
+                            remaining: None,
+                        })
+                    }
+                });
+                owners
+                    .entry(o.member.clone())
+                    .or_insert_with(|| (o, Vec::new()))
+                    .1
+                    .push(i);
+            }
+            _ => {
+                info.state = Some(pb::partition_info::State::Unassigned(pb::Unassigned {}));
+            }
+        }
+    }
+    if forwarded || owners.is_empty() {
+        return Ok(pb::DescribeTableResponse {
+            table: Some(info(&ctx, meta)),
+            partitions,
+        });
+    }
+    // Ask each owner about its partitions, at once.
+    let asks = owners.into_values().map(|(owner, idx)| {
+        let p = Partition(partitions[idx[0]].partition);
+        let sub = pb::DescribeTableRequest {
+            table: req.table.clone(),
+            options: Some(call.forwarded_options(req.options.clone())),
+        };
+        let (ctx, call) = (&ctx, &call);
+        async move {
+            let r: Result<pb::DescribeTableResponse, QueryError> = match ctx.route(call, &sub.table, p) {
+                Ok(Route::There(mut remote)) if remote.owner.member == owner.member => {
+                    match call.request(sub) {
+                        Ok(r) => remote
+                            .query
+                            .describe_table(r)
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(|status| QueryError::Forwarded {
+                                member: owner.member.clone(),
+                                endpoint: owner.endpoint.clone(),
+                                status,
+                            }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Ok(_) => Err(QueryError::Unavailable(format!(
+                    "the owner directory changed while asking {} about its partitions; describe again",
+                    owner.member
+                ))),
+                Err(e) => Err(e),
+            };
+            (owner, idx, r)
+        }
+    });
+    for (owner, idx, r) in futures_util::future::join_all(asks).await {
+        match r {
+            Ok(resp) => {
+                for i in idx {
+                    let p = partitions[i].partition;
+                    match resp.partitions.iter().find(|x| {
+                        x.partition == p && x.owner.as_ref().is_some_and(|o| o.id == owner.member)
+                    }) {
+                        Some(theirs) => partitions[i] = theirs.clone(),
+                        None => {
+                            // It no longer claims it: a handover.
+                            partitions[i].state =
+                                Some(pb::partition_info::State::Unassigned(pb::Unassigned {}));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    let p = Partition(partitions[i].partition);
+                    let mut u = ctx.unavailable(p, &e);
+                    u.owner = partitions[i].owner.clone();
+                    partitions[i].state = Some(pb::partition_info::State::Unreachable(u));
+                }
+            }
+        }
+    }
+    Ok(pb::DescribeTableResponse {
+        table: Some(info(&ctx, meta)),
+        partitions,
+    })
+}
+
+/// Every partition as this instance knows it: its own ones described, the
+/// others without owner or state.
+fn describe_here(ctx: &QueryContext, meta: &TableMeta) -> Vec<pb::PartitionInfo> {
     let lag = ctx.app.registry.lag();
     let local: Vec<(Partition, PartitionState)> = ctx
         .app
@@ -85,31 +204,20 @@ pub(crate) fn describe(
                 info.state = Some(pb::partition_info::State::Restoring(pb::Restoring {
                     records: *records,
                     rate: *rate,
-                    remaining: None,
+                    remaining: ctx.app.registry.restore_remaining(&meta.name, p),
                 }));
             }
-            None => {
-                let e = QueryError::NotLocal {
-                    table: meta.name.clone(),
-                    partition: p,
-                };
-                info.state = Some(pb::partition_info::State::Unreachable(
-                    ctx.unavailable(p, &e),
-                ));
-            }
+            None => {}
         }
         partitions.push(info);
     }
-    Ok(pb::DescribeTableResponse {
-        table: Some(info(ctx, meta)),
-        partitions,
-    })
+    partitions
 }
 
 /// The oldest version whose state the partition can still read as a whole
 /// (per-key limits aside): found by bisecting over `resolve`, which applies
 /// the partition-level retention checks.
-fn oldest_readable<S: strata_state::store::KvStore>(
+pub(crate) fn oldest_readable<S: strata_state::store::KvStore>(
     r: &strata_state::PartitionReader<S>,
 ) -> Version {
     let latest = r.latest_version();

@@ -22,6 +22,8 @@ pub(crate) enum Kind {
     History = 1,
     Scan = 2,
     Diff = 3,
+    /// A scatter-gather (Scan or Diff over every partition).
+    Gather = 4,
 }
 
 /// The identity of a request: what a token must be replayed with.

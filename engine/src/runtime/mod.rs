@@ -166,7 +166,7 @@ impl App {
         let changelog = ChangelogProducer::new(&config.kafka)?;
         let rocks = RocksEnv::new(config.rocks.clone())?;
         let registry = Registry::default();
-        let directory = crate::directory::DirectoryService::start(&config, registry.clone())?;
+        let directory = crate::directory::DirectoryService::follow(&config)?;
 
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -252,6 +252,7 @@ impl App {
             partitions: n,
             tables: table_meta.into(),
             senders: senders.clone(),
+            directory: directory.directory().clone(),
         };
         let mut app = RunningApp {
             config: config.clone(),
@@ -268,7 +269,15 @@ impl App {
         };
         if let Some(addr) = config.grpc_listen {
             // On failure, dropping `app` stops the threads just started.
-            app.grpc = Some(crate::query::GrpcServer::start(addr, handle)?);
+            let server = crate::query::GrpcServer::start(addr, handle)?;
+            let endpoint = advertised_endpoint(&config, server.local_addr())?;
+            app.grpc = Some(server);
+            app.directory
+                .publish(&config, app.registry.clone(), endpoint)?;
+        } else if let Some(endpoint) = &config.advertised_endpoint {
+            // Served by the embedding application itself.
+            app.directory
+                .publish(&config, app.registry.clone(), endpoint.clone())?;
         }
         tracing::info!(app = %config.application_id, partitions = n, tables = app.tables.len(), workers = config.worker_threads, "started");
         Ok(app)
@@ -314,6 +323,31 @@ pub(crate) struct AppHandle {
     pub partitions: u32,
     pub tables: Arc<[TableMeta]>,
     senders: Vec<mpsc::SyncSender<Command>>,
+    /// Who owns which partition, for routing queries.
+    pub directory: crate::directory::Directory,
+}
+
+/// The endpoint this instance publishes to the owner directory: the
+/// configured one, or the address the gRPC server is bound to when that
+/// names a reachable interface.
+pub(crate) fn advertised_endpoint(
+    config: &AppConfig,
+    local: std::net::SocketAddr,
+) -> Result<String> {
+    if let Some(e) = &config.advertised_endpoint {
+        return Ok(e.clone());
+    }
+    if local.ip().is_unspecified() {
+        return Err(Error::config(
+            "advertised_endpoint",
+            format!(
+                "grpc_listen binds every interface ({local}); set advertised_endpoint to the address other \
+                 instances and clients reach this one at, such as http://10.0.0.5:{}",
+                local.port()
+            ),
+        ));
+    }
+    Ok(format!("http://{local}"))
 }
 
 impl AppHandle {

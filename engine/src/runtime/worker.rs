@@ -380,6 +380,7 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
         let registry = env.registry.clone();
         let progress = table.restore_from(&mut reader, env.config.restore_batch, &mut |pr| {
             registry.set_state(name, p, PartitionState::Restoring { records: pr.read, rate: pr.rate });
+            registry.set_restore_remaining(name, p, pr.end_estimate.map(|e| e.0.saturating_sub(pr.position.0)));
             if last_log.elapsed() >= Duration::from_secs(2) {
                 tracing::info!(
                     table = %name, partition = %p, records = pr.read, rate = pr.rate as u64, position = pr.position.0,
