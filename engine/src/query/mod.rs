@@ -19,8 +19,12 @@
 //! - Every reply stays within `query.max_message_bytes`: pages are cut to
 //!   fit, and an item that cannot fit alone is RESOURCE_EXHAUSTED.
 //!
+//! - TLS and bearer tokens are optional (`AppConfig::grpc_security`); the
+//!   token check sits in front of Query and Admin, not health and
+//!   reflection (see `security`).
+//!
 //! Not yet: Subscribe (UNIMPLEMENTED), rewind with replay (UNIMPLEMENTED),
-//! stale reads of restoring partitions, forwarding, TLS and tokens.
+//! stale reads of restoring partitions, forwarding.
 
 mod admin;
 mod context;
@@ -29,6 +33,7 @@ mod diff;
 mod error;
 mod read;
 mod scan;
+pub(crate) mod security;
 mod server;
 mod service;
 mod tables;
