@@ -486,4 +486,110 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A CA, a server certificate for 127.0.0.1 and `localhost`, and a
+    /// client certificate, as PEM.
+    fn pki() -> (String, (String, String), (String, String)) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+            KeyPair,
+        };
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, usage| {
+            let mut p = CertificateParams::new(names).unwrap();
+            p.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let server = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = leaf(vec!["peer".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        (ca.pem(), server, client)
+    }
+
+    /// A forwarding client built by `client_endpoint` reaches a server
+    /// built by `server_builder` over mutual TLS, by IP and by domain name
+    /// override, and is refused without its identity.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwarding_endpoints_speak_mutual_tls() {
+        use crate::config::{ClientTls, ServerTls};
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let (ca, (cert, key), (ccert, ckey)) = pki();
+        let bytes = |s: &str| Pem::Bytes(s.as_bytes().to_vec());
+        let id = |c: &str, k: &str| TlsIdentity {
+            cert_chain: bytes(c),
+            private_key: bytes(k),
+        };
+        let sec = GrpcSecurity {
+            server_tls: Some(ServerTls {
+                identity: id(&cert, &key),
+                client_ca: Some(bytes(&ca)),
+            }),
+            client_tls: Some(ClientTls {
+                ca: bytes(&ca),
+                domain_name: None,
+                identity: Some(id(&ccert, &ckey)),
+            }),
+            ..Default::default()
+        };
+        sec.validate().unwrap();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            server_builder(&sec)
+                .unwrap()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        let url = format!("https://{addr}");
+        let check = |sec: GrpcSecurity| {
+            let url = url.clone();
+            async move {
+                let ch = client_endpoint(&url, &sec)
+                    .map_err(|e| e.to_string())?
+                    .connect()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                HealthClient::new(ch)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|r| r.into_inner().status)
+                    .map_err(|s| format!("{s:?}"))
+            }
+        };
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        assert_eq!(check(sec.clone()).await, Ok(serving));
+        let mut by_name = sec.clone();
+        by_name.client_tls.as_mut().unwrap().domain_name = Some("localhost".into());
+        assert_eq!(check(by_name).await, Ok(serving));
+        let mut wrong_name = sec.clone();
+        wrong_name.client_tls.as_mut().unwrap().domain_name = Some("elsewhere.example".into());
+        assert!(check(wrong_name).await.is_err());
+        let mut anonymous = sec.clone();
+        anonymous.client_tls.as_mut().unwrap().identity = None;
+        assert!(check(anonymous).await.is_err());
+        let plaintext = client_endpoint(&format!("http://{addr}"), &sec).unwrap();
+        let refused = match plaintext.connect().await {
+            Ok(ch) => HealthClient::new(ch)
+                .check(HealthCheckRequest::default())
+                .await
+                .is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a TLS server answered plaintext");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
 }
