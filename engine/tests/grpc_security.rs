@@ -571,7 +571,8 @@ fn security_config_is_validated_naming_the_key() {
         "secrets stay out of Debug: {printed}"
     );
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut AppConfig)>)> = vec![
+    type Edit<'a> = Box<dyn Fn(&mut AppConfig) + 'a>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "grpc_security.server_tls.identity.private_key",
             Box::new(|c| {
