@@ -44,8 +44,8 @@ pub(crate) const AUTHORIZATION: &str = "authorization";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to another instance may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings on idle connections to other instances, so a dead peer is
-/// noticed before a forwarded call waits on it.
+/// HTTP/2 pings to other instances while forwarded calls are in flight, so
+/// a dead peer fails them instead of leaving them to their deadlines.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
