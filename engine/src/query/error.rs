@@ -9,6 +9,8 @@
 //! | a partition restoring (with progress) or not owned here; the engine stopping | UNAVAILABLE |
 //! | a request or reply over the message size bound; a diff or single value too large for one page | RESOURCE_EXHAUSTED |
 //! | a Rewind whose `expect_latest` no longer holds | FAILED_PRECONDITION |
+//! | no bearer token, a malformed one, or one the server does not know (when tokens are configured) | UNAUTHENTICATED |
+//! | a read token on `strata.v1.Admin` (Rewind) | PERMISSION_DENIED |
 //! | corrupt local state | DATA_LOSS |
 //! | not built yet (Subscribe, replay) | UNIMPLEMENTED |
 //!
@@ -87,6 +89,14 @@ pub(crate) enum QueryError {
     /// Not built yet.
     #[error("{0}")]
     Unimplemented(String),
+    /// The call carries no acceptable bearer token; the message says what
+    /// to send (never the token itself).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token is valid but does not allow this call (a read token on
+    /// Admin).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A blocking read task failed (panicked or was cancelled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -184,6 +194,8 @@ pub(crate) fn to_status(e: &QueryError) -> Status {
         }
         QueryError::TooLarge(_) => Code::ResourceExhausted,
         QueryError::Unimplemented(_) => Code::Unimplemented,
+        QueryError::Unauthenticated(_) => Code::Unauthenticated,
+        QueryError::PermissionDenied(_) => Code::PermissionDenied,
         QueryError::Internal(_) => Code::Internal,
         QueryError::State(s) | QueryError::Engine(crate::Error::State(s)) => {
             state_code(s, &mut detail)
@@ -380,6 +392,14 @@ mod tests {
             (
                 QueryError::Unimplemented("later".into()),
                 Code::Unimplemented,
+            ),
+            (
+                QueryError::Unauthenticated("send a token".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                QueryError::PermissionDenied("send an admin token".into()),
+                Code::PermissionDenied,
             ),
         ];
         for (e, want) in cases {

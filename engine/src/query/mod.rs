@@ -20,6 +20,9 @@
 //!   `query.max_diff_keys`); point reads run inline.
 //! - Every reply stays within `query.max_message_bytes`: pages are cut to
 //!   fit, and an item that cannot fit alone is RESOURCE_EXHAUSTED.
+//! - TLS and bearer tokens are optional (`AppConfig::grpc_security`); the
+//!   token check sits in front of Query and Admin, not health and
+//!   reflection (see `security`).
 //!
 //! Not yet: rewind with replay (UNIMPLEMENTED).
 
@@ -32,6 +35,7 @@ mod gather;
 mod read;
 mod route;
 mod scan;
+pub(crate) mod security;
 mod server;
 mod service;
 mod subscribe;

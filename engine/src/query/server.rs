@@ -7,6 +7,12 @@
 //! bound) when the app stops. Unary calls without a client deadline get
 //! `query.default_deadline`; messages are bounded by
 //! `query.max_message_bytes` both ways.
+//!
+//! With `grpc_security.server_tls`, the server speaks only TLS (mutual
+//! when a client CA is set); with tokens, Query and Admin sit behind the
+//! bearer-token interceptor of `security`, while health and reflection
+//! stay open. Refused calls still go through `remap_transport_status`,
+//! which leaves their statuses alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,12 +20,13 @@ use std::time::Duration;
 
 use strata_proto::v1::admin_server::AdminServer;
 use strata_proto::v1::query_server::QueryServer;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use super::context::QueryContext;
 use super::error::remap_transport_status;
+use super::security::{self, Access, Authenticator};
 use super::service::QueryService;
 use crate::runtime::AppHandle;
 use crate::{Error, Result};
@@ -47,6 +54,9 @@ impl GrpcServer {
     /// Binds `addr` and starts serving `app`'s tables.
     pub(crate) fn start(addr: SocketAddr, app: AppHandle) -> Result<GrpcServer> {
         let limits = app.config.query.clone();
+        let builder = security::server_builder(&app.config.grpc_security)?;
+        let auth = Authenticator::new(&app.config.grpc_security);
+        let tls = app.config.grpc_security.server_tls.is_some();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(limits.threads)
             .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -76,9 +86,11 @@ impl GrpcServer {
         let query = QueryServer::new(service.clone())
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let query = InterceptedService::new(query, auth.require(Access::Read));
         let admin = AdminServer::new(service)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
+        let admin = InterceptedService::new(admin, auth.require(Access::Admin));
         let (health_reporter, health) = tonic_health::server::health_reporter();
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(strata_proto::FILE_DESCRIPTOR_SET)
@@ -102,8 +114,8 @@ impl GrpcServer {
                 health_reporter
                     .set_serving::<AdminServer<QueryService>>()
                     .await;
-                tracing::info!("serving strata.v1 over gRPC");
-                let r = Server::builder()
+                tracing::info!(tls, "serving strata.v1 over gRPC");
+                let r = builder
                     .timeout(limits.default_deadline)
                     .layer(tower::util::MapResponseLayer::new(remap_transport_status))
                     .add_service(health)
