@@ -103,7 +103,7 @@ pub struct GetArgs {
     #[arg(long, conflicts_with = "as_of")]
     pub at_version: Option<u64>,
     /// Read as of this TIME.
-    #[arg(long, value_parser = time_arg)]
+    #[arg(long, value_parser = time_arg, allow_hyphen_values = true)]
     pub as_of: Option<u64>,
 }
 
@@ -116,10 +116,10 @@ pub struct HistoryArgs {
     #[arg(value_parser = key_arg)]
     pub key: String,
     /// Oldest POINT to include (a version, or a TIME).
-    #[arg(long, value_parser = point_arg)]
+    #[arg(long, value_parser = point_arg, allow_hyphen_values = true)]
     pub from: Option<Point>,
     /// Newest POINT to include (a version, or a TIME).
-    #[arg(long, value_parser = point_arg)]
+    #[arg(long, value_parser = point_arg, allow_hyphen_values = true)]
     pub to: Option<Point>,
     /// Oldest first.
     #[arg(long)]
@@ -152,7 +152,7 @@ pub struct ScanArgs {
     #[command(flatten)]
     pub keys: KeysArgs,
     /// Read as of this TIME (default: latest).
-    #[arg(long, value_parser = time_arg, conflicts_with = "at_version")]
+    #[arg(long, value_parser = time_arg, allow_hyphen_values = true, conflicts_with = "at_version")]
     pub as_of: Option<u64>,
     /// Read at this version (needs --partition).
     #[arg(long, requires = "partition")]
@@ -174,10 +174,10 @@ pub struct DiffArgs {
     /// The table.
     pub table: String,
     /// The earlier POINT (a version, which needs --partition, or a TIME).
-    #[arg(long, value_parser = point_arg)]
+    #[arg(long, value_parser = point_arg, allow_hyphen_values = true)]
     pub from: Point,
     /// The later POINT (default: latest).
-    #[arg(long, value_parser = point_arg)]
+    #[arg(long, value_parser = point_arg, allow_hyphen_values = true)]
     pub to: Option<Point>,
     /// Only this partition.
     #[arg(long)]
@@ -197,7 +197,7 @@ pub struct TailArgs {
     pub table: String,
     /// Start with the changes committed at or after this TIME (default:
     /// changes from now on).
-    #[arg(long, value_parser = time_arg, conflicts_with = "after")]
+    #[arg(long, value_parser = time_arg, allow_hyphen_values = true, conflicts_with = "after")]
     pub from_time: Option<u64>,
     /// Resume after this cursor (the JSON a previous `tail` printed).
     #[arg(long, value_parser = crate::positions::parse_cursor)]
@@ -219,7 +219,7 @@ pub struct RewindArgs {
     #[arg(long, required_unless_present = "to_time", conflicts_with = "to_time")]
     pub to_version: Option<u64>,
     /// Go back to this TIME (every partition concerned).
-    #[arg(long, value_parser = time_arg)]
+    #[arg(long, value_parser = time_arg, allow_hyphen_values = true)]
     pub to_time: Option<u64>,
     /// Only this partition.
     #[arg(long)]
@@ -234,8 +234,8 @@ pub struct RewindArgs {
     pub dry_run: bool,
     /// Apply only if these partitions are still at these latest versions
     /// (PARTITION:VERSION,...; a dry run prints them).
-    #[arg(long, value_parser = crate::positions::parse_partition_versions)]
-    pub expect_latest: Option<Vec<pb::PartitionVersion>>,
+    #[arg(long, value_delimiter = ',', value_parser = crate::positions::parse_partition_version)]
+    pub expect_latest: Vec<pb::PartitionVersion>,
     /// Apply without asking.
     #[arg(long, short)]
     pub yes: bool,

@@ -6,25 +6,20 @@
 use serde_json::{Value, json};
 use strata_proto::v1 as pb;
 
-/// Parses `P:V,P:V,...`.
-pub fn parse_partition_versions(s: &str) -> Result<Vec<pb::PartitionVersion>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pv| {
-            let (p, v) = pv
-                .trim()
-                .split_once(':')
-                .ok_or_else(|| format!("`{pv}` is not PARTITION:VERSION (e.g. 2:57)"))?;
-            Ok(pb::PartitionVersion {
-                partition: p
-                    .parse()
-                    .map_err(|e| format!("partition `{p}` in `{pv}`: {e}"))?,
-                version: v
-                    .parse()
-                    .map_err(|e| format!("version `{v}` in `{pv}`: {e}"))?,
-            })
-        })
-        .collect()
+/// Parses one `P:V`.
+pub fn parse_partition_version(pv: &str) -> Result<pb::PartitionVersion, String> {
+    let (p, v) = pv
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| format!("`{pv}` is not PARTITION:VERSION (e.g. 2:57)"))?;
+    Ok(pb::PartitionVersion {
+        partition: p
+            .parse()
+            .map_err(|e| format!("partition `{p}` in `{pv}`: {e}"))?,
+        version: v
+            .parse()
+            .map_err(|e| format!("version `{v}` in `{pv}`: {e}"))?,
+    })
 }
 
 /// Formats versions as `P:V,P:V` (what `--expect-latest` reads).
@@ -88,12 +83,14 @@ mod tests {
 
     #[test]
     fn partition_versions_round_trip() {
-        let pvs = parse_partition_versions("0:12, 2:57").unwrap();
-        assert_eq!(pvs.len(), 2);
+        let pvs = vec![
+            parse_partition_version("0:12").unwrap(),
+            parse_partition_version(" 2:57").unwrap(),
+        ];
         assert_eq!((pvs[1].partition, pvs[1].version), (2, 57));
         assert_eq!(format_partition_versions(&pvs), "0:12,2:57");
-        assert!(parse_partition_versions("0=12").is_err());
-        assert!(parse_partition_versions("x:1").is_err());
+        assert!(parse_partition_version("0=12").is_err());
+        assert!(parse_partition_version("x:1").is_err());
     }
 
     #[test]

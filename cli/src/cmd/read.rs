@@ -137,7 +137,7 @@ pub async fn history(conn: &Conn, out: Output, a: HistoryArgs) -> Result<(), Cli
                 &r.key,
                 json!({
                     "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
-                    "more": more && remaining > 0,
+                    "more": more || take < r.entries.len(),
                     "truncated_by_retention": r.truncated_by_retention,
                     "served": r.served.as_ref().map(served_json),
                 }),

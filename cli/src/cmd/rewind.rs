@@ -49,7 +49,7 @@ pub async fn rewind(conn: &Conn, out: Output, a: RewindArgs) -> Result<(), CliEr
             .map(tonic::Response::into_inner)
             .map_err(|s| conn.fail(s))
     };
-    let mut expect = a.expect_latest.clone().unwrap_or_default();
+    let mut expect = a.expect_latest.clone();
 
     if a.dry_run {
         let plan = call(request(true, expect)).await?;

@@ -95,7 +95,7 @@ pub async fn scan(conn: &Conn, out: Output, a: ScanArgs) -> Result<(), CliError>
                     "partition": it.partition,
                     "entry": it.entry.as_ref().map(entry_json),
                 }))).collect::<Vec<_>>(),
-                "more": more && remaining > 0,
+                "more": more || take < r.items.len(),
                 "partial": r.partial,
                 "unavailable": r.unavailable.iter().map(unavailable_json).collect::<Vec<_>>(),
                 "served": r.served.iter().map(served_json).collect::<Vec<_>>(),
