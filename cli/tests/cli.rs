@@ -504,6 +504,9 @@ fn an_unreachable_endpoint_says_where_and_what_to_check() {
     assert!(e.contains("hint:") && e.contains("--endpoint"), "{e}");
     let (c, e) = fails("not a url", &["tables"]);
     assert_eq!(c, 2, "{e}");
+    let (c, e) = fails(&ep, &["--ca-cert", "/nonexistent.pem", "tables"]);
+    assert_eq!(c, 2, "{e}");
+    assert!(e.contains("--ca-cert needs an https:// endpoint"), "{e}");
 }
 
 // ---- tail, against a fake Query server -------------------------------
@@ -522,6 +525,7 @@ struct FakeQuery {
     messages: Vec<pb::SubscribeResponse>,
     end: End,
     requests: Arc<Mutex<Vec<pb::SubscribeRequest>>>,
+    auth: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 #[tonic::async_trait]
@@ -553,6 +557,11 @@ impl pb::query_server::Query for FakeQuery {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Feed>, Status> {
         use tokio_stream::StreamExt;
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_string());
+        self.auth.lock().unwrap().push(auth);
         self.requests.lock().unwrap().push(req.into_inner());
         let canned = tokio_stream::iter(self.messages.clone().into_iter().map(Ok));
         let feed: Feed = match self.end {
@@ -626,16 +635,20 @@ fn canned() -> Vec<pb::SubscribeResponse> {
 struct FakeServer {
     endpoint: String,
     requests: Arc<Mutex<Vec<pb::SubscribeRequest>>>,
+    /// The `authorization` header of each request.
+    auth: Arc<Mutex<Vec<Option<String>>>>,
     _rt: tokio::runtime::Runtime,
 }
 
 fn fake_server(end: End) -> FakeServer {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let requests = Arc::new(Mutex::new(Vec::new()));
+    let auth = Arc::new(Mutex::new(Vec::new()));
     let svc = pb::query_server::QueryServer::new(FakeQuery {
         messages: canned(),
         end,
         requests: requests.clone(),
+        auth: auth.clone(),
     });
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -649,6 +662,7 @@ fn fake_server(end: End) -> FakeServer {
     FakeServer {
         endpoint: format!("http://{addr}"),
         requests,
+        auth,
         _rt: rt,
     }
 }
@@ -719,6 +733,8 @@ fn tail_resumes_from_a_cursor_and_prints_json_per_message() {
             "0",
             "-o",
             "json",
+            "--token",
+            "s3cret",
         ],
     );
     assert_eq!(
@@ -756,6 +772,7 @@ fn tail_resumes_from_a_cursor_and_prints_json_per_message() {
         Some(pb::key_filter::Filter::KeyJson(r#""alice""#.into()))
     );
     assert_eq!(req.partition, Some(0));
+    assert_eq!(s.auth.lock().unwrap()[0].as_deref(), Some("Bearer s3cret"));
     let err = stderr(&o);
     assert!(
         err.contains(&format!(
