@@ -637,6 +637,8 @@ struct FakeServer {
     requests: Arc<Mutex<Vec<pb::SubscribeRequest>>>,
     /// The `authorization` header of each request.
     auth: Arc<Mutex<Vec<Option<String>>>>,
+    /// The server task; it ends with the runtime, when the test drops it.
+    _server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -654,7 +656,7 @@ fn fake_server(end: End) -> FakeServer {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    rt.spawn(
+    let server = rt.spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
@@ -663,6 +665,7 @@ fn fake_server(end: End) -> FakeServer {
         endpoint: format!("http://{addr}"),
         requests,
         auth,
+        _server: server,
         _rt: rt,
     }
 }
