@@ -5,8 +5,14 @@
 //!
 //! Run: `cargo run --example quickstart` (or `scripts/quickstart.sh` on a
 //! fresh machine).
+//!
+//! With `--serve`, the app then keeps running with its gRPC query service on
+//! 127.0.0.1:50051 (`--listen ADDR` or `STRATA_LISTEN` to change it) until
+//! Ctrl-C, so that the `strata` CLI can query it from another terminal:
+//! `cargo run -p strata-cli -- get customer_totals customer-07`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -82,7 +88,31 @@ fn totals(app: &RunningApp, customer: &str, at: At) -> anyhow::Result<Option<(u6
     }))
 }
 
+/// `--serve [--listen ADDR]`: where to serve gRPC after the tour, if at all.
+fn serve_addr() -> anyhow::Result<Option<SocketAddr>> {
+    let mut serve = false;
+    let mut listen = std::env::var("STRATA_LISTEN").unwrap_or_else(|_| "127.0.0.1:50051".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--serve" => serve = true,
+            "--listen" => listen = args.next().context("--listen needs an address")?,
+            other => {
+                bail!("unknown argument `{other}`: the quickstart takes --serve [--listen ADDR]")
+            }
+        }
+    }
+    if !serve {
+        return Ok(None);
+    }
+    let addr = listen
+        .parse()
+        .with_context(|| format!("--listen `{listen}` is not an address like 127.0.0.1:50051"))?;
+    Ok(Some(addr))
+}
+
 fn main() -> anyhow::Result<()> {
+    let serve = serve_addr()?;
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
@@ -108,8 +138,16 @@ fn main() -> anyhow::Result<()> {
     config.state_dir = state.path().to_path_buf();
     config.kafka.session_timeout = Duration::from_secs(6);
     config.manage_topics = false; // the embedded cluster has no admin API
+    config.grpc_listen = serve;
     kafka.create_app_topics(&config, &topology, PARTITIONS)?;
-    let app = App::new(config.clone())?.start(topology)?;
+    let app = App::new(config.clone())?
+        .start(topology)
+        .with_context(|| match serve {
+            Some(a) => format!(
+                "starting the app with gRPC on {a} (port taken? pass --listen 127.0.0.1:PORT)"
+            ),
+            None => "starting the app".into(),
+        })?;
     app.wait_running(PARTITIONS as usize, Duration::from_secs(60))?;
 
     // Two waves of orders, with a moment between them.
@@ -223,7 +261,33 @@ fn main() -> anyhow::Result<()> {
         stats.values().map(|s| s.commits).sum::<u64>(),
         stats.values().map(|s| s.changelog_records).sum::<u64>()
     );
-    app.shutdown()?;
     println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    let Some(addr) = app.grpc_addr() else {
+        app.shutdown()?;
+        return Ok(());
+    };
+    // The CLI's default endpoint needs no flag.
+    let flag = if addr.to_string() == "127.0.0.1:50051" {
+        String::new()
+    } else {
+        format!("--endpoint http://{addr} ")
+    };
+    println!(
+        "\nserving customer_totals over gRPC on http://{addr} until Ctrl-C; in another terminal:"
+    );
+    for cmd in [
+        "tables",
+        "get customer_totals customer-07",
+        "history customer_totals customer-07 --limit 5",
+    ] {
+        println!("  cargo run -p strata-cli -- {flag}{cmd}");
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(app.run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))?;
+    println!("stopped");
     Ok(())
 }

@@ -7,6 +7,11 @@
 # a key's history and the table as of an earlier time, and rewinds it online.
 # State goes to a temporary directory, removed at the end.
 #
+# Arguments pass through to the example: `scripts/quickstart.sh --serve`
+# keeps the app running afterwards with its gRPC query service on
+# 127.0.0.1:50051 (`--listen ADDR` to change it) until Ctrl-C, for the
+# `strata` CLI (docs/cli.md) to query from another terminal.
+#
 # The state store alone has its own tour: `cargo run --example state_tour`.
 # The build directory defaults to $HOME/.cache/strata/target, shared with
 # scripts/test.sh; set CARGO_TARGET_DIR to override. A cold build takes
@@ -19,4 +24,4 @@ scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
-cargo run --locked --example quickstart
+cargo run --locked --example quickstart -- "$@"
