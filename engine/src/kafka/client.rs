@@ -144,11 +144,35 @@ pub struct KafkaConfig {
     pub linger: Duration,
     /// Compression of produced batches. Default LZ4.
     pub compression: Compression,
+    /// How the group rebalances. Default [`RebalanceProtocol::Cooperative`].
+    pub rebalance: RebalanceProtocol,
     /// librdkafka settings passed through verbatim to every client, applied
     /// after the engine's own. Keys the engine relies on for correctness
     /// (offset commits, isolation, idempotence, acks, EOF, offset reset,
     /// assignment strategy, group id, bootstrap servers) are rejected.
     pub overrides: BTreeMap<String, String>,
+}
+
+/// How a consumer group moves partitions between its members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RebalanceProtocol {
+    /// Incremental (`cooperative-sticky`): a rebalance revokes only the
+    /// partitions that move, in a first round, and assigns them in a
+    /// second one that the members that gave something up start by
+    /// rejoining. Tasks that stay keep running. The default.
+    #[default]
+    Cooperative,
+    /// Eager (`range`): every rebalance revokes every partition of every
+    /// member and assigns them all again in one round; tasks that stay
+    /// on a member are closed and reopened (restoring only their
+    /// changelog tail). For brokers that do not run the second round of
+    /// an incremental rebalance: Tansu 0.5 answers the rejoin of a member
+    /// of a stable group with the current generation and
+    /// REBALANCE_IN_PROGRESS on SyncGroup, but never tells the other
+    /// members to rejoin, so the revoked partitions stay unassigned. Also
+    /// used for topologies reading several co-partitioned topics, which
+    /// need `range` to co-locate them.
+    Eager,
 }
 
 impl KafkaConfig {
@@ -158,6 +182,7 @@ impl KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             client_id_prefix: "strata".into(),
             session_timeout: Duration::from_secs(45),
+            rebalance: RebalanceProtocol::Cooperative,
             request_timeout: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(120),
             read_timeout: Duration::from_secs(30),
@@ -256,6 +281,10 @@ impl KafkaConfig {
         for (k, v) in &self.overrides {
             c.set(k, v);
         }
+        if self.overrides.contains_key("debug") {
+            // Asked for librdkafka's debug contexts: let them through.
+            c.set_log_level(RDKafkaLogLevel::Debug);
+        }
         c
     }
 
@@ -289,7 +318,13 @@ impl KafkaConfig {
         }
         let mut c = self.consumer_base("consumer")?;
         c.set("group.id", group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "partition.assignment.strategy",
+                match self.rebalance {
+                    RebalanceProtocol::Cooperative => "cooperative-sticky",
+                    RebalanceProtocol::Eager => "range",
+                },
+            )
             .set("session.timeout.ms", ms(self.session_timeout))
             // librdkafka wants heartbeats well inside the session timeout;
             // a third of it (at most librdkafka's default 3 s) leaves room

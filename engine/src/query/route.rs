@@ -57,8 +57,7 @@ pub(crate) const MAX_ATTEMPTS: u32 = 4;
 /// back and the work done here after it.
 const RETURN_MARGIN: Duration = Duration::from_millis(2);
 
-/// The metadata carrying credentials, passed on unchanged when forwarding.
-pub(crate) const AUTHORIZATION: &str = "authorization";
+use super::security::AUTHORIZATION;
 
 /// One incoming call's routing facts.
 #[derive(Clone, Debug)]
@@ -267,17 +266,13 @@ impl Peers {
     }
 }
 
-/// How this instance reaches another one.
+/// How this instance reaches another one: TLS for `https://` endpoints
+/// with `grpc_security.client_tls` (see `security::client_endpoint`).
 fn peer_endpoint(ctx: &QueryContext, url: &str) -> Result<Endpoint, QueryError> {
-    let e = Endpoint::from_shared(url.to_string()).map_err(|e| {
-        QueryError::Unavailable(format!(
-            "the owner's advertised endpoint {url:?} is not a valid URI ({e}); fix its advertised_endpoint"
-        ))
+    let e = super::security::client_endpoint(url, &ctx.app.config.grpc_security).map_err(|e| {
+        QueryError::Unavailable(format!("cannot reach the partition's owner at {url}: {e}"))
     })?;
-    Ok(e.connect_timeout(ctx.limits.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+    Ok(e.connect_timeout(ctx.limits.connect_timeout))
 }
 
 impl QueryContext {
@@ -376,6 +371,10 @@ impl QueryContext {
 /// partition (and could not forward it on). Not for restoring partitions
 /// (the owner's answer stands), deadlines, or the caller's mistakes.
 fn retryable(s: &Status) -> bool {
+    if matches!(s.code(), Code::Unknown | Code::Cancelled) && is_transport(s) {
+        // The connection broke under the call (the owner stopping).
+        return true;
+    }
     if s.code() != Code::Unavailable {
         return false;
     }
@@ -462,7 +461,10 @@ where
 /// Whether a status is the client transport's own (the owner could not be
 /// reached) rather than an answer from the owner.
 fn is_transport(s: &Status) -> bool {
-    s.code() == Code::Unavailable && s.metadata().get("content-type").is_none()
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    ) && s.metadata().get("content-type").is_none()
 }
 
 #[cfg(test)]

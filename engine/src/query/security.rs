@@ -170,8 +170,6 @@ pub(crate) fn check_tls(sec: &GrpcSecurity) -> Result<()> {
 ///
 /// The caller passes the incoming call's [`AUTHORIZATION`] metadata to the
 /// owner unchanged.
-// Used by forwarding to owners, which is being written alongside.
-#[allow(dead_code)]
 pub(crate) fn client_endpoint(url: &str, sec: &GrpcSecurity) -> Result<Endpoint> {
     let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| {
         Error::config(
@@ -214,15 +212,6 @@ pub(crate) fn client_endpoint(url: &str, sec: &GrpcSecurity) -> Result<Endpoint>
             ),
         )
     })
-}
-
-/// Copies the caller's [`AUTHORIZATION`] metadata, if any, onto a request
-/// forwarded to the owner, unchanged.
-#[allow(dead_code)] // used by forwarding to owners, being written alongside
-pub(crate) fn forward_authorization(from: &MetadataMap, to: &mut MetadataMap) {
-    if let Some(v) = from.get(AUTHORIZATION) {
-        to.insert(AUTHORIZATION, v.clone());
-    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -450,17 +439,6 @@ mod tests {
             .to_string();
         assert!(wrong.contains("grpc_security.admin_tokens"), "{wrong}");
         assert!(!wrong.contains("nope"), "the token is not echoed: {wrong}");
-    }
-
-    #[test]
-    fn forwarding_passes_the_callers_token_unchanged() {
-        let from = md(Some("Bearer caller-token-0123456789"));
-        let mut to = MetadataMap::new();
-        forward_authorization(&from, &mut to);
-        assert_eq!(to.get(AUTHORIZATION), from.get(AUTHORIZATION));
-        let mut to = MetadataMap::new();
-        forward_authorization(&MetadataMap::new(), &mut to);
-        assert!(to.get(AUTHORIZATION).is_none());
     }
 
     #[test]

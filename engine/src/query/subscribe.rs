@@ -582,7 +582,18 @@ async fn serve_there(
     }
 }
 
-/// Whether a feed's failure on an owner means "route again".
+/// Whether a feed's failure on an owner means "route again": the owner
+/// gave the partition up or stopped, or the connection broke. The
+/// contract's own answers (unknown table, bad cursor, beyond retention,
+/// credentials) end the feed.
 fn retryable_feed(s: &Status) -> bool {
-    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+            | Code::DeadlineExceeded
+    )
 }

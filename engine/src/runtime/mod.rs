@@ -347,7 +347,12 @@ pub(crate) fn advertised_endpoint(
             ),
         ));
     }
-    Ok(format!("http://{local}"))
+    let scheme = if config.grpc_security.server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{local}"))
 }
 
 impl AppHandle {
@@ -501,13 +506,15 @@ impl RunningApp {
     }
 
     fn stop_all(&mut self) -> Result<()> {
-        // Queries first: they must not wait on workers that are leaving.
+        // Withdraw from the owner directory first (a tombstone), so others
+        // stop routing here now rather than after its TTL, and keep
+        // serving what is still owned here while they notice.
+        self.directory.stop_publisher();
         if let Some(g) = self.grpc.take() {
+            std::thread::sleep(self.config.directory_interval.min(Duration::from_secs(1)));
+            // Then queries: they must not wait on workers that are leaving.
             g.shutdown();
         }
-        // Then withdraw from the owner directory (a tombstone), so others
-        // stop routing here now rather than after its TTL.
-        self.directory.stop_publisher();
         let mut first_err = None;
         for s in &self.senders {
             let (tx, rx) = mpsc::channel();
