@@ -858,7 +858,6 @@ fn read_changes(
 }
 
 #[test]
-#[ignore = "enable once Subscribe lands"]
 fn tail_follows_a_running_app_and_resumes_from_its_cursor() {
     let f = fixture();
     // From before the first record: every change of the fixture exactly
