@@ -671,3 +671,160 @@ fn security_config_is_validated_naming_the_key() {
         );
     }
 }
+
+/// Two instances with mutual TLS between them and tokens: a request to
+/// either instance for a key the other owns is forwarded over TLS with the
+/// caller's token, and the owner's verdict on that token stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_between_instances_uses_tls_and_the_callers_token() {
+    let ca = Ca::new("strata test ca");
+    let server = ca.server();
+    let peer = ca.client("strata-peer");
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("events", PARTITIONS).unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let secure = |c: &mut AppConfig, id: &str| {
+        c.instance_id = Some(id.into());
+        c.grpc_security = GrpcSecurity {
+            server_tls: Some(ServerTls {
+                identity: TlsIdentity {
+                    cert_chain: Pem::Bytes(server.cert.clone().into_bytes()),
+                    private_key: Pem::Bytes(server.key.clone().into_bytes()),
+                },
+                client_ca: Some(Pem::Bytes(ca.pem().into_bytes())),
+            }),
+            client_tls: Some(ClientTls {
+                ca: Pem::Bytes(ca.pem().into_bytes()),
+                domain_name: None,
+                identity: Some(TlsIdentity {
+                    cert_chain: Pem::Bytes(peer.cert.clone().into_bytes()),
+                    private_key: Pem::Bytes(peer.key.clone().into_bytes()),
+                }),
+            }),
+            read_tokens: vec![READ.into()],
+            admin_tokens: vec![ADMIN.into()],
+        };
+    };
+    let (sa, sb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca_cfg = config(&kafka, "secure-pair", sa.path());
+    secure(&mut ca_cfg, "a");
+    let mut cb_cfg = config(&kafka, "secure-pair", sb.path());
+    secure(&mut cb_cfg, "b");
+    kafka
+        .create_app_topics(&ca_cfg, &topology(), PARTITIONS)
+        .unwrap();
+    let recs: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 5)).collect();
+    produce(&kafka, &recs);
+    let (a, b) = tokio::task::block_in_place(|| {
+        let a = App::new(ca_cfg).unwrap().start(topology()).unwrap();
+        a.wait_running(PARTITIONS as usize, Duration::from_secs(60))
+            .unwrap();
+        let b = App::new(cb_cfg).unwrap().start(topology()).unwrap();
+        let end = Instant::now() + Duration::from_secs(90);
+        // Settled: one partition each, both directories agreeing.
+        loop {
+            let owns = |app: &RunningApp| {
+                (0..PARTITIONS).any(|p| {
+                    app.registry()
+                        .reader("sums", strata_state::Partition(p))
+                        .is_some()
+                })
+            };
+            let agreed = [&a, &b].iter().all(|app| {
+                (0..PARTITIONS).all(|p| {
+                    let local_a = a
+                        .registry()
+                        .reader("sums", strata_state::Partition(p))
+                        .is_some();
+                    let local_b = b
+                        .registry()
+                        .reader("sums", strata_state::Partition(p))
+                        .is_some();
+                    let want = if local_a { "a" } else { "b" };
+                    local_a != local_b
+                        && app
+                            .directory()
+                            .owner(strata_state::Partition(p))
+                            .is_some_and(|o| o.member == want && o.endpoint.starts_with("https://"))
+                })
+            });
+            if owns(&a) && owns(&b) && agreed {
+                break;
+            }
+            assert!(Instant::now() < end, "no settled assignment");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (a, b)
+    });
+    let trusting = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    let me = ca.client("test-client");
+    let client = trusting
+        .clone()
+        .identity(Identity::from_pem(me.cert.clone(), me.key.clone()));
+    for (app, name) in [(&a, "a"), (&b, "b")] {
+        let url = format!("https://127.0.0.1:{}", app.grpc_addr().unwrap().port());
+        let ch = tls_endpoint(url, client.clone()).connect().await.unwrap();
+        let mut q = QueryClient::new(ch.clone());
+        let mut adm = AdminClient::new(ch);
+        let mut hops = BTreeMap::new();
+        for k in &keys {
+            wait_value(&mut q, k, "5", Some(READ)).await;
+            let r = q
+                .get(with_token(get(k), Some(READ)))
+                .await
+                .unwrap()
+                .into_inner();
+            let s = r.served.unwrap();
+            *hops.entry(s.hops).or_insert(0) += 1;
+            assert_eq!(
+                s.hops,
+                u32::from(s.instance.unwrap().id != name),
+                "{k} via {name}"
+            );
+        }
+        assert!(hops.len() == 2, "some keys local, some forwarded: {hops:?}");
+        let remote = keys
+            .iter()
+            .find(|k| {
+                app.registry()
+                    .reader("sums", app.partition_of(k.as_bytes()))
+                    .is_none()
+            })
+            .unwrap();
+        // No token: refused before forwarding.
+        let (code, _) = refused(q.get(get(remote)).await);
+        assert_eq!(code, Code::Unauthenticated);
+        // A read token may not rewind, wherever the key lives.
+        let one = pb::RewindRequest {
+            keys: Some(pb::KeyFilter {
+                filter: Some(pb::key_filter::Filter::KeyJson(format!("{remote:?}"))),
+            }),
+            ..rewind_to(1, true)
+        };
+        let (code, _) = refused(adm.rewind(with_token(one.clone(), Some(READ))).await);
+        assert_eq!(code, Code::PermissionDenied);
+        // An admin token's dry run is planned by the owner.
+        let r = adm
+            .rewind(with_token(one, Some(ADMIN)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.partitions.len(), 1);
+        assert_eq!(
+            r.partitions[0].status,
+            pb::RewindStatus::Planned as i32,
+            "{r:?}"
+        );
+    }
+    // A peer without a client certificate is refused by the owner: the
+    // forwarding itself is authenticated (mutual TLS).
+    let bare = tls_endpoint(
+        format!("https://127.0.0.1:{}", a.grpc_addr().unwrap().port()),
+        trusting,
+    );
+    assert!(get_over(bare, "key-1").await.is_err());
+    tokio::task::block_in_place(move || {
+        b.shutdown().unwrap();
+        a.shutdown().unwrap();
+    });
+}
