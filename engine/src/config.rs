@@ -123,8 +123,9 @@ pub struct QueryConfig {
     pub max_hops: u32,
     /// How long connecting to another instance may take when forwarding.
     pub connect_timeout: Duration,
-    /// How often an idle change feed (Subscribe) looks for new commits and
-    /// sends a heartbeat.
+    /// How often a change feed (Subscribe) that has delivered everything
+    /// looks for new commits of a partition served here. (Idle feeds send
+    /// a heartbeat every second regardless.)
     pub subscribe_poll: Duration,
     /// Most changes per Subscribe message.
     pub max_subscribe_batch: u32,

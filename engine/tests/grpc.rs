@@ -1203,3 +1203,107 @@ async fn subscribe_delivers_every_committed_change_once_in_order() {
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     tokio::task::block_in_place(move || app.shutdown().unwrap());
 }
+
+/// A partition restoring from its changelog answers UNAVAILABLE with its
+/// progress, unless the caller accepts a stale read, which is then served
+/// from what is restored so far and marked stale with its lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restoring_partition_is_unavailable_unless_stale_reads_are_allowed() {
+    const N: usize = 150_000;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("events", 1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(&kafka, "stale", state.path());
+    kafka.create_app_topics(&c, &topology(), 1).unwrap();
+    // One key, many versions: a long changelog.
+    let recs: Vec<(String, i64)> = (0..N).map(|_| ("hot".to_string(), 1)).collect();
+    produce(&kafka, &recs);
+    tokio::task::block_in_place(|| {
+        let app = App::new(c.clone()).unwrap().start(topology()).unwrap();
+        app.wait_running(1, Duration::from_secs(60)).unwrap();
+        let end = Instant::now() + Duration::from_secs(120);
+        while app
+            .registry()
+            .reader("sums", strata_state::Partition(0))
+            .is_none_or(|r| r.latest_version().0 < N as u64)
+        {
+            assert!(Instant::now() < end, "input not processed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        app.shutdown().unwrap();
+    });
+    // Lose the local state: the next start rebuilds it from the changelog,
+    // one record per batch, slowly enough to be seen restoring.
+    std::fs::remove_dir_all(state.path()).unwrap();
+    std::fs::create_dir_all(state.path()).unwrap();
+    c.restore_batch = 1;
+    let app = tokio::task::block_in_place(|| App::new(c).unwrap().start(topology()).unwrap());
+    let (mut q, _, _) = clients(app.grpc_addr().unwrap()).await;
+    let end = Instant::now() + Duration::from_secs(60);
+    let (mut refused, mut stale) = (None, None);
+    while refused.is_none() || stale.is_none() {
+        assert!(Instant::now() < end, "never saw the partition restoring");
+        let restoring = app
+            .registry()
+            .partitions()
+            .iter()
+            .any(|(_, _, s)| matches!(s, strata_engine::PartitionState::Restoring { records, .. } if *records > 0));
+        if !restoring {
+            assert!(
+                app.registry()
+                    .reader("sums", strata_state::Partition(0))
+                    .is_none(),
+                "the restore finished before it could be observed; lower its speed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        if refused.is_none()
+            && let Err(s) = q.get(get_json("sums", "hot")).await
+        {
+            refused = Some(s);
+        }
+        let mut r = get_json("sums", "hot");
+        r.options = Some(pb::RequestOptions {
+            allow_stale: true,
+            ..Default::default()
+        });
+        if stale.is_none()
+            && let Ok(r) = q.get(r).await
+            && r.get_ref().served.as_ref().is_some_and(|s| s.stale)
+        {
+            stale = Some(r.into_inner());
+        }
+    }
+    let s = refused.unwrap();
+    assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+    assert!(s.message().contains("restoring"), "{}", s.message());
+    let detail = s
+        .metadata()
+        .get_bin("strata-error-detail-bin")
+        .map(|v| <pb::ErrorDetail as Message>::decode(v.to_bytes().unwrap()).unwrap())
+        .expect("progress in the detail");
+    assert!(detail.restoring.is_some_and(|r| r.records > 0));
+    let r = stale.unwrap();
+    let served = r.served.unwrap();
+    assert!(served.stale);
+    assert!(served.lag_records > 0, "{served:?}");
+    // What it served is a real, older state of the key.
+    let v: i64 = match r.outcome {
+        Some(pb::get_response::Outcome::Found(e)) => e.value_json.parse().unwrap(),
+        _ => 0,
+    };
+    assert!(
+        v < N as i64 && served.read_version < N as u64,
+        "{v} at {served:?}"
+    );
+    // Once restored, reads are current again and not stale.
+    tokio::task::block_in_place(|| app.wait_running(1, Duration::from_secs(120)).unwrap());
+    let r = q.get(get_json("sums", "hot")).await.unwrap().into_inner();
+    assert!(!r.served.unwrap().stale);
+    match r.outcome {
+        Some(pb::get_response::Outcome::Found(e)) => assert_eq!(e.value_json, N.to_string()),
+        o => panic!("{o:?}"),
+    }
+    tokio::task::block_in_place(move || app.shutdown().unwrap());
+}

@@ -8,7 +8,7 @@
 //! version order, across it; a rewind sent to any instance is applied by
 //! the owner and read back through history and as-of reads.
 //!
-//! Not here: a member leaving a group of three. Tansu 0.5 keeps a member
+//! Not here: a member leaving a group of three. Tansu 0.6 keeps a member
 //! that sent LeaveGroup in the next generation's assignment (one of the
 //! leaver's partitions stays unassigned until a later join), so that step
 //! cannot be checked against it; `tansu_app` checks a leave in a group of
@@ -494,7 +494,7 @@ async fn queries_route_across_instances_and_rebalances() {
         }
     });
 
-    // Reads keep going while a third instance joins and `b` leaves.
+    // Reads keep going while a third instance joins.
     // (Through `a`, which stays: a client of `b` sees `b` go away.)
     let reader = Reader::start(vec![a.addr.clone()]);
     let c = tokio::task::block_in_place(|| {

@@ -61,19 +61,26 @@ fn run_and_kill(dir: &std::path::Path, wal: bool, rounds: u64) -> u64 {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut last = 0;
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("committed ") {
-            last = rest.split(' ').next().unwrap().parse().unwrap();
-            if last >= rounds {
-                break;
-            }
+    let mut read_round = |line: std::io::Result<String>, last: &mut u64| {
+        if let Some(rest) = line.unwrap().strip_prefix("committed ") {
+            *last = rest.split(' ').next().unwrap().parse().unwrap();
+        }
+    };
+    for line in lines.by_ref() {
+        read_round(line, &mut last);
+        if last >= rounds {
+            break;
         }
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // The child kept committing while the lines above were read: what it
+    // acknowledged before it died is still in the pipe.
+    for line in lines {
+        read_round(line, &mut last);
+    }
     assert!(last >= rounds, "the child stopped early at round {last}");
     last
 }

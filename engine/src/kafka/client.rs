@@ -166,7 +166,7 @@ pub enum RebalanceProtocol {
     /// member and assigns them all again in one round; tasks that stay
     /// on a member are closed and reopened (restoring only their
     /// changelog tail). For brokers that do not run the second round of
-    /// an incremental rebalance: Tansu 0.5 answers the rejoin of a member
+    /// an incremental rebalance: Tansu 0.6 answers the rejoin of a member
     /// of a stable group with the current generation and
     /// REBALANCE_IN_PROGRESS on SyncGroup, but never tells the other
     /// members to rejoin, so the revoked partitions stay unassigned. Also

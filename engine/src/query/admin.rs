@@ -1,5 +1,6 @@
-//! Admin.Rewind: brings partitions owned here back to an earlier state,
-//! through the worker that owns each one (the same path as
+//! Admin.Rewind: brings partitions back to an earlier state. Each
+//! partition concerned is rewound by its owner (here, or the request is
+//! forwarded to it with `partition` set), through the worker that owns it (the same path as
 //! `RunningApp::rewind`), so a rewind is staged and committed between two
 //! batches of processing, as new versions flagged `rewind`.
 //!

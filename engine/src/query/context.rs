@@ -150,11 +150,28 @@ impl QueryContext {
             }),
             _ => None,
         };
+        let owner = match e {
+            QueryError::Forwarded {
+                member, endpoint, ..
+            } => Some(pb::Instance {
+                id: member.clone(),
+                endpoint: endpoint.clone(),
+            }),
+            _ => self
+                .app
+                .directory
+                .owner(p)
+                .filter(|o| o.member != self.app.directory.member_id())
+                .map(|o| pb::Instance {
+                    id: o.member,
+                    endpoint: o.endpoint,
+                }),
+        };
         pb::UnavailablePartition {
             partition: p.0,
             code: status.code() as i32,
             message: status.message().to_string(),
-            owner: None,
+            owner,
             restoring,
         }
     }

@@ -1,7 +1,8 @@
-//! Diff: the keys whose values differ between two points, gathered from
-//! the partitions owned here and merged in key order, in pages.
+//! Diff: the keys whose values differ between two points, in pages; from
+//! the owner of the one partition concerned, or gathered from every
+//! owner and merged in key order (`gather`).
 //!
-//! The first page resolves both points in every partition and pins them in
+//! Served here (`diff_here`), the first page resolves both points in every partition and pins them in
 //! the token; each page then diffs the rest of the range after the last key
 //! returned. A partition's diff walks its version log between the two
 //! versions, so a page costs time proportional to the changes, bounded by
@@ -87,6 +88,9 @@ pub(crate) async fn diff(
             point: Some(pb::at::Point::Version(v)),
         })
     };
+    // Each partition gets three quarters of the time left; the rest is
+    // kept to answer with what came back.
+    let part_call = call.keeping(0.25);
     let fetch = |p: Partition, sub: Sub| {
         let (from, to) = match &sub.pins {
             Some(v) => (version(v[0]), version(v[1])),
@@ -102,7 +106,7 @@ pub(crate) async fn diff(
             page_token: sub.token,
             options: Some(options.clone()),
         };
-        let (ctx, call) = (&ctx, &call);
+        let (ctx, call) = (&ctx, &part_call);
         async move {
             let r = diff_one(ctx, call, p, one).await?;
             let missing = || {

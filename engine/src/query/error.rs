@@ -6,13 +6,15 @@
 //! | unknown table | NOT_FOUND |
 //! | malformed key, JSON, range, point or page token; a version past the partition's latest; a version read over several partitions | INVALID_ARGUMENT |
 //! | a point older than retention keeps | OUT_OF_RANGE |
-//! | a partition restoring (with progress) or not owned here; the engine stopping | UNAVAILABLE |
+//! | a partition restoring (with progress); no owner known for it; its owner unreachable; out of hops; the engine stopping | UNAVAILABLE |
+//! | too little of the caller's deadline left to forward the request | DEADLINE_EXCEEDED |
+//! | the owner a request was forwarded to answered with an error | that status, unchanged (code, message, detail) |
 //! | a request or reply over the message size bound; a diff or single value too large for one page | RESOURCE_EXHAUSTED |
 //! | a Rewind whose `expect_latest` no longer holds | FAILED_PRECONDITION |
 //! | no bearer token, a malformed one, or one the server does not know (when tokens are configured) | UNAUTHENTICATED |
 //! | a read token on `strata.v1.Admin` (Rewind) | PERMISSION_DENIED |
 //! | corrupt local state | DATA_LOSS |
-//! | not built yet (Subscribe, replay) | UNIMPLEMENTED |
+//! | not built yet (rewind with replay) | UNIMPLEMENTED |
 //!
 //! Statuses carry an encoded `ErrorDetail` in the `strata-error-detail-bin`
 //! trailer when there is something machine-readable to say (partition,
@@ -45,8 +47,8 @@ pub(crate) enum QueryError {
     InvalidArgument(String),
     /// The partition is not owned by this instance.
     #[error(
-        "partition {partition} of table {table:?} is not owned by this instance, and forwarding to its owner is \
-         not available yet; send the request to the instance that owns it"
+        "partition {partition} of table {table:?} is not owned by this instance; the request is routed to its \
+         owner through the owner directory"
     )]
     NotLocal { table: String, partition: Partition },
     /// The partition is owned elsewhere and no owner could be found.
@@ -123,9 +125,10 @@ impl QueryError {
             | QueryError::NoOwner { .. }
             | QueryError::Unavailable(_)
             | QueryError::DeadlineExceeded(_) => true,
-            QueryError::Forwarded { status, .. } => {
-                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
-            }
+            QueryError::Forwarded { status, .. } => matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+            ),
             _ => false,
         }
     }

@@ -125,6 +125,18 @@ impl Call {
         }
     }
 
+    /// The same call with `keep` of the time left held back: the share a
+    /// scatter-gather gives each partition, so that it can still answer
+    /// with the partitions that did reply (the others reported as
+    /// DEADLINE_EXCEEDED) instead of failing as a whole.
+    pub(crate) fn keeping(&self, keep: f64) -> Call {
+        let left = self.remaining();
+        Call {
+            deadline: Instant::now() + left.mul_f64((1.0 - keep).clamp(0.0, 1.0)),
+            ..self.clone()
+        }
+    }
+
     /// Time left before the caller's deadline.
     pub(crate) fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())

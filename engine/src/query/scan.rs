@@ -1,12 +1,12 @@
-//! Scan and Diff: reads over many keys, gathered from every partition
-//! concerned that is owned here and merged in encoded key order, in pages.
+//! Scan: the keys of a range at one point, in pages.
 //!
-//! The first page pins the version each partition reads (Diff: both
-//! versions) in the page token, so every page reads the same state while
-//! the table changes. A partition that cannot be read here (restoring, or
-//! owned elsewhere: forwarding comes later) is reported in `unavailable`
-//! and the reply is `partial`; a scan that started partial says so on every
-//! page. Each page reads at most `page size` items per partition, on the
+//! A scan of one partition (named, or the one a single-key filter lives
+//! in) is served by that partition's owner: here (`scan_here`) or
+//! forwarded (`route`). A scan of every partition is gathered from the
+//! owners one partition at a time and merged in encoded key order
+//! (`gather`). Served here, the first page pins the version the partition
+//! reads in the page token, so every page reads the same state while the
+//! table changes; each page reads at most `page size` items, on the
 //! blocking pool.
 
 use std::sync::Arc;
@@ -124,6 +124,9 @@ pub(crate) async fn scan(
     });
     let repr = Repr::of(req.options.as_ref());
     let options = gather::sub_options(req.options.as_ref());
+    // Each partition gets three quarters of the time left; the rest is
+    // kept to answer with what came back.
+    let part_call = call.keeping(0.25);
     let fetch = |p: Partition, sub: Sub| {
         let at = match &sub.pins {
             Some(v) => Some(pb::At {
@@ -140,7 +143,7 @@ pub(crate) async fn scan(
             page_token: sub.token,
             options: Some(options.clone()),
         };
-        let (ctx, call) = (&ctx, &call);
+        let (ctx, call) = (&ctx, &part_call);
         async move {
             let r = scan_one(ctx, call, p, one).await?;
             let read = r.served.first().map(|s| s.read_version).ok_or_else(|| {

@@ -1,6 +1,8 @@
 //! The `strata.v1.Query` and `strata.v1.Admin` services: thin adapters from
-//! tonic to the read, scan, diff, table and admin modules, with every
-//! error turned into a status by `error::to_status`.
+//! tonic to the read, scan, diff, subscribe, table and admin modules. Each
+//! call's routing facts (deadline, hops, stale reads, credentials) are
+//! taken from its metadata and options (`route::Call`), and every error
+//! becomes a status in `error::to_status`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use super::error::{QueryError, to_status};
 use super::route::Call;
 use super::{admin, diff, read, scan, subscribe, tables};
 
-/// Serves both services from this instance's table partitions.
+/// Serves both services: from this instance's table partitions, and by
+/// forwarding to the owners of the others.
 #[derive(Clone)]
 pub(crate) struct QueryService {
     ctx: Arc<QueryContext>,
@@ -29,6 +32,23 @@ impl QueryService {
 
     fn call<T>(&self, request: &Request<T>, options: Option<&pb::RequestOptions>) -> Call {
         Call::new(&self.ctx, request.metadata(), options)
+    }
+}
+
+/// Runs a unary call's work within its deadline, answering
+/// DEADLINE_EXCEEDED itself just before tonic would cut the call (tonic
+/// reports its own cut as CANCELLED, which the contract does not use).
+async fn within<T>(
+    call: &Call,
+    work: impl std::future::Future<Output = Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    let until = call.deadline - std::time::Duration::from_millis(1).min(call.remaining());
+    match tokio::time::timeout_at(until.into(), work).await {
+        Ok(r) => r,
+        Err(_) => Err(QueryError::DeadlineExceeded(
+            "the call's deadline passed before it completed; retry with a longer deadline, or narrow the read"
+                .into(),
+        )),
     }
 }
 
@@ -51,7 +71,11 @@ impl Query for QueryService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            read::get(self.ctx.clone(), call, request.into_inner()).await,
+            within(
+                &call.clone(),
+                read::get(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
             "Get",
         )
     }
@@ -62,7 +86,11 @@ impl Query for QueryService {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            read::history(self.ctx.clone(), call, request.into_inner()).await,
+            within(
+                &call.clone(),
+                read::history(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
             "History",
         )
     }
@@ -73,7 +101,11 @@ impl Query for QueryService {
     ) -> Result<Response<pb::ScanResponse>, Status> {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            scan::scan(self.ctx.clone(), call, request.into_inner()).await,
+            within(
+                &call.clone(),
+                scan::scan(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
             "Scan",
         )
     }
@@ -84,7 +116,11 @@ impl Query for QueryService {
     ) -> Result<Response<pb::DiffResponse>, Status> {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            diff::diff(self.ctx.clone(), call, request.into_inner()).await,
+            within(
+                &call.clone(),
+                diff::diff(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
             "Diff",
         )
     }
@@ -116,7 +152,11 @@ impl Query for QueryService {
     ) -> Result<Response<pb::DescribeTableResponse>, Status> {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
-            tables::describe(self.ctx.clone(), call, request.into_inner()).await,
+            within(
+                &call.clone(),
+                tables::describe(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
             "DescribeTable",
         )
     }
@@ -132,7 +172,11 @@ impl Admin for QueryService {
         let mut call = self.call(&request, request.get_ref().options.as_ref());
         call.allow_stale = false;
         reply(
-            admin::rewind(self.ctx.clone(), call, request.into_inner()).await,
+            within(
+                &call.clone(),
+                admin::rewind(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
             "Rewind",
         )
     }

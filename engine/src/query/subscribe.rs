@@ -146,8 +146,9 @@ pub(crate) fn subscribe(
     });
     let (events, rx) = mpsc::channel(4 * starts.len().max(1));
     let followed: Vec<u32> = starts.keys().copied().collect();
+    let mut followers = tokio::task::JoinSet::new();
     for (p, start) in starts {
-        tokio::spawn(follow(
+        followers.spawn(follow(
             ctx.clone(),
             call.clone(),
             spec.clone(),
@@ -158,16 +159,29 @@ pub(crate) fn subscribe(
     }
     drop(events);
     let (out, out_rx) = mpsc::channel(4);
-    tokio::spawn(merge(followed, rx, out));
+    // The merger owns the followers (they stop with it); the stream owns
+    // the merger (it stops when the client goes away).
+    let merger = AbortOnDrop(tokio::spawn(merge(followed, followers, rx, out)));
     Ok(Box::pin(futures_util::stream::unfold(
-        out_rx,
-        |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+        (out_rx, merger),
+        |(mut rx, merger)| async move { rx.recv().await.map(|m| (m, (rx, merger))) },
     )))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Merges the followers' batches into messages.
 async fn merge(
     followed: Vec<u32>,
+    // Held, not awaited: dropping it when the merger ends stops them.
+    _followers: tokio::task::JoinSet<()>,
     mut events: mpsc::Receiver<Event>,
     out: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
 ) {
