@@ -147,11 +147,28 @@ pub(crate) fn to_status(e: &QueryError) -> Status {
             // answer at all) says which owner could not be reached.
             if status.metadata().get("content-type").is_none() && status.code() == Code::Unavailable
             {
-                return Status::unavailable(format!(
-                    "the partition's owner {member} at {endpoint} could not be reached ({}); retry shortly, \
-                     or check that instance is up and its advertised_endpoint is reachable from here",
-                    status.message()
-                ));
+                let detail = ErrorDetail {
+                    owner: Some(strata_proto::v1::Instance {
+                        id: member.clone(),
+                        endpoint: endpoint.clone(),
+                    }),
+                    retry_after_ms: 500,
+                    ..Default::default()
+                };
+                let mut md = MetadataMap::new();
+                md.insert_bin(
+                    DETAIL_TRAILER,
+                    MetadataValue::from_bytes(&detail.encode_to_vec()),
+                );
+                return Status::with_metadata(
+                    Code::Unavailable,
+                    format!(
+                        "the partition's owner {member} at {endpoint} could not be reached ({}); retry shortly, \
+                         or check that instance is up and its advertised_endpoint is reachable from here",
+                        status.message()
+                    ),
+                    md,
+                );
             }
             let mut md = MetadataMap::new();
             if let Some(d) = status.metadata().get_bin(DETAIL_TRAILER) {
@@ -433,6 +450,62 @@ mod tests {
         }));
         assert_eq!(detail(&s).unwrap().latest_version, Some(3));
         assert!(detail(&to_status(&QueryError::invalid("x"))).is_none());
+    }
+
+    #[test]
+    fn forwarded_answers_pass_through_and_unreachable_owners_are_named() {
+        // The owner's answer, detail included, comes back as it is.
+        let mut md = MetadataMap::new();
+        let d = ErrorDetail {
+            table: "t".into(),
+            latest_version: Some(4),
+            ..Default::default()
+        };
+        md.insert_bin(
+            DETAIL_TRAILER,
+            MetadataValue::from_bytes(&d.encode_to_vec()),
+        );
+        let mut owner_md = md.clone();
+        owner_md.insert("content-type", "application/grpc".parse().unwrap());
+        let answered = to_status(&QueryError::Forwarded {
+            member: "b".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            status: Status::with_metadata(Code::InvalidArgument, "version 9 is past 4", owner_md),
+        });
+        assert_eq!(answered.code(), Code::InvalidArgument);
+        assert_eq!(answered.message(), "version 9 is past 4");
+        assert_eq!(detail(&answered).unwrap().latest_version, Some(4));
+        // No answer at all: UNAVAILABLE naming the owner.
+        let unreachable = to_status(&QueryError::Forwarded {
+            member: "b".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            status: Status::unavailable("tcp connect error"),
+        });
+        assert_eq!(unreachable.code(), Code::Unavailable);
+        assert!(
+            unreachable.message().contains("http://127.0.0.1:1"),
+            "{}",
+            unreachable.message()
+        );
+        assert_eq!(detail(&unreachable).unwrap().owner.unwrap().id, "b");
+        // And both count as an unavailable partition in a gather only
+        // when they are.
+        assert!(
+            !QueryError::Forwarded {
+                member: "b".into(),
+                endpoint: "e".into(),
+                status: Status::not_found("no table"),
+            }
+            .is_unavailable_partition()
+        );
+        assert!(
+            QueryError::Forwarded {
+                member: "b".into(),
+                endpoint: "e".into(),
+                status: Status::deadline_exceeded("late"),
+            }
+            .is_unavailable_partition()
+        );
     }
 
     #[test]
