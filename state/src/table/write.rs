@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use crate::changelog::ChangeRecord;
-use crate::layout::{self, Entry, EntryKind, VersionRecord, meta};
+use crate::layout::{self, VersionRecord, meta};
 use crate::store::{Cf, KvBatch, KvStore};
 use crate::types::{
     ChangelogPosition, InputOffset, Lineage, Offset, Timestamp, Version, VersionFlags,
@@ -329,6 +329,13 @@ impl<S: KvStore> TablePartition<S> {
 
     /// One atomic store write of `records` (dense versions following the
     /// checkpoint), then the published watermark.
+    ///
+    /// The writes go into the batch grouped by column family and in key
+    /// order within each (`latest` keeps only the last record of each key):
+    /// a memtable insert then starts its search next to the previous one,
+    /// where records in version order would land at random places in the
+    /// skip list. Keys of one column family are distinct, so the order
+    /// changes nothing but the cost.
     fn write_records(
         &mut self,
         records: &[ChangeRecord],
@@ -336,31 +343,39 @@ impl<S: KvStore> TablePartition<S> {
         inputs: &[InputOffset],
     ) -> Result<()> {
         let shared = &self.shared;
+        let entries: Vec<Vec<u8>> = records.iter().map(ChangeRecord::encode_value).collect();
+        // Record indices by (key, version): one sort serves both `latest`
+        // (each key's last record) and `history` (a key's records newest
+        // first, which is the order of their history keys).
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        order.sort_unstable_by(|&a, &b| records[a].key.cmp(&records[b].key).then(a.cmp(&b)));
+        let same_key = |a: &usize, b: &usize| records[*a].key == records[*b].key;
         let mut batch = shared.store.batch();
-        let mut checkpoint = self.checkpoint.clone();
-        let mut run: Option<(Timestamp, Version)> = None;
-        for (i, r) in records.iter().enumerate() {
-            debug_assert_eq!(r.version, checkpoint.version.next());
-            let offset = changelog.get(i).copied();
-            let entry = Entry {
-                version: r.version,
-                time: r.time,
-                flags: r.flags,
-                kind: if r.value.is_some() {
-                    EntryKind::Value
-                } else {
-                    EntryKind::Tombstone
-                },
-                lineage: r.lineage.clone(),
-                value: r.value.clone().unwrap_or_default(),
-            };
-            let bytes = entry.encode();
+        for group in order.chunk_by(same_key) {
+            let Some(&i) = group.last() else { continue };
+            let r = &records[i];
             if r.value.is_some() {
-                batch.put(Cf::Latest, &r.key, &bytes);
+                batch.put(Cf::Latest, &r.key, &entries[i]);
             } else {
                 batch.delete(Cf::Latest, &r.key);
             }
-            batch.put(Cf::History, &layout::history_key(&r.key, r.version), &bytes);
+        }
+        for group in order.chunk_by(same_key) {
+            for &i in group.iter().rev() {
+                let r = &records[i];
+                batch.put(
+                    Cf::History,
+                    &layout::history_key(&r.key, r.version),
+                    &entries[i],
+                );
+            }
+        }
+        let mut checkpoint = self.checkpoint.clone();
+        let mut run: Option<(Timestamp, Version)> = None;
+        let mut commit_keys = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            debug_assert_eq!(r.version, checkpoint.version.next());
+            let offset = changelog.get(i).copied();
             let rec = VersionRecord {
                 time: r.time,
                 flags: r.flags,
@@ -373,7 +388,7 @@ impl<S: KvStore> TablePartition<S> {
             match run {
                 Some((t, _)) if t == r.time => run = Some((t, r.version)),
                 Some((t, v)) => {
-                    batch.put(Cf::Commits, &layout::commit_key(t, v), &[]);
+                    commit_keys.push(layout::commit_key(t, v));
                     run = Some((r.time, r.version));
                 }
                 None => run = Some((r.time, r.version)),
@@ -385,7 +400,12 @@ impl<S: KvStore> TablePartition<S> {
             }
         }
         if let Some((t, v)) = run {
-            batch.put(Cf::Commits, &layout::commit_key(t, v), &[]);
+            commit_keys.push(layout::commit_key(t, v));
+        }
+        // Restored records may hold several commit times; their keys are
+        // already ascending (times never decrease, versions increase).
+        for k in &commit_keys {
+            batch.put(Cf::Commits, k, &[]);
         }
         if !inputs.is_empty() {
             checkpoint.inputs = inputs.to_vec();
@@ -399,9 +419,10 @@ impl<S: KvStore> TablePartition<S> {
         // let one large commit (or rewind) evict the owner's hot keys;
         // `read` fills it on a miss.
         if let Some(cache) = self.cache.as_mut() {
-            for r in records {
-                if let Some(slot) = cache.peek_mut(&r.key) {
-                    *slot = r.value.clone();
+            for group in order.chunk_by(same_key) {
+                let Some(&i) = group.last() else { continue };
+                if let Some(slot) = cache.peek_mut(&records[i].key) {
+                    slot.clone_from(&records[i].value);
                 }
             }
         }
