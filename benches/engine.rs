@@ -93,6 +93,10 @@ struct Sizes {
     records: usize,
     keys: usize,
     workers: usize,
+    /// The table's `TableOptions::cache_entries`.
+    cache_entries: usize,
+    /// The table's `TableOptions::max_staged`.
+    max_staged: usize,
     quick: bool,
 }
 
@@ -113,6 +117,16 @@ const KNOBS: &[knobs::Knob] = &[
         "STRATA_BENCH_WORKERS",
         "engine worker threads (2, the AppConfig default)",
     ),
+    (
+        "--cache-entries",
+        "STRATA_BENCH_CACHE_ENTRIES",
+        "the table's cache_entries (the TableOptions default)",
+    ),
+    (
+        "--max-staged",
+        "STRATA_BENCH_MAX_STAGED",
+        "the table's max_staged (the TableOptions default)",
+    ),
 ];
 
 fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
@@ -124,6 +138,8 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--records" => s.records = n,
         "--keys" => s.keys = n,
         "--workers" => s.workers = n,
+        "--cache-entries" => s.cache_entries = n,
+        "--max-staged" => s.max_staged = n,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -139,6 +155,8 @@ fn parse_sizes() -> Result<Sizes> {
                     records: 100_000,
                     keys: 10_000,
                     workers: 2,
+                    cache_entries: TableOptions::default().cache_entries,
+                    max_staged: TableOptions::default().max_staged,
                     quick,
                 }
             } else {
@@ -146,13 +164,15 @@ fn parse_sizes() -> Result<Sizes> {
                     records: 1_000_000,
                     keys: 100_000,
                     workers: 2,
+                    cache_entries: TableOptions::default().cache_entries,
+                    max_staged: TableOptions::default().max_staged,
                     quick,
                 }
             }
         },
         set,
     )?;
-    if s.records == 0 || s.keys == 0 || s.workers == 0 || s.keys > 1_000_000 {
+    if s.records == 0 || s.keys == 0 || s.workers == 0 || s.max_staged == 0 || s.keys > 1_000_000 {
         bail!("need positive sizes and at most 1,000,000 keys: {s:?}");
     }
     Ok(s)
@@ -697,11 +717,13 @@ fn blind_puts(
 
 // ---------------------------------------------------------------- (c) the engine
 
-fn topology(granularity: Granularity) -> Topology {
+fn topology(s: &Sizes, granularity: Granularity) -> Topology {
     let t = Topology::new();
     let options = TableOptions {
         retention: Retention::Unlimited,
         granularity,
+        cache_entries: s.cache_entries,
+        max_staged: s.max_staged,
     };
     t.stream(INPUT, Utf8, json::<Event>()).aggregate(
         TABLE,
@@ -782,7 +804,7 @@ fn run_engine(
         .create()
         .context("creating the committed-offsets watcher")?;
     let started = Instant::now();
-    let running = App::new(config)?.start(topology(granularity))?;
+    let running = App::new(config)?.start(topology(s, granularity))?;
     let mut first: Option<(Instant, u64)> = None;
     let mut last_check = Instant::now() - COMMITTED_POLL;
     let mut last_seen = BTreeMap::new();
@@ -1043,8 +1065,8 @@ fn main() -> Result<()> {
     print_command();
     println!("machine: {}", machine());
     println!(
-        "sizes:   {} records, {} keys, {} partitions, {} worker threads",
-        s.records, s.keys, PARTITIONS, s.workers
+        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}",
+        s.records, s.keys, PARTITIONS, s.workers, s.cache_entries, s.max_staged
     );
     let tck = clock_ticks();
     let root = tempfile::Builder::new()
