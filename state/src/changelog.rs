@@ -81,6 +81,19 @@ pub trait ChangelogWriter {
     /// Appends `records` in order and returns each one's offset once the
     /// log has acknowledged them all.
     fn append(&mut self, records: &[ChangeRecord]) -> Result<Vec<Offset>>;
+
+    /// Like [`ChangelogWriter::append`], with each record's payload already
+    /// encoded: `payloads[i]` MUST be `records[i].encode_value()`. A commit
+    /// encodes each version once, for the changelog and the store alike;
+    /// a writer that sends the bytes as they are should override this.
+    fn append_encoded(
+        &mut self,
+        records: &[ChangeRecord],
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<Offset>> {
+        debug_assert_eq!(records.len(), payloads.len());
+        self.append(records)
+    }
 }
 
 /// A batch read from a changelog.
@@ -142,6 +155,24 @@ impl ChangelogWriter for MemoryChangelog {
             .map(|i| Offset(base + i))
             .collect())
     }
+
+    fn append_encoded(
+        &mut self,
+        records: &[ChangeRecord],
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<Offset>> {
+        debug_assert_eq!(records.len(), payloads.len());
+        let base = self.records.len() as u64;
+        self.records.extend(
+            records
+                .iter()
+                .zip(payloads)
+                .map(|(r, p)| (r.key.clone(), p.clone())),
+        );
+        Ok((0..records.len() as u64)
+            .map(|i| Offset(base + i))
+            .collect())
+    }
 }
 
 impl ChangelogReader for MemoryChangelog {
@@ -196,7 +227,7 @@ impl<S: KvStore> TablePartition<S> {
         inputs: &[crate::types::InputOffset],
     ) -> Result<crate::table::CommitSummary> {
         let prepared = self.prepare(now)?;
-        match log.append(prepared.records()) {
+        match log.append_encoded(prepared.records(), prepared.payloads()) {
             Ok(offsets) => self.apply(prepared, &offsets, inputs),
             Err(e) => {
                 self.abandon_unknown(prepared);

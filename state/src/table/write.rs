@@ -27,6 +27,9 @@ use super::stage::Staged;
 #[must_use = "a prepared commit must be applied or discarded"]
 pub struct PreparedCommit {
     records: Vec<ChangeRecord>,
+    /// Each record's encoded entry: the changelog payload and the bytes
+    /// stored in `latest` and `history`, encoded once.
+    payloads: Vec<Vec<u8>>,
     time: Timestamp,
 }
 
@@ -34,6 +37,12 @@ impl PreparedCommit {
     /// The records to replicate, in version order.
     pub fn records(&self) -> &[ChangeRecord] {
         &self.records
+    }
+
+    /// Each record's changelog payload ([`ChangeRecord::encode_value`]),
+    /// in the same order as [`PreparedCommit::records`].
+    pub fn payloads(&self) -> &[Vec<u8>] {
+        &self.payloads
     }
 
     /// The commit time shared by all its versions.
@@ -179,7 +188,12 @@ impl<S: KvStore> TablePartition<S> {
         if let Some(r) = records.first() {
             self.prepared = Some(r.version);
         }
-        Ok(PreparedCommit { records, time })
+        let payloads = records.iter().map(ChangeRecord::encode_value).collect();
+        Ok(PreparedCommit {
+            records,
+            payloads,
+            time,
+        })
     }
 
     /// Abandons a prepared commit known not to have reached the changelog:
@@ -235,7 +249,12 @@ impl<S: KvStore> TablePartition<S> {
         }
         let versions = prepared.versions();
         let time = prepared.time;
-        self.write_records(&prepared.records, changelog, inputs)?;
+        self.write_records(
+            &prepared.records,
+            Some(&prepared.payloads),
+            changelog,
+            inputs,
+        )?;
         self.prepared = None;
         Ok(CommitSummary { versions, time })
     }
@@ -309,7 +328,7 @@ impl<S: KvStore> TablePartition<S> {
         // Skipped duplicates still move the changelog position on, so the
         // next restore does not read them again.
         if !fresh.is_empty() || end > self.checkpoint.changelog {
-            self.write_records(&fresh, &offsets, &inputs)?;
+            self.write_records(&fresh, None, &offsets, &inputs)?;
             if end > self.checkpoint.changelog {
                 self.checkpoint.changelog = end;
                 let mut b = self.shared.store.batch();
@@ -328,7 +347,8 @@ impl<S: KvStore> TablePartition<S> {
     }
 
     /// One atomic store write of `records` (dense versions following the
-    /// checkpoint), then the published watermark.
+    /// checkpoint), then the published watermark. `encoded` holds their
+    /// entries when the caller has them already (a prepared commit).
     ///
     /// The writes go into the batch grouped by column family and in key
     /// order within each (`latest` keeps only the last record of each key):
@@ -339,11 +359,20 @@ impl<S: KvStore> TablePartition<S> {
     fn write_records(
         &mut self,
         records: &[ChangeRecord],
+        encoded: Option<&[Vec<u8>]>,
         changelog: &[Offset],
         inputs: &[InputOffset],
     ) -> Result<()> {
         let shared = &self.shared;
-        let entries: Vec<Vec<u8>> = records.iter().map(ChangeRecord::encode_value).collect();
+        let computed: Vec<Vec<u8>>;
+        let entries: &[Vec<u8>] = match encoded {
+            Some(e) => e,
+            None => {
+                computed = records.iter().map(ChangeRecord::encode_value).collect();
+                &computed
+            }
+        };
+        debug_assert_eq!(entries.len(), records.len());
         // Record indices by (key, version): one sort serves both `latest`
         // (each key's last record) and `history` (a key's records newest
         // first, which is the order of their history keys).
