@@ -41,19 +41,18 @@ pub struct ChangeRecord {
 impl ChangeRecord {
     /// The record's payload (the key travels separately).
     pub fn encode_value(&self) -> Vec<u8> {
-        Entry {
-            version: self.version,
-            time: self.time,
-            flags: self.flags,
-            kind: if self.value.is_some() {
+        crate::layout::encode_entry(
+            self.version,
+            self.time,
+            self.flags,
+            if self.value.is_some() {
                 EntryKind::Value
             } else {
                 EntryKind::Tombstone
             },
-            lineage: self.lineage.clone(),
-            value: self.value.clone().unwrap_or_default(),
-        }
-        .encode()
+            self.lineage.as_ref(),
+            self.value.as_deref().unwrap_or_default(),
+        )
     }
 
     /// Decodes a record from its key and payload; fails on a bad CRC or

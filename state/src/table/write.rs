@@ -376,25 +376,37 @@ impl<S: KvStore> TablePartition<S> {
         // Record indices by (key, version): one sort serves both `latest`
         // (each key's last record) and `history` (a key's records newest
         // first, which is the order of their history keys).
-        let mut order: Vec<usize> = (0..records.len()).collect();
-        order.sort_unstable_by(|&a, &b| records[a].key.cmp(&records[b].key).then(a.cmp(&b)));
-        let same_key = |a: &usize, b: &usize| records[*a].key == records[*b].key;
-        let mut batch = shared.store.batch();
-        for group in order.chunk_by(same_key) {
-            let Some(&i) = group.last() else { continue };
-            let r = &records[i];
-            if r.value.is_some() {
-                batch.put(Cf::Latest, &r.key, &entries[i]);
+        let mut order: Vec<(&[u8], usize)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key.as_slice(), i))
+            .collect();
+        order.sort_unstable();
+        let groups: Vec<&[(&[u8], usize)]> = order.chunk_by(|a, b| a.0 == b.0).collect();
+        // Room for every entry twice (`latest` and `history`), the keys,
+        // the version log and some slack, so the batch is not copied as it
+        // grows.
+        let bytes: usize = entries
+            .iter()
+            .zip(records)
+            .map(|(e, r)| 2 * (e.len() + r.key.len()) + 64)
+            .sum();
+        let mut batch = shared.store.batch_with_capacity(bytes + 1024);
+        for group in &groups {
+            let Some(&(key, i)) = group.last() else {
+                continue;
+            };
+            if records[i].value.is_some() {
+                batch.put(Cf::Latest, key, &entries[i]);
             } else {
-                batch.delete(Cf::Latest, &r.key);
+                batch.delete(Cf::Latest, key);
             }
         }
-        for group in order.chunk_by(same_key) {
-            for &i in group.iter().rev() {
-                let r = &records[i];
+        for group in &groups {
+            for &(key, i) in group.iter().rev() {
                 batch.put(
                     Cf::History,
-                    &layout::history_key(&r.key, r.version),
+                    &layout::history_key(key, records[i].version),
                     &entries[i],
                 );
             }
@@ -448,9 +460,11 @@ impl<S: KvStore> TablePartition<S> {
         // let one large commit (or rewind) evict the owner's hot keys;
         // `read` fills it on a miss.
         if let Some(cache) = self.cache.as_mut() {
-            for group in order.chunk_by(same_key) {
-                let Some(&i) = group.last() else { continue };
-                if let Some(slot) = cache.peek_mut(&records[i].key) {
+            for group in &groups {
+                let Some(&(key, i)) = group.last() else {
+                    continue;
+                };
+                if let Some(slot) = cache.peek_mut(key) {
                     slot.clone_from(&records[i].value);
                 }
             }
