@@ -13,8 +13,6 @@
 //! and [`ChangelogReader`] over Kafka topics; [`MemoryChangelog`] implements
 //! them for tests.
 
-use std::time::Instant;
-
 use crate::layout::{Entry, EntryKind};
 use crate::store::KvStore;
 use crate::table::TablePartition;
@@ -231,46 +229,6 @@ impl<S: KvStore> TablePartition<S> {
             Err(e) => {
                 self.abandon_unknown(prepared);
                 Err(e)
-            }
-        }
-    }
-
-    /// Replays the changelog from the checkpoint to its end, in batches of
-    /// `batch` records, reporting progress after each.
-    pub fn restore_from(
-        &mut self,
-        log: &mut dyn ChangelogReader,
-        batch: usize,
-        progress: &mut dyn FnMut(&RestoreProgress),
-    ) -> Result<RestoreProgress> {
-        let started = Instant::now();
-        let mut p = RestoreProgress {
-            position: self
-                .checkpoint()
-                .changelog
-                .map(|c| Offset(c.0.0 + 1))
-                .unwrap_or(Offset(0)),
-            end_estimate: log.end_estimate(),
-            ..Default::default()
-        };
-        loop {
-            let b = log.read(p.position, batch.max(1))?;
-            if let Some((last, _)) = b.records.last() {
-                p.position = Offset(last.0 + 1);
-            }
-            p.read += b.records.len() as u64;
-            let end = b.end;
-            let empty = b.records.is_empty();
-            p.applied += self.restore(b.records)?.applied as u64;
-            p.rate = p.read as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            p.eta = p.end_estimate.filter(|_| p.rate > 0.0).map(|end| {
-                std::time::Duration::from_secs_f64(
-                    end.0.saturating_sub(p.position.0) as f64 / p.rate,
-                )
-            });
-            progress(&p);
-            if end || empty {
-                return Ok(p);
             }
         }
     }

@@ -6,7 +6,6 @@
 //! backwards even if the clock does; one store write carries a commit's
 //! values, history, version log, time index and checkpoint.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use crate::changelog::ChangeRecord;
@@ -17,9 +16,9 @@ use crate::types::{
 };
 use crate::{Error, Result};
 
-use super::TablePartition;
 use super::read::Versioned;
 use super::stage::Staged;
+use super::{Checkpoint, TablePartition};
 
 /// A commit whose versions are fixed, waiting for its changelog records to
 /// be acknowledged.
@@ -265,97 +264,9 @@ impl<S: KvStore> TablePartition<S> {
         self.apply(p, &[], inputs)
     }
 
-    /// Applies records read back from the changelog, in order. Records at or
-    /// below the latest version are skipped (a changelog may repeat records
-    /// after a retried produce); a gap in versions is an error.
-    pub fn restore(&mut self, records: Vec<(Offset, ChangeRecord)>) -> Result<RestoreStep> {
-        if !self.staging.is_empty() || self.prepared.is_some() {
-            return Err(Error::Protocol {
-                location: self.shared.loc(),
-                reason: "restore while mutations are staged or a commit is prepared".into(),
-            });
-        }
-        self.needs_restore = false;
-        let mut step = RestoreStep::default();
-        let mut latest = self.checkpoint.version;
-        let mut fresh: Vec<ChangeRecord> = Vec::with_capacity(records.len());
-        let mut offsets: Vec<Offset> = Vec::with_capacity(records.len());
-        let end = records.last().map(|(o, _)| ChangelogPosition(*o));
-        for (off, r) in records {
-            if r.version <= latest {
-                step.skipped += 1;
-                continue;
-            }
-            if r.version != latest.next() {
-                return Err(Error::Changelog {
-                    location: self.shared.loc(),
-                    message: format!(
-                        "record at offset {} has {} but {} was expected: versions are missing from the changelog \
-                         (truncated, or written by two owners); rebuild the table from its inputs",
-                        off.0,
-                        r.version,
-                        latest.next()
-                    ),
-                    source: None,
-                });
-            }
-            latest = r.version;
-            fresh.push(r);
-            offsets.push(off);
-        }
-        // Input positions implied by the restored records' lineage.
-        let mut inputs: BTreeMap<(String, u32), u64> = self
-            .checkpoint
-            .inputs
-            .iter()
-            .map(|i| ((i.topic.clone(), i.partition.0), i.next.0))
-            .collect();
-        for r in &fresh {
-            if let Some(l) = &r.lineage {
-                let e = inputs.entry((l.topic.clone(), l.partition.0)).or_insert(0);
-                *e = (*e).max(l.offset.0 + 1);
-            }
-        }
-        let inputs: Vec<InputOffset> = inputs
-            .into_iter()
-            .map(|((topic, p), next)| InputOffset {
-                topic,
-                partition: crate::types::Partition(p),
-                next: Offset(next),
-            })
-            .collect();
-        step.applied = fresh.len();
-        // Skipped duplicates still move the changelog position on, so the
-        // next restore does not read them again.
-        if !fresh.is_empty() || end > self.checkpoint.changelog {
-            self.write_records(&fresh, None, &offsets, &inputs)?;
-            if end > self.checkpoint.changelog {
-                self.checkpoint.changelog = end;
-                let mut b = self.shared.store.batch();
-                b.put(
-                    Cf::Meta,
-                    meta::CHECKPOINT,
-                    &layout::seal_meta(&self.checkpoint),
-                );
-                self.shared
-                    .store
-                    .write(b)
-                    .map_err(|e| self.shared.store_err(e, None))?;
-            }
-        }
-        Ok(step)
-    }
-
     /// One atomic store write of `records` (dense versions following the
     /// checkpoint), then the published watermark. `encoded` holds their
     /// entries when the caller has them already (a prepared commit).
-    ///
-    /// The writes go into the batch grouped by column family and in key
-    /// order within each (`latest` keeps only the last record of each key):
-    /// a memtable insert then starts its search next to the previous one,
-    /// where records in version order would land at random places in the
-    /// skip list. Keys of one column family are distinct, so the order
-    /// changes nothing but the cost.
     fn write_records(
         &mut self,
         records: &[ChangeRecord],
@@ -363,6 +274,37 @@ impl<S: KvStore> TablePartition<S> {
         changelog: &[Offset],
         inputs: &[InputOffset],
     ) -> Result<()> {
+        let (batch, checkpoint) =
+            self.build_write(&self.checkpoint, records, encoded, changelog, inputs, None);
+        self.shared
+            .store
+            .write(batch)
+            .map_err(|e| self.shared.store_err(e, None))?;
+        self.refresh_cache(records);
+        self.publish(checkpoint);
+        Ok(())
+    }
+
+    /// The batch writing `records` (dense versions following `base`), and
+    /// the checkpoint it holds. `inputs`, when not empty, replaces the
+    /// input offsets; `end`, when later, becomes the changelog position
+    /// (records skipped as duplicates still move it on).
+    ///
+    /// The writes go into the batch grouped by column family and in key
+    /// order within each (`latest` keeps only the last record of each key):
+    /// a memtable insert then starts its search next to the previous one,
+    /// where records in version order would land at random places in the
+    /// skip list. Keys of one column family are distinct, so the order
+    /// changes nothing but the cost.
+    pub(super) fn build_write(
+        &self,
+        base: &Checkpoint,
+        records: &[ChangeRecord],
+        encoded: Option<&[Vec<u8>]>,
+        changelog: &[Offset],
+        inputs: &[InputOffset],
+        end: Option<ChangelogPosition>,
+    ) -> (S::Batch, Checkpoint) {
         let shared = &self.shared;
         let computed: Vec<Vec<u8>>;
         let entries: &[Vec<u8>] = match encoded {
@@ -411,7 +353,7 @@ impl<S: KvStore> TablePartition<S> {
                 );
             }
         }
-        let mut checkpoint = self.checkpoint.clone();
+        let mut checkpoint = base.clone();
         let mut run: Option<(Timestamp, Version)> = None;
         let mut commit_keys = Vec::new();
         for (i, r) in records.iter().enumerate() {
@@ -451,27 +393,43 @@ impl<S: KvStore> TablePartition<S> {
         if !inputs.is_empty() {
             checkpoint.inputs = inputs.to_vec();
         }
+        if end > checkpoint.changelog {
+            checkpoint.changelog = end;
+        }
         batch.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&checkpoint));
-        shared
-            .store
-            .write(batch)
-            .map_err(|e| shared.store_err(e, None))?;
-        // Refresh cached keys only: filling the cache with every write would
-        // let one large commit (or rewind) evict the owner's hot keys;
-        // `read` fills it on a miss.
+        (batch, checkpoint)
+    }
+
+    /// Refreshes the cached keys among `records` (now committed) only:
+    /// filling the cache with every write would let one large commit (or
+    /// rewind) evict the owner's hot keys; `read` fills it on a miss.
+    pub(super) fn refresh_cache(&mut self, records: &[ChangeRecord]) {
         if let Some(cache) = self.cache.as_mut() {
-            for group in &groups {
-                let Some(&(key, i)) = group.last() else {
-                    continue;
-                };
-                if let Some(slot) = cache.peek_mut(key) {
-                    slot.clone_from(&records[i].value);
+            for r in records {
+                if let Some(slot) = cache.peek_mut(&r.key) {
+                    slot.clone_from(&r.value);
                 }
             }
         }
-        shared.last_time.store(checkpoint.time.0, Ordering::Release);
-        shared.latest.store(checkpoint.version.0, Ordering::Release);
+    }
+
+    /// Forgets every cached value (after a failed write, whose records the
+    /// cache may already hold).
+    pub(super) fn clear_cache(&mut self) {
+        if let Some(cache) = self.cache.as_mut() {
+            cache.clear();
+        }
+    }
+
+    /// Makes `checkpoint`, now written, the partition's, and publishes its
+    /// version to readers.
+    pub(super) fn publish(&mut self, checkpoint: Checkpoint) {
+        self.shared
+            .last_time
+            .store(checkpoint.time.0, Ordering::Release);
+        self.shared
+            .latest
+            .store(checkpoint.version.0, Ordering::Release);
         self.checkpoint = checkpoint;
-        Ok(())
     }
 }
