@@ -97,6 +97,9 @@ struct Sizes {
     cache_entries: usize,
     /// The table's `TableOptions::max_staged`.
     max_staged: usize,
+    /// RocksDB's write-ahead log for the engine's and the restored tables
+    /// (`RocksConfig::wal`).
+    wal: bool,
     quick: bool,
 }
 
@@ -127,6 +130,11 @@ const KNOBS: &[knobs::Knob] = &[
         "STRATA_BENCH_MAX_STAGED",
         "the table's max_staged (the TableOptions default)",
     ),
+    (
+        "--wal",
+        "STRATA_BENCH_WAL",
+        "1: RocksDB write-ahead log on (the default), 0: off",
+    ),
 ];
 
 fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
@@ -140,6 +148,7 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--workers" => s.workers = n,
         "--cache-entries" => s.cache_entries = n,
         "--max-staged" => s.max_staged = n,
+        "--wal" => s.wal = n != 0,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -157,6 +166,7 @@ fn parse_sizes() -> Result<Sizes> {
                     workers: 2,
                     cache_entries: TableOptions::default().cache_entries,
                     max_staged: TableOptions::default().max_staged,
+                    wal: RocksConfig::default().wal,
                     quick,
                 }
             } else {
@@ -166,6 +176,7 @@ fn parse_sizes() -> Result<Sizes> {
                     workers: 2,
                     cache_entries: TableOptions::default().cache_entries,
                     max_staged: TableOptions::default().max_staged,
+                    wal: RocksConfig::default().wal,
                     quick,
                 }
             }
@@ -797,6 +808,7 @@ fn run_engine(
     config.state_dir = state.to_path_buf();
     config.kafka.session_timeout = Duration::from_secs(6);
     config.worker_threads = s.workers;
+    config.rocks.wal = s.wal;
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", tansu.bootstrap())
         .set("group.id", &app)
@@ -903,7 +915,10 @@ fn restore(
     dir: &Path,
     meter: CpuMeter,
 ) -> Result<RestoreRun> {
-    let env = RocksEnv::new(RocksConfig::default())?;
+    let env = RocksEnv::new(RocksConfig {
+        wal: s.wal,
+        ..RocksConfig::default()
+    })?;
     let name = TableName::new(TABLE)?;
     let topic = format!("{app}-{TABLE}-changelog");
     let (mut records, mut elapsed, mut reading) = (0, Duration::ZERO, Duration::ZERO);
@@ -1065,8 +1080,8 @@ fn main() -> Result<()> {
     print_command();
     println!("machine: {}", machine());
     println!(
-        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}",
-        s.records, s.keys, PARTITIONS, s.workers, s.cache_entries, s.max_staged
+        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}, wal {}",
+        s.records, s.keys, PARTITIONS, s.workers, s.cache_entries, s.max_staged, s.wal
     );
     let tck = clock_ticks();
     let root = tempfile::Builder::new()
