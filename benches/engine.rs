@@ -76,8 +76,8 @@ const TABLE: &str = "counts";
 const PRODUCE_BATCH: usize = 50_000;
 /// Records per `WriteBatch` in the read-modify-write ceiling.
 const RMW_BATCH: usize = 1_000;
-/// Changelog records per restore batch, and puts per `WriteBatch` in the
-/// restore ceiling.
+/// Puts per `WriteBatch` in the restore ceiling, and the default of
+/// changelog records per restore batch (`AppConfig::restore_batch`'s).
 const RESTORE_BATCH: usize = 10_000;
 /// Keys of each table compared with the oracle.
 const SAMPLED_KEYS: usize = 2_000;
@@ -100,6 +100,8 @@ struct Sizes {
     /// RocksDB's write-ahead log for the engine's and the restored tables
     /// (`RocksConfig::wal`).
     wal: bool,
+    /// Changelog records per restore batch in (d).
+    restore_batch: usize,
     quick: bool,
 }
 
@@ -131,6 +133,11 @@ const KNOBS: &[knobs::Knob] = &[
         "the table's max_staged (the TableOptions default)",
     ),
     (
+        "--restore-batch",
+        "STRATA_BENCH_RESTORE_BATCH",
+        "changelog records per restore batch in (d) (10,000, the AppConfig default)",
+    ),
+    (
         "--wal",
         "STRATA_BENCH_WAL",
         "1: RocksDB write-ahead log on (the default), 0: off",
@@ -149,6 +156,7 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--cache-entries" => s.cache_entries = n,
         "--max-staged" => s.max_staged = n,
         "--wal" => s.wal = n != 0,
+        "--restore-batch" => s.restore_batch = n,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -167,6 +175,7 @@ fn parse_sizes() -> Result<Sizes> {
                     cache_entries: TableOptions::default().cache_entries,
                     max_staged: TableOptions::default().max_staged,
                     wal: RocksConfig::default().wal,
+                    restore_batch: RESTORE_BATCH,
                     quick,
                 }
             } else {
@@ -177,13 +186,20 @@ fn parse_sizes() -> Result<Sizes> {
                     cache_entries: TableOptions::default().cache_entries,
                     max_staged: TableOptions::default().max_staged,
                     wal: RocksConfig::default().wal,
+                    restore_batch: RESTORE_BATCH,
                     quick,
                 }
             }
         },
         set,
     )?;
-    if s.records == 0 || s.keys == 0 || s.workers == 0 || s.max_staged == 0 || s.keys > 1_000_000 {
+    if s.records == 0
+        || s.keys == 0
+        || s.workers == 0
+        || s.max_staged == 0
+        || s.restore_batch == 0
+        || s.keys > 1_000_000
+    {
         bail!("need positive sizes and at most 1,000,000 keys: {s:?}");
     }
     Ok(s)
@@ -943,7 +959,7 @@ fn restore(
             inner,
             spent: Duration::ZERO,
         };
-        let progress = table.restore_from(&mut reader, RESTORE_BATCH, &mut |_| {})?;
+        let progress = table.restore_from(&mut reader, s.restore_batch, &mut |_| {})?;
         elapsed += t0.elapsed();
         reading += reader.spent;
         records += progress.read;
@@ -1080,8 +1096,15 @@ fn main() -> Result<()> {
     print_command();
     println!("machine: {}", machine());
     println!(
-        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}, wal {}",
-        s.records, s.keys, PARTITIONS, s.workers, s.cache_entries, s.max_staged, s.wal
+        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}, wal {}, restore batch {}",
+        s.records,
+        s.keys,
+        PARTITIONS,
+        s.workers,
+        s.cache_entries,
+        s.max_staged,
+        s.wal,
+        s.restore_batch
     );
     let tck = clock_ticks();
     let root = tempfile::Builder::new()
