@@ -76,8 +76,8 @@ const TABLE: &str = "counts";
 const PRODUCE_BATCH: usize = 50_000;
 /// Records per `WriteBatch` in the read-modify-write ceiling.
 const RMW_BATCH: usize = 1_000;
-/// Changelog records per restore batch, and puts per `WriteBatch` in the
-/// restore ceiling.
+/// Puts per `WriteBatch` in the restore ceiling, and the default of
+/// changelog records per restore batch (`AppConfig::restore_batch`'s).
 const RESTORE_BATCH: usize = 10_000;
 /// Keys of each table compared with the oracle.
 const SAMPLED_KEYS: usize = 2_000;
@@ -93,6 +93,15 @@ struct Sizes {
     records: usize,
     keys: usize,
     workers: usize,
+    /// The table's `TableOptions::cache_entries`.
+    cache_entries: usize,
+    /// The table's `TableOptions::max_staged`.
+    max_staged: usize,
+    /// RocksDB's write-ahead log for the engine's and the restored tables
+    /// (`RocksConfig::wal`).
+    wal: bool,
+    /// Changelog records per restore batch in (d).
+    restore_batch: usize,
     quick: bool,
 }
 
@@ -113,6 +122,26 @@ const KNOBS: &[knobs::Knob] = &[
         "STRATA_BENCH_WORKERS",
         "engine worker threads (2, the AppConfig default)",
     ),
+    (
+        "--cache-entries",
+        "STRATA_BENCH_CACHE_ENTRIES",
+        "the table's cache_entries (the TableOptions default)",
+    ),
+    (
+        "--max-staged",
+        "STRATA_BENCH_MAX_STAGED",
+        "the table's max_staged (the TableOptions default)",
+    ),
+    (
+        "--restore-batch",
+        "STRATA_BENCH_RESTORE_BATCH",
+        "changelog records per restore batch in (d) (10,000, the AppConfig default)",
+    ),
+    (
+        "--wal",
+        "STRATA_BENCH_WAL",
+        "1: RocksDB write-ahead log on (the default), 0: off",
+    ),
 ];
 
 fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
@@ -124,6 +153,10 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--records" => s.records = n,
         "--keys" => s.keys = n,
         "--workers" => s.workers = n,
+        "--cache-entries" => s.cache_entries = n,
+        "--max-staged" => s.max_staged = n,
+        "--wal" => s.wal = n != 0,
+        "--restore-batch" => s.restore_batch = n,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -139,6 +172,10 @@ fn parse_sizes() -> Result<Sizes> {
                     records: 100_000,
                     keys: 10_000,
                     workers: 2,
+                    cache_entries: TableOptions::default().cache_entries,
+                    max_staged: TableOptions::default().max_staged,
+                    wal: RocksConfig::default().wal,
+                    restore_batch: RESTORE_BATCH,
                     quick,
                 }
             } else {
@@ -146,13 +183,23 @@ fn parse_sizes() -> Result<Sizes> {
                     records: 1_000_000,
                     keys: 100_000,
                     workers: 2,
+                    cache_entries: TableOptions::default().cache_entries,
+                    max_staged: TableOptions::default().max_staged,
+                    wal: RocksConfig::default().wal,
+                    restore_batch: RESTORE_BATCH,
                     quick,
                 }
             }
         },
         set,
     )?;
-    if s.records == 0 || s.keys == 0 || s.workers == 0 || s.keys > 1_000_000 {
+    if s.records == 0
+        || s.keys == 0
+        || s.workers == 0
+        || s.max_staged == 0
+        || s.restore_batch == 0
+        || s.keys > 1_000_000
+    {
         bail!("need positive sizes and at most 1,000,000 keys: {s:?}");
     }
     Ok(s)
@@ -697,11 +744,13 @@ fn blind_puts(
 
 // ---------------------------------------------------------------- (c) the engine
 
-fn topology(granularity: Granularity) -> Topology {
+fn topology(s: &Sizes, granularity: Granularity) -> Topology {
     let t = Topology::new();
     let options = TableOptions {
         retention: Retention::Unlimited,
         granularity,
+        cache_entries: s.cache_entries,
+        max_staged: s.max_staged,
     };
     t.stream(INPUT, Utf8, json::<Event>()).aggregate(
         TABLE,
@@ -775,6 +824,7 @@ fn run_engine(
     config.state_dir = state.to_path_buf();
     config.kafka.session_timeout = Duration::from_secs(6);
     config.worker_threads = s.workers;
+    config.rocks.wal = s.wal;
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", tansu.bootstrap())
         .set("group.id", &app)
@@ -782,7 +832,7 @@ fn run_engine(
         .create()
         .context("creating the committed-offsets watcher")?;
     let started = Instant::now();
-    let running = App::new(config)?.start(topology(granularity))?;
+    let running = App::new(config)?.start(topology(s, granularity))?;
     let mut first: Option<(Instant, u64)> = None;
     let mut last_check = Instant::now() - COMMITTED_POLL;
     let mut last_seen = BTreeMap::new();
@@ -881,7 +931,10 @@ fn restore(
     dir: &Path,
     meter: CpuMeter,
 ) -> Result<RestoreRun> {
-    let env = RocksEnv::new(RocksConfig::default())?;
+    let env = RocksEnv::new(RocksConfig {
+        wal: s.wal,
+        ..RocksConfig::default()
+    })?;
     let name = TableName::new(TABLE)?;
     let topic = format!("{app}-{TABLE}-changelog");
     let (mut records, mut elapsed, mut reading) = (0, Duration::ZERO, Duration::ZERO);
@@ -906,7 +959,7 @@ fn restore(
             inner,
             spent: Duration::ZERO,
         };
-        let progress = table.restore_from(&mut reader, RESTORE_BATCH, &mut |_| {})?;
+        let progress = table.restore_from(&mut reader, s.restore_batch, &mut |_| {})?;
         elapsed += t0.elapsed();
         reading += reader.spent;
         records += progress.read;
@@ -1043,8 +1096,15 @@ fn main() -> Result<()> {
     print_command();
     println!("machine: {}", machine());
     println!(
-        "sizes:   {} records, {} keys, {} partitions, {} worker threads",
-        s.records, s.keys, PARTITIONS, s.workers
+        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}, wal {}, restore batch {}",
+        s.records,
+        s.keys,
+        PARTITIONS,
+        s.workers,
+        s.cache_entries,
+        s.max_staged,
+        s.wal,
+        s.restore_batch
     );
     let tck = clock_ticks();
     let root = tempfile::Builder::new()

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use strata_state::store::MemoryStore;
 use strata_state::{
-    ChangelogWriter, InputOffset, MemoryChangelog, Offset, Partition, PartitionReader, TableConfig,
-    TableName, TablePartition, Timestamp,
+    ChangelogWriter, InputOffset, MemoryChangelog, Offset, Partition, PartitionReader, TableName,
+    TablePartition, Timestamp,
 };
 
 use crate::context::OutRecord;
@@ -136,9 +136,9 @@ impl TestDriver {
         for p in 0..self.partitions {
             let mut tables = Vec::new();
             for (i, spec) in g.tables.iter().enumerate() {
-                let cfg = TableConfig::new(TableName::new(spec.name.clone())?, Partition(p))
-                    .retention(spec.options.retention)
-                    .granularity(spec.options.granularity);
+                let cfg = spec
+                    .options
+                    .table_config(TableName::new(spec.name.clone())?, Partition(p));
                 let (store, log) = &mut self.stores[i][p as usize];
                 let mut t = TablePartition::open(store.clone(), cfg)?;
                 // Catch up with the changelog tail, as a restarted owner would.

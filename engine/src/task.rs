@@ -342,7 +342,7 @@ impl<S: KvStore> Task<S> {
                     break;
                 }
             };
-            match io.changelog(i).append(p.records()) {
+            match io.changelog(i).append_encoded(p.records(), p.payloads()) {
                 Ok(offsets) => {
                     self.stats.changelog_records += offsets.len() as u64;
                     prepared.push((i, p, offsets));

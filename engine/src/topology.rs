@@ -164,13 +164,24 @@ pub(crate) struct TimerSpec {
     pub run: TimerFn,
 }
 
-/// How a table is stored.
+/// How a table is stored. Build it with `..Default::default()` so that new
+/// settings keep their defaults.
 #[derive(Clone, Debug)]
 pub struct TableOptions {
     /// How much history to keep.
     pub retention: Retention,
     /// What makes a version.
     pub granularity: Granularity,
+    /// Latest values each table partition keeps in memory, in front of
+    /// RocksDB (0 disables the cache). A read-modify-write of a key that
+    /// misses it costs a RocksDB read, so size it for a partition's hot
+    /// keys: about 100 bytes plus the key and value per entry.
+    pub cache_entries: usize,
+    /// Staged mutations after which a task commits without waiting for
+    /// the commit interval (at least 1). Under [`Granularity::PerCommit`]
+    /// these are distinct keys, so a larger bound folds more updates of a
+    /// key into one version, at the cost of memory and commit latency.
+    pub max_staged: usize,
 }
 
 impl Default for TableOptions {
@@ -178,7 +189,25 @@ impl Default for TableOptions {
         TableOptions {
             retention: Retention::Unlimited,
             granularity: Granularity::PerMutation,
+            cache_entries: strata_state::TableConfig::DEFAULT_CACHE_ENTRIES,
+            max_staged: strata_state::TableConfig::DEFAULT_MAX_STAGED,
         }
+    }
+}
+
+impl TableOptions {
+    /// The settings of partition `partition` of table `name`.
+    pub(crate) fn table_config(
+        &self,
+        name: strata_state::TableName,
+        partition: strata_state::Partition,
+    ) -> strata_state::TableConfig {
+        let mut c = strata_state::TableConfig::new(name, partition)
+            .retention(self.retention)
+            .granularity(self.granularity);
+        c.cache_entries = self.cache_entries;
+        c.max_staged = self.max_staged;
+        c
     }
 }
 

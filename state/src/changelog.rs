@@ -13,8 +13,6 @@
 //! and [`ChangelogReader`] over Kafka topics; [`MemoryChangelog`] implements
 //! them for tests.
 
-use std::time::Instant;
-
 use crate::layout::{Entry, EntryKind};
 use crate::store::KvStore;
 use crate::table::TablePartition;
@@ -41,19 +39,18 @@ pub struct ChangeRecord {
 impl ChangeRecord {
     /// The record's payload (the key travels separately).
     pub fn encode_value(&self) -> Vec<u8> {
-        Entry {
-            version: self.version,
-            time: self.time,
-            flags: self.flags,
-            kind: if self.value.is_some() {
+        crate::layout::encode_entry(
+            self.version,
+            self.time,
+            self.flags,
+            if self.value.is_some() {
                 EntryKind::Value
             } else {
                 EntryKind::Tombstone
             },
-            lineage: self.lineage.clone(),
-            value: self.value.clone().unwrap_or_default(),
-        }
-        .encode()
+            self.lineage.as_ref(),
+            self.value.as_deref().unwrap_or_default(),
+        )
     }
 
     /// Decodes a record from its key and payload; fails on a bad CRC or
@@ -81,6 +78,19 @@ pub trait ChangelogWriter {
     /// Appends `records` in order and returns each one's offset once the
     /// log has acknowledged them all.
     fn append(&mut self, records: &[ChangeRecord]) -> Result<Vec<Offset>>;
+
+    /// Like [`ChangelogWriter::append`], with each record's payload already
+    /// encoded: `payloads[i]` MUST be `records[i].encode_value()`. A commit
+    /// encodes each version once, for the changelog and the store alike;
+    /// a writer that sends the bytes as they are should override this.
+    fn append_encoded(
+        &mut self,
+        records: &[ChangeRecord],
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<Offset>> {
+        debug_assert_eq!(records.len(), payloads.len());
+        self.append(records)
+    }
 }
 
 /// A batch read from a changelog.
@@ -142,6 +152,24 @@ impl ChangelogWriter for MemoryChangelog {
             .map(|i| Offset(base + i))
             .collect())
     }
+
+    fn append_encoded(
+        &mut self,
+        records: &[ChangeRecord],
+        payloads: &[Vec<u8>],
+    ) -> Result<Vec<Offset>> {
+        debug_assert_eq!(records.len(), payloads.len());
+        let base = self.records.len() as u64;
+        self.records.extend(
+            records
+                .iter()
+                .zip(payloads)
+                .map(|(r, p)| (r.key.clone(), p.clone())),
+        );
+        Ok((0..records.len() as u64)
+            .map(|i| Offset(base + i))
+            .collect())
+    }
 }
 
 impl ChangelogReader for MemoryChangelog {
@@ -196,51 +224,11 @@ impl<S: KvStore> TablePartition<S> {
         inputs: &[crate::types::InputOffset],
     ) -> Result<crate::table::CommitSummary> {
         let prepared = self.prepare(now)?;
-        match log.append(prepared.records()) {
+        match log.append_encoded(prepared.records(), prepared.payloads()) {
             Ok(offsets) => self.apply(prepared, &offsets, inputs),
             Err(e) => {
                 self.abandon_unknown(prepared);
                 Err(e)
-            }
-        }
-    }
-
-    /// Replays the changelog from the checkpoint to its end, in batches of
-    /// `batch` records, reporting progress after each.
-    pub fn restore_from(
-        &mut self,
-        log: &mut dyn ChangelogReader,
-        batch: usize,
-        progress: &mut dyn FnMut(&RestoreProgress),
-    ) -> Result<RestoreProgress> {
-        let started = Instant::now();
-        let mut p = RestoreProgress {
-            position: self
-                .checkpoint()
-                .changelog
-                .map(|c| Offset(c.0.0 + 1))
-                .unwrap_or(Offset(0)),
-            end_estimate: log.end_estimate(),
-            ..Default::default()
-        };
-        loop {
-            let b = log.read(p.position, batch.max(1))?;
-            if let Some((last, _)) = b.records.last() {
-                p.position = Offset(last.0 + 1);
-            }
-            p.read += b.records.len() as u64;
-            let end = b.end;
-            let empty = b.records.is_empty();
-            p.applied += self.restore(b.records)?.applied as u64;
-            p.rate = p.read as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            p.eta = p.end_estimate.filter(|_| p.rate > 0.0).map(|end| {
-                std::time::Duration::from_secs_f64(
-                    end.0.saturating_sub(p.position.0) as f64 / p.rate,
-                )
-            });
-            progress(&p);
-            if end || empty {
-                return Ok(p);
             }
         }
     }

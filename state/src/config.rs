@@ -96,6 +96,14 @@ pub struct TableConfig {
 }
 
 impl TableConfig {
+    /// Default of [`TableConfig::max_staged`].
+    pub const DEFAULT_MAX_STAGED: usize = 10_000;
+    /// Default of [`TableConfig::cache_entries`]: room for the hot keys of
+    /// a partition of a 100,000-key table spread over a few partitions, at
+    /// about 100 bytes of overhead plus key and value per entry (a few MB
+    /// for small values).
+    pub const DEFAULT_CACHE_ENTRIES: usize = 50_000;
+
     /// Defaults for `name`/`partition`: unlimited retention, a version per
     /// mutation.
     pub fn new(name: TableName, partition: Partition) -> TableConfig {
@@ -104,9 +112,9 @@ impl TableConfig {
             partition,
             retention: Retention::Unlimited,
             granularity: Granularity::PerMutation,
-            max_staged: 10_000,
+            max_staged: Self::DEFAULT_MAX_STAGED,
             max_diff_keys: 1_000_000,
-            cache_entries: 10_000,
+            cache_entries: Self::DEFAULT_CACHE_ENTRIES,
         }
     }
 

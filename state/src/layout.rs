@@ -112,26 +112,56 @@ fn take_u64(b: &mut &[u8]) -> Result<u64, DecodeError> {
     ]))
 }
 
+/// Bytes of an entry besides its lineage and value: format, version,
+/// time, flags, kind, lineage length, CRC.
+const ENTRY_OVERHEAD: usize = 1 + 8 + 8 + 1 + 1 + 4 + 4;
+/// Room reserved for an encoded lineage (a topic name and two varints).
+const LINEAGE_RESERVE: usize = 64;
+
+/// Encodes an entry from borrowed parts, CRC included, in one allocation
+/// (for a lineage of usual size).
+pub fn encode_entry(
+    version: Version,
+    time: Timestamp,
+    flags: VersionFlags,
+    kind: EntryKind,
+    lineage: Option<&Lineage>,
+    value: &[u8],
+) -> Vec<u8> {
+    let reserve = lineage.map_or(0, |_| LINEAGE_RESERVE);
+    let mut out = Vec::with_capacity(ENTRY_OVERHEAD + reserve + value.len());
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&version.0.to_be_bytes());
+    out.extend_from_slice(&time.0.to_be_bytes());
+    out.push(flags.0);
+    out.push(kind as u8);
+    let len_at = out.len();
+    out.extend_from_slice(&0u32.to_be_bytes());
+    if let Some(l) = lineage {
+        // Writing to a Vec cannot fail; a failed encoding leaves no lineage.
+        if bincode::serde::encode_into_std_write(l, &mut out, bincode::config::standard()).is_err()
+        {
+            out.truncate(len_at + 4);
+        }
+    }
+    let lin_len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&lin_len.to_be_bytes());
+    out.extend_from_slice(value);
+    crc_seal(&mut out);
+    out
+}
+
 impl Entry {
     /// Encodes the entry, CRC included.
     pub fn encode(&self) -> Vec<u8> {
-        let lineage = self.lineage.as_ref().map(|l| {
-            bincode::serde::encode_to_vec(l, bincode::config::standard()).unwrap_or_default()
-        });
-        let lin_len = lineage.as_ref().map_or(0, |l| l.len());
-        let mut out = Vec::with_capacity(25 + lin_len + self.value.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&self.version.0.to_be_bytes());
-        out.extend_from_slice(&self.time.0.to_be_bytes());
-        out.push(self.flags.0);
-        out.push(self.kind as u8);
-        out.extend_from_slice(&(lin_len as u32).to_be_bytes());
-        if let Some(l) = &lineage {
-            out.extend_from_slice(l);
-        }
-        out.extend_from_slice(&self.value);
-        crc_seal(&mut out);
-        out
+        encode_entry(
+            self.version,
+            self.time,
+            self.flags,
+            self.kind,
+            self.lineage.as_ref(),
+            &self.value,
+        )
     }
 
     /// Decodes an entry, checking its CRC.

@@ -9,10 +9,15 @@
 //!
 //! Invariants:
 //! - An append returns offsets only when every record was acknowledged
-//!   (`acks=all`, idempotent producer, so offsets follow record order). A
-//!   wait that expires, or a record that timed out in the producer, is
-//!   [`Error::OutcomeUnknown`] (the records may have landed): the table
-//!   partition must then restore before committing again.
+//!   (`acks=all`, idempotent producer, so offsets follow record order: the
+//!   acknowledged offsets, sorted, are the records' offsets in order,
+//!   whatever order the reports arrive in). A wait that expires, or a
+//!   record that timed out in the producer, is [`Error::OutcomeUnknown`]
+//!   (the records may have landed): the table partition must then restore
+//!   before committing again.
+//! - Delivery is counted per append, not tracked per record: each record
+//!   carries a reference to its append's [`AppendAcks`], so sending a
+//!   record allocates nothing and a report is a short locked update.
 //! - A read finds the partition's end by the fetch path's EOF, never by the
 //!   listed high watermark, which some brokers (Tansu) report wrongly. A
 //!   read never returns an empty batch that is not the end: waiting longer
@@ -25,8 +30,7 @@
 //! - A missing topic or partition fails on the first read, from metadata,
 //!   rather than restoring nothing.
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -49,14 +53,88 @@ const DELIVERY_GRACE: Duration = Duration::from_secs(1);
 /// Largest batch a read pre-allocates for, whatever `max` says.
 const MAX_PREALLOC: usize = 16_384;
 
-/// One record's delivery report: its index in the append, and where it
-/// landed or why not.
-type Report = (usize, std::result::Result<(i32, i64), KafkaError>);
+/// The delivery reports of one append, counted as they arrive.
+pub(crate) struct AppendAcks {
+    /// Records the append sends.
+    expected: usize,
+    // A lock rather than a channel: the delivery thread hands over one
+    // report per record, and a short locked update costs less than a
+    // channel message; the append sleeps on the condvar and is woken once,
+    // when the last report arrives.
+    state: Mutex<Acks>,
+    complete: Condvar,
+}
 
-/// Where a record's delivery report goes: the append that sent it.
-pub(crate) struct DeliverySlot {
-    index: usize,
-    tx: mpsc::Sender<Report>,
+#[derive(Default)]
+struct Acks {
+    /// Reports received, successful or not.
+    received: usize,
+    /// Where the acknowledged records landed, in arrival order.
+    landed: Vec<(i32, i64)>,
+    /// Records that failed, and the first failure to arrive.
+    failed: usize,
+    first_error: Option<KafkaError>,
+    /// Whether a failure was a timeout (the record may have landed).
+    timed_out: bool,
+}
+
+impl AppendAcks {
+    fn new(expected: usize) -> AppendAcks {
+        AppendAcks {
+            expected,
+            state: Mutex::new(Acks {
+                landed: Vec::with_capacity(expected),
+                ..Acks::default()
+            }),
+            complete: Condvar::new(),
+        }
+    }
+
+    fn report(&self, report: std::result::Result<(i32, i64), KafkaError>) {
+        // A poisoned lock means the append panicked: nobody waits any more.
+        let Ok(mut acks) = self.state.lock() else {
+            return;
+        };
+        acks.received += 1;
+        match report {
+            Ok(at) => acks.landed.push(at),
+            Err(e) => {
+                acks.failed += 1;
+                if matches!(
+                    e,
+                    KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut
+                    )
+                ) {
+                    acks.timed_out = true;
+                }
+                acks.first_error.get_or_insert(e);
+            }
+        }
+        if acks.received == self.expected {
+            self.complete.notify_all();
+        }
+    }
+
+    /// Waits until every report arrived or `deadline` passed; the reports
+    /// so far and whether they are all in.
+    fn wait(&self, deadline: Instant) -> (Acks, bool) {
+        let Ok(mut acks) = self.state.lock() else {
+            return (Acks::default(), false);
+        };
+        while acks.received < self.expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            acks = match self.complete.wait_timeout(acks, left) {
+                Ok((a, _)) => a,
+                Err(_) => return (Acks::default(), false),
+            };
+        }
+        let all = acks.received == self.expected;
+        (std::mem::take(&mut *acks), all)
+    }
 }
 
 /// The producer's context: routes each delivery report to its append.
@@ -73,16 +151,15 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<DeliverySlot>;
+    type DeliveryOpaque = Arc<AppendAcks>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, slot: Box<DeliverySlot>) {
-        let report = match result {
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<AppendAcks>) {
+        // The append may have given up waiting (its outcome was reported
+        // unknown); then the report only updates counts nobody reads.
+        acks.report(match result {
             Ok(m) => Ok((m.partition(), m.offset())),
             Err((e, _)) => Err(e.clone()),
-        };
-        // The append may have given up waiting (its outcome was reported
-        // unknown); then nobody listens and the report is dropped.
-        let _ = slot.tx.send((slot.index, report));
+        });
     }
 }
 
@@ -174,8 +251,13 @@ impl KafkaChangelogWriter {
         self.location.partition.0 as i32
     }
 
-    /// The append, with the engine's error.
-    fn try_append(&self, records: &[ChangeRecord]) -> crate::Result<Vec<Offset>> {
+    /// The append, with the engine's error. `payloads[i]` is the encoded
+    /// value of `records[i]`.
+    fn try_append(
+        &self,
+        records: &[ChangeRecord],
+        payloads: &[Vec<u8>],
+    ) -> crate::Result<Vec<Offset>> {
         let (topic, partition) = (self.topic.as_str(), self.partition());
         let what = || {
             format!(
@@ -183,21 +265,20 @@ impl KafkaChangelogWriter {
                 records.len()
             )
         };
+        if payloads.len() != records.len() {
+            return Err(Error::Kafka {
+                context: format!("{}: {} payloads given", what(), payloads.len()),
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument),
+            });
+        }
         let wait = self.producer.delivery_timeout + DELIVERY_GRACE;
-        let (tx, rx) = mpsc::channel::<Report>();
+        let acks = Arc::new(AppendAcks::new(records.len()));
         let enqueue_deadline = Instant::now() + self.producer.delivery_timeout;
-        for (index, r) in records.iter().enumerate() {
-            let payload = r.encode_value();
-            let mut record = BaseRecord::with_opaque_to(
-                topic,
-                Box::new(DeliverySlot {
-                    index,
-                    tx: tx.clone(),
-                }),
-            )
-            .partition(partition)
-            .key(r.key.as_slice())
-            .payload(payload.as_slice());
+        for (index, (r, payload)) in records.iter().zip(payloads).enumerate() {
+            let mut record = BaseRecord::with_opaque_to(topic, acks.clone())
+                .partition(partition)
+                .key(r.key.as_slice())
+                .payload(payload.as_slice());
             loop {
                 match self.producer.inner.send(record) {
                     Ok(()) => break,
@@ -225,70 +306,56 @@ impl KafkaChangelogWriter {
                 }
             }
         }
-        drop(tx);
 
-        let deadline = Instant::now() + wait;
-        let mut offsets: Vec<Option<i64>> = vec![None; records.len()];
-        let mut received = 0;
-        let mut first_error: Option<(usize, KafkaError)> = None;
-        while received < records.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((index, Ok((p, offset)))) => {
-                    received += 1;
-                    if p != partition || offset < 0 {
-                        return Err(Error::Kafka {
-                            context: format!(
-                                "{}: record {index} was acknowledged at {p}@{offset}",
-                                what()
-                            ),
-                            source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
-                        });
-                    }
-                    offsets[index] = Some(offset);
-                }
-                Ok((index, Err(e))) => {
-                    received += 1;
-                    if first_error.as_ref().is_none_or(|(i, _)| index < *i) {
-                        first_error = Some((index, e));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::OutcomeUnknown {
-                        context: format!("{}: {received} delivery reports received", what()),
-                        timeout_ms: wait.as_millis() as u64,
-                    });
-                }
-            }
+        let (acks, all) = acks.wait(Instant::now() + wait);
+        if !all {
+            return Err(Error::OutcomeUnknown {
+                context: format!("{}: {} delivery reports received", what(), acks.received),
+                timeout_ms: wait.as_millis() as u64,
+            });
         }
-        if let Some((index, e)) = first_error {
+        if let Some(e) = acks.first_error {
             let fatal = self
                 .producer
                 .fatal()
                 .map(|f| format!("; the producer failed fatally ({f}) and must be recreated"))
                 .unwrap_or_default();
-            return Err(match e {
-                KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut,
-                ) => Error::OutcomeUnknown {
+            let failed = acks.failed;
+            return Err(if acks.timed_out {
+                Error::OutcomeUnknown {
                     context: format!(
-                        "{}: record {index} timed out in the producer{fatal}",
+                        "{}: {failed} records failed, some timed out in the producer ({e}){fatal}",
                         what()
                     ),
                     timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
-                },
-                e => Error::kafka(format!("{}: record {index} failed{fatal}", what()), e),
+                }
+            } else {
+                Error::kafka(format!("{}: {failed} records failed{fatal}", what()), e)
             });
         }
-        let offsets: Vec<Offset> = offsets
+        if let Some((p, offset)) = acks
+            .landed
+            .iter()
+            .copied()
+            .find(|&(p, o)| p != partition || o < 0)
+        {
+            return Err(Error::Kafka {
+                context: format!("{}: a record was acknowledged at {p}@{offset}", what()),
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
+            });
+        }
+        // The idempotent producer keeps a partition's records in order, so
+        // the sorted offsets are the records' offsets, in record order.
+        let mut offsets: Vec<Offset> = acks
+            .landed
             .into_iter()
-            .flatten()
-            .map(|o| Offset(o as u64))
+            .map(|(_, o)| Offset(o as u64))
             .collect();
+        offsets.sort_unstable();
         if offsets.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::Kafka {
                 context: format!(
-                    "{}: the broker acknowledged them at non-increasing offsets",
+                    "{}: the broker acknowledged two records at the same offset",
                     what()
                 ),
                 source: KafkaError::MessageProduction(RDKafkaErrorCode::Fail),
@@ -300,11 +367,20 @@ impl KafkaChangelogWriter {
 
 impl ChangelogWriter for KafkaChangelogWriter {
     fn append(&mut self, records: &[ChangeRecord]) -> strata_state::Result<Vec<Offset>> {
+        let payloads: Vec<Vec<u8>> = records.iter().map(ChangeRecord::encode_value).collect();
+        self.append_encoded(records, &payloads)
+    }
+
+    fn append_encoded(
+        &mut self,
+        records: &[ChangeRecord],
+        payloads: &[Vec<u8>],
+    ) -> strata_state::Result<Vec<Offset>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let started = Instant::now();
-        match self.try_append(records) {
+        match self.try_append(records, payloads) {
             Ok(offsets) => {
                 tracing::debug!(
                     topic = %self.topic,

@@ -17,8 +17,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{Message, OwnedMessage};
 use strata_state::store::{RocksEnv, RocksStore};
 use strata_state::{
-    At, KeyRange, Location, Offset, Partition, RewindPlan, TableConfig, TableName, TablePartition,
-    Timestamp,
+    At, KeyRange, Location, Offset, Partition, RewindPlan, TableName, TablePartition, Timestamp,
 };
 
 use crate::config::AppConfig;
@@ -339,9 +338,7 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
     let mut tables = Vec::new();
     let mut writers = Vec::new();
     for (name, options) in &env.tables {
-        let cfg = TableConfig::new(TableName::new(name.clone())?, p)
-            .retention(options.retention)
-            .granularity(options.granularity);
+        let cfg = options.table_config(TableName::new(name.clone())?, p);
         let dir = partition_dir(env, name, p);
         let mut table = match TablePartition::open_rocks(&dir, &env.rocks, cfg.clone()) {
             Ok(t) => t,

@@ -127,6 +127,12 @@ pub trait KvStore: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
     /// A new, empty batch.
     fn batch(&self) -> Self::Batch;
+    /// A new, empty batch with room for about `bytes` of keys and values,
+    /// so a large batch is not copied as it grows.
+    fn batch_with_capacity(&self, bytes: usize) -> Self::Batch {
+        let _ = bytes;
+        self.batch()
+    }
     /// Applies a batch atomically.
     fn write(&self, batch: Self::Batch) -> StoreResult<()>;
     /// A cursor over one column family, seeing a consistent snapshot.

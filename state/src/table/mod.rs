@@ -14,6 +14,7 @@
 //! changelog.
 
 mod read;
+mod restore;
 mod retention;
 mod rewind;
 mod scan;

@@ -22,6 +22,9 @@ pub(crate) struct Staged {
     pub flags: VersionFlags,
 }
 
+/// Most entries a fresh log reserves after a commit.
+const MAX_RESERVED: usize = 65_536;
+
 #[derive(Debug)]
 pub(crate) struct Staging {
     granularity: Granularity,
@@ -40,14 +43,16 @@ impl Staging {
     }
 
     pub fn stage(&mut self, m: Staged) {
-        if let Some(&i) = self.index.get(&m.key) {
-            if self.granularity == Granularity::PerCommit {
-                self.log[i] = m;
+        let next = self.log.len();
+        match self.index.get_mut(&m.key) {
+            Some(i) if self.granularity == Granularity::PerCommit => {
+                self.log[*i] = m;
                 return;
             }
-            self.index.insert(m.key.clone(), self.log.len());
-        } else {
-            self.index.insert(m.key.clone(), self.log.len());
+            Some(i) => *i = next,
+            None => {
+                self.index.insert(m.key.clone(), next);
+            }
         }
         self.log.push(m);
     }
@@ -66,7 +71,10 @@ impl Staging {
 
     pub fn take(&mut self) -> Vec<Staged> {
         self.index.clear();
-        std::mem::take(&mut self.log)
+        // The next commit is likely to stage about as much (bounded, so a
+        // one-off large rewind does not pin its size).
+        let room = self.log.len().min(MAX_RESERVED);
+        std::mem::replace(&mut self.log, Vec::with_capacity(room))
     }
 
     pub fn clear(&mut self) {

@@ -6,20 +6,19 @@
 //! backwards even if the clock does; one store write carries a commit's
 //! values, history, version log, time index and checkpoint.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use crate::changelog::ChangeRecord;
-use crate::layout::{self, Entry, EntryKind, VersionRecord, meta};
+use crate::layout::{self, VersionRecord, meta};
 use crate::store::{Cf, KvBatch, KvStore};
 use crate::types::{
     ChangelogPosition, InputOffset, Lineage, Offset, Timestamp, Version, VersionFlags,
 };
 use crate::{Error, Result};
 
-use super::TablePartition;
 use super::read::Versioned;
 use super::stage::Staged;
+use super::{Checkpoint, TablePartition};
 
 /// A commit whose versions are fixed, waiting for its changelog records to
 /// be acknowledged.
@@ -27,6 +26,9 @@ use super::stage::Staged;
 #[must_use = "a prepared commit must be applied or discarded"]
 pub struct PreparedCommit {
     records: Vec<ChangeRecord>,
+    /// Each record's encoded entry: the changelog payload and the bytes
+    /// stored in `latest` and `history`, encoded once.
+    payloads: Vec<Vec<u8>>,
     time: Timestamp,
 }
 
@@ -34,6 +36,12 @@ impl PreparedCommit {
     /// The records to replicate, in version order.
     pub fn records(&self) -> &[ChangeRecord] {
         &self.records
+    }
+
+    /// Each record's changelog payload ([`ChangeRecord::encode_value`]),
+    /// in the same order as [`PreparedCommit::records`].
+    pub fn payloads(&self) -> &[Vec<u8>] {
+        &self.payloads
     }
 
     /// The commit time shared by all its versions.
@@ -179,7 +187,12 @@ impl<S: KvStore> TablePartition<S> {
         if let Some(r) = records.first() {
             self.prepared = Some(r.version);
         }
-        Ok(PreparedCommit { records, time })
+        let payloads = records.iter().map(ChangeRecord::encode_value).collect();
+        Ok(PreparedCommit {
+            records,
+            payloads,
+            time,
+        })
     }
 
     /// Abandons a prepared commit known not to have reached the changelog:
@@ -235,7 +248,12 @@ impl<S: KvStore> TablePartition<S> {
         }
         let versions = prepared.versions();
         let time = prepared.time;
-        self.write_records(&prepared.records, changelog, inputs)?;
+        self.write_records(
+            &prepared.records,
+            Some(&prepared.payloads),
+            changelog,
+            inputs,
+        )?;
         self.prepared = None;
         Ok(CommitSummary { versions, time })
     }
@@ -246,121 +264,101 @@ impl<S: KvStore> TablePartition<S> {
         self.apply(p, &[], inputs)
     }
 
-    /// Applies records read back from the changelog, in order. Records at or
-    /// below the latest version are skipped (a changelog may repeat records
-    /// after a retried produce); a gap in versions is an error.
-    pub fn restore(&mut self, records: Vec<(Offset, ChangeRecord)>) -> Result<RestoreStep> {
-        if !self.staging.is_empty() || self.prepared.is_some() {
-            return Err(Error::Protocol {
-                location: self.shared.loc(),
-                reason: "restore while mutations are staged or a commit is prepared".into(),
-            });
-        }
-        self.needs_restore = false;
-        let mut step = RestoreStep::default();
-        let mut latest = self.checkpoint.version;
-        let mut fresh: Vec<ChangeRecord> = Vec::with_capacity(records.len());
-        let mut offsets: Vec<Offset> = Vec::with_capacity(records.len());
-        let end = records.last().map(|(o, _)| ChangelogPosition(*o));
-        for (off, r) in records {
-            if r.version <= latest {
-                step.skipped += 1;
-                continue;
-            }
-            if r.version != latest.next() {
-                return Err(Error::Changelog {
-                    location: self.shared.loc(),
-                    message: format!(
-                        "record at offset {} has {} but {} was expected: versions are missing from the changelog \
-                         (truncated, or written by two owners); rebuild the table from its inputs",
-                        off.0,
-                        r.version,
-                        latest.next()
-                    ),
-                    source: None,
-                });
-            }
-            latest = r.version;
-            fresh.push(r);
-            offsets.push(off);
-        }
-        // Input positions implied by the restored records' lineage.
-        let mut inputs: BTreeMap<(String, u32), u64> = self
-            .checkpoint
-            .inputs
-            .iter()
-            .map(|i| ((i.topic.clone(), i.partition.0), i.next.0))
-            .collect();
-        for r in &fresh {
-            if let Some(l) = &r.lineage {
-                let e = inputs.entry((l.topic.clone(), l.partition.0)).or_insert(0);
-                *e = (*e).max(l.offset.0 + 1);
-            }
-        }
-        let inputs: Vec<InputOffset> = inputs
-            .into_iter()
-            .map(|((topic, p), next)| InputOffset {
-                topic,
-                partition: crate::types::Partition(p),
-                next: Offset(next),
-            })
-            .collect();
-        step.applied = fresh.len();
-        // Skipped duplicates still move the changelog position on, so the
-        // next restore does not read them again.
-        if !fresh.is_empty() || end > self.checkpoint.changelog {
-            self.write_records(&fresh, &offsets, &inputs)?;
-            if end > self.checkpoint.changelog {
-                self.checkpoint.changelog = end;
-                let mut b = self.shared.store.batch();
-                b.put(
-                    Cf::Meta,
-                    meta::CHECKPOINT,
-                    &layout::seal_meta(&self.checkpoint),
-                );
-                self.shared
-                    .store
-                    .write(b)
-                    .map_err(|e| self.shared.store_err(e, None))?;
-            }
-        }
-        Ok(step)
-    }
-
     /// One atomic store write of `records` (dense versions following the
-    /// checkpoint), then the published watermark.
+    /// checkpoint), then the published watermark. `encoded` holds their
+    /// entries when the caller has them already (a prepared commit).
     fn write_records(
         &mut self,
         records: &[ChangeRecord],
+        encoded: Option<&[Vec<u8>]>,
         changelog: &[Offset],
         inputs: &[InputOffset],
     ) -> Result<()> {
+        let (batch, checkpoint) =
+            self.build_write(&self.checkpoint, records, encoded, changelog, inputs, None);
+        self.shared
+            .store
+            .write(batch)
+            .map_err(|e| self.shared.store_err(e, None))?;
+        self.refresh_cache(records);
+        self.publish(checkpoint);
+        Ok(())
+    }
+
+    /// The batch writing `records` (dense versions following `base`), and
+    /// the checkpoint it holds. `inputs`, when not empty, replaces the
+    /// input offsets; `end`, when later, becomes the changelog position
+    /// (records skipped as duplicates still move it on).
+    ///
+    /// The writes go into the batch grouped by column family and in key
+    /// order within each (`latest` keeps only the last record of each key):
+    /// a memtable insert then starts its search next to the previous one,
+    /// where records in version order would land at random places in the
+    /// skip list. Keys of one column family are distinct, so the order
+    /// changes nothing but the cost.
+    pub(super) fn build_write(
+        &self,
+        base: &Checkpoint,
+        records: &[ChangeRecord],
+        encoded: Option<&[Vec<u8>]>,
+        changelog: &[Offset],
+        inputs: &[InputOffset],
+        end: Option<ChangelogPosition>,
+    ) -> (S::Batch, Checkpoint) {
         let shared = &self.shared;
-        let mut batch = shared.store.batch();
-        let mut checkpoint = self.checkpoint.clone();
+        let computed: Vec<Vec<u8>>;
+        let entries: &[Vec<u8>] = match encoded {
+            Some(e) => e,
+            None => {
+                computed = records.iter().map(ChangeRecord::encode_value).collect();
+                &computed
+            }
+        };
+        debug_assert_eq!(entries.len(), records.len());
+        // Record indices by (key, version): one sort serves both `latest`
+        // (each key's last record) and `history` (a key's records newest
+        // first, which is the order of their history keys).
+        let mut order: Vec<(&[u8], usize)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key.as_slice(), i))
+            .collect();
+        order.sort_unstable();
+        let groups: Vec<&[(&[u8], usize)]> = order.chunk_by(|a, b| a.0 == b.0).collect();
+        // Room for every entry twice (`latest` and `history`), the keys,
+        // the version log and some slack, so the batch is not copied as it
+        // grows.
+        let bytes: usize = entries
+            .iter()
+            .zip(records)
+            .map(|(e, r)| 2 * (e.len() + r.key.len()) + 64)
+            .sum();
+        let mut batch = shared.store.batch_with_capacity(bytes + 1024);
+        for group in &groups {
+            let Some(&(key, i)) = group.last() else {
+                continue;
+            };
+            if records[i].value.is_some() {
+                batch.put(Cf::Latest, key, &entries[i]);
+            } else {
+                batch.delete(Cf::Latest, key);
+            }
+        }
+        for group in &groups {
+            for &(key, i) in group.iter().rev() {
+                batch.put(
+                    Cf::History,
+                    &layout::history_key(key, records[i].version),
+                    &entries[i],
+                );
+            }
+        }
+        let mut checkpoint = base.clone();
         let mut run: Option<(Timestamp, Version)> = None;
+        let mut commit_keys = Vec::new();
         for (i, r) in records.iter().enumerate() {
             debug_assert_eq!(r.version, checkpoint.version.next());
             let offset = changelog.get(i).copied();
-            let entry = Entry {
-                version: r.version,
-                time: r.time,
-                flags: r.flags,
-                kind: if r.value.is_some() {
-                    EntryKind::Value
-                } else {
-                    EntryKind::Tombstone
-                },
-                lineage: r.lineage.clone(),
-                value: r.value.clone().unwrap_or_default(),
-            };
-            let bytes = entry.encode();
-            if r.value.is_some() {
-                batch.put(Cf::Latest, &r.key, &bytes);
-            } else {
-                batch.delete(Cf::Latest, &r.key);
-            }
-            batch.put(Cf::History, &layout::history_key(&r.key, r.version), &bytes);
             let rec = VersionRecord {
                 time: r.time,
                 flags: r.flags,
@@ -373,7 +371,7 @@ impl<S: KvStore> TablePartition<S> {
             match run {
                 Some((t, _)) if t == r.time => run = Some((t, r.version)),
                 Some((t, v)) => {
-                    batch.put(Cf::Commits, &layout::commit_key(t, v), &[]);
+                    commit_keys.push(layout::commit_key(t, v));
                     run = Some((r.time, r.version));
                 }
                 None => run = Some((r.time, r.version)),
@@ -385,29 +383,53 @@ impl<S: KvStore> TablePartition<S> {
             }
         }
         if let Some((t, v)) = run {
-            batch.put(Cf::Commits, &layout::commit_key(t, v), &[]);
+            commit_keys.push(layout::commit_key(t, v));
+        }
+        // Restored records may hold several commit times; their keys are
+        // already ascending (times never decrease, versions increase).
+        for k in &commit_keys {
+            batch.put(Cf::Commits, k, &[]);
         }
         if !inputs.is_empty() {
             checkpoint.inputs = inputs.to_vec();
         }
+        if end > checkpoint.changelog {
+            checkpoint.changelog = end;
+        }
         batch.put(Cf::Meta, meta::CHECKPOINT, &layout::seal_meta(&checkpoint));
-        shared
-            .store
-            .write(batch)
-            .map_err(|e| shared.store_err(e, None))?;
-        // Refresh cached keys only: filling the cache with every write would
-        // let one large commit (or rewind) evict the owner's hot keys;
-        // `read` fills it on a miss.
+        (batch, checkpoint)
+    }
+
+    /// Refreshes the cached keys among `records` (now committed) only:
+    /// filling the cache with every write would let one large commit (or
+    /// rewind) evict the owner's hot keys; `read` fills it on a miss.
+    pub(super) fn refresh_cache(&mut self, records: &[ChangeRecord]) {
         if let Some(cache) = self.cache.as_mut() {
             for r in records {
                 if let Some(slot) = cache.peek_mut(&r.key) {
-                    *slot = r.value.clone();
+                    slot.clone_from(&r.value);
                 }
             }
         }
-        shared.last_time.store(checkpoint.time.0, Ordering::Release);
-        shared.latest.store(checkpoint.version.0, Ordering::Release);
+    }
+
+    /// Forgets every cached value (after a failed write, whose records the
+    /// cache may already hold).
+    pub(super) fn clear_cache(&mut self) {
+        if let Some(cache) = self.cache.as_mut() {
+            cache.clear();
+        }
+    }
+
+    /// Makes `checkpoint`, now written, the partition's, and publishes its
+    /// version to readers.
+    pub(super) fn publish(&mut self, checkpoint: Checkpoint) {
+        self.shared
+            .last_time
+            .store(checkpoint.time.0, Ordering::Release);
+        self.shared
+            .latest
+            .store(checkpoint.version.0, Ordering::Release);
         self.checkpoint = checkpoint;
-        Ok(())
     }
 }

@@ -188,6 +188,13 @@ impl KvStore for RocksStore {
         }
     }
 
+    fn batch_with_capacity(&self, bytes: usize) -> RocksBatch {
+        RocksBatch {
+            db: self.db.clone(),
+            batch: WriteBatch::with_capacity_bytes(bytes),
+        }
+    }
+
     fn write(&self, batch: RocksBatch) -> StoreResult<()> {
         self.db
             .write_opt(batch.batch, &self.write_opts.0)
