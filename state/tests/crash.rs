@@ -63,7 +63,7 @@ fn run_and_kill(dir: &std::path::Path, wal: bool, rounds: u64) -> u64 {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut last = 0;
-    let mut read_round = |line: std::io::Result<String>, last: &mut u64| {
+    let read_round = |line: std::io::Result<String>, last: &mut u64| {
         if let Some(rest) = line.unwrap().strip_prefix("committed ") {
             *last = rest.split(' ').next().unwrap().parse().unwrap();
         }
