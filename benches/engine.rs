@@ -102,6 +102,8 @@ struct Sizes {
     wal: bool,
     /// Changelog records per restore batch in (d).
     restore_batch: usize,
+    /// `AppConfig::commit_interval`, in milliseconds.
+    commit_interval_ms: usize,
     quick: bool,
 }
 
@@ -138,6 +140,11 @@ const KNOBS: &[knobs::Knob] = &[
         "changelog records per restore batch in (d) (10,000, the AppConfig default)",
     ),
     (
+        "--commit-interval-ms",
+        "STRATA_BENCH_COMMIT_INTERVAL_MS",
+        "the app's commit_interval in ms (100, the AppConfig default)",
+    ),
+    (
         "--wal",
         "STRATA_BENCH_WAL",
         "1: RocksDB write-ahead log on (the default), 0: off",
@@ -157,6 +164,7 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--max-staged" => s.max_staged = n,
         "--wal" => s.wal = n != 0,
         "--restore-batch" => s.restore_batch = n,
+        "--commit-interval-ms" => s.commit_interval_ms = n,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -176,6 +184,7 @@ fn parse_sizes() -> Result<Sizes> {
                     max_staged: TableOptions::default().max_staged,
                     wal: RocksConfig::default().wal,
                     restore_batch: RESTORE_BATCH,
+                    commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis() as usize,
                     quick,
                 }
             } else {
@@ -187,6 +196,7 @@ fn parse_sizes() -> Result<Sizes> {
                     max_staged: TableOptions::default().max_staged,
                     wal: RocksConfig::default().wal,
                     restore_batch: RESTORE_BATCH,
+                    commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis() as usize,
                     quick,
                 }
             }
@@ -197,6 +207,7 @@ fn parse_sizes() -> Result<Sizes> {
         || s.keys == 0
         || s.workers == 0
         || s.max_staged == 0
+        || s.commit_interval_ms == 0
         || s.restore_batch == 0
         || s.keys > 1_000_000
     {
@@ -824,6 +835,7 @@ fn run_engine(
     config.state_dir = state.to_path_buf();
     config.kafka.session_timeout = Duration::from_secs(6);
     config.worker_threads = s.workers;
+    config.commit_interval = Duration::from_millis(s.commit_interval_ms as u64);
     config.rocks.wal = s.wal;
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", tansu.bootstrap())
@@ -1096,7 +1108,7 @@ fn main() -> Result<()> {
     print_command();
     println!("machine: {}", machine());
     println!(
-        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}, wal {}, restore batch {}",
+        "sizes:   {} records, {} keys, {} partitions, {} worker threads, table cache {} entries, max staged {}, wal {}, restore batch {}, commit interval {} ms",
         s.records,
         s.keys,
         PARTITIONS,
@@ -1104,7 +1116,8 @@ fn main() -> Result<()> {
         s.cache_entries,
         s.max_staged,
         s.wal,
-        s.restore_batch
+        s.restore_batch,
+        s.commit_interval_ms
     );
     let tck = clock_ticks();
     let root = tempfile::Builder::new()
