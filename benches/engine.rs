@@ -184,7 +184,8 @@ fn parse_sizes() -> Result<Sizes> {
                     max_staged: TableOptions::default().max_staged,
                     wal: RocksConfig::default().wal,
                     restore_batch: RESTORE_BATCH,
-                    commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis() as usize,
+                    commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis()
+                        as usize,
                     quick,
                 }
             } else {
@@ -196,7 +197,8 @@ fn parse_sizes() -> Result<Sizes> {
                     max_staged: TableOptions::default().max_staged,
                     wal: RocksConfig::default().wal,
                     restore_batch: RESTORE_BATCH,
-                    commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis() as usize,
+                    commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis()
+                        as usize,
                     quick,
                 }
             }

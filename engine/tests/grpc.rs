@@ -1307,3 +1307,80 @@ async fn a_restoring_partition_is_unavailable_unless_stale_reads_are_allowed() {
     }
     tokio::task::block_in_place(move || app.shutdown().unwrap());
 }
+
+/// A task restoring a long changelog does not hold up the other tasks of
+/// its worker: with one worker thread, a second partition is restored,
+/// processes new input and commits while the first is still restoring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_restore_does_not_block_the_other_tasks_of_its_worker() {
+    const N: usize = 150_000;
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    kafka.create_topic("events", 2).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(&kafka, "restore-aside", state.path());
+    c.worker_threads = 1;
+    kafka.create_app_topics(&c, &topology(), 2).unwrap();
+    let part = |k: &str| strata_engine::partitioner::partition_for(k.as_bytes(), 2).0;
+    let hot = "hot".to_string();
+    let cold = (0..)
+        .map(|i| format!("cold-{i}"))
+        .find(|k| part(k) != part(&hot))
+        .unwrap();
+    let mut recs: Vec<(String, i64)> = (0..N).map(|_| (hot.clone(), 1)).collect();
+    recs.push((cold.clone(), 1));
+    produce(&kafka, &recs);
+    let value = |app: &RunningApp, k: &str| -> Option<i64> {
+        let r = app
+            .registry()
+            .reader("sums", strata_state::Partition(part(k)))?;
+        let v = r.get(k.as_bytes()).unwrap()?;
+        Some(ValueCodec::<i64>::decode(&Bincode, &v.value).unwrap())
+    };
+    tokio::task::block_in_place(|| {
+        let app = App::new(c.clone()).unwrap().start(topology()).unwrap();
+        let end = Instant::now() + Duration::from_secs(120);
+        while value(&app, &hot) != Some(N as i64) || value(&app, &cold) != Some(1) {
+            assert!(Instant::now() < end, "input not processed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        app.shutdown().unwrap();
+    });
+    // Lose the local state; restore one record per batch, slowly.
+    std::fs::remove_dir_all(state.path()).unwrap();
+    std::fs::create_dir_all(state.path()).unwrap();
+    c.restore_batch = 1;
+    produce(&kafka, &[(cold.clone(), 41)]);
+    tokio::task::block_in_place(|| {
+        let app = App::new(c).unwrap().start(topology()).unwrap();
+        let end = Instant::now() + Duration::from_secs(120);
+        loop {
+            let hot_state = app
+                .registry()
+                .partitions()
+                .into_iter()
+                .find(|(t, p, _)| t == "sums" && p.0 == part(&hot))
+                .map(|(_, _, s)| s);
+            if value(&app, &cold) == Some(42) {
+                // The cold partition is restored and has processed its new
+                // record; the hot one must still be restoring.
+                assert!(
+                    matches!(
+                        hot_state,
+                        Some(strata_engine::PartitionState::Restoring { .. })
+                    ),
+                    "the hot partition finished restoring first ({hot_state:?}); lower its restore speed"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "the cold partition never caught up while the hot one restored ({hot_state:?})"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // And the hot one finishes with everything.
+        app.wait_running(2, Duration::from_secs(120)).unwrap();
+        assert_eq!(value(&app, &hot), Some(N as i64));
+        app.shutdown().unwrap();
+    });
+}

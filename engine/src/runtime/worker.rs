@@ -6,11 +6,20 @@
 //! A task's tables are touched only by its worker thread, so they need no
 //! locks; other threads reach them through commands (rewind) or through
 //! read-only readers in the registry.
+//!
+//! Opening a task (restoring its tables from their changelogs) runs on a
+//! thread of its own, so the worker's other tasks keep processing and
+//! committing meanwhile; the task joins the worker when it is restored. A
+//! partition revoked while it opens has its restore cancelled (between two
+//! batches) and its state closed; the restored part stays on disk for the
+//! next owner here.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -80,6 +89,42 @@ pub(crate) struct WorkerEnv {
     pub emitters: Vec<crate::topology::ChangeFn>,
 }
 
+/// A task being opened on a thread of its own.
+struct Opening {
+    cancel: Arc<AtomicBool>,
+    thread: JoinHandle<Result<Owned>>,
+    /// Queues assigned while it opens.
+    queues: Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>,
+}
+
+/// Reads a changelog until told to stop (between two batches).
+struct Cancellable<R> {
+    inner: R,
+    cancel: Arc<AtomicBool>,
+    location: Location,
+}
+
+impl<R: strata_state::ChangelogReader> strata_state::ChangelogReader for Cancellable<R> {
+    fn read(
+        &mut self,
+        from: Offset,
+        max: usize,
+    ) -> strata_state::Result<strata_state::changelog::ChangelogBatch> {
+        if self.cancel.load(Ordering::Acquire) {
+            return Err(strata_state::Error::Changelog {
+                location: Box::new(self.location.clone()),
+                message: "restore cancelled: the partition was revoked".into(),
+                source: None,
+            });
+        }
+        self.inner.read(from, max)
+    }
+
+    fn end_estimate(&mut self) -> Option<Offset> {
+        self.inner.end_estimate()
+    }
+}
+
 struct Owned {
     task: Task<RocksStore>,
     queues: Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>,
@@ -110,6 +155,7 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
     let mut w = Worker {
         env,
         tasks: BTreeMap::new(),
+        opening: BTreeMap::new(),
         strays: BTreeMap::new(),
     };
     let mut last_commit = Instant::now();
@@ -127,8 +173,15 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
                     }
                 }
                 Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return w.commit_all(),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    w.cancel_opening();
+                    return w.commit_all();
+                }
             }
+        }
+        // Tasks whose restore finished join the others.
+        if w.adopt_opened()? {
+            idle = false;
         }
         // Then records, a bounded batch per partition queue.
         if w.poll_records()? {
@@ -146,7 +199,10 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return w.commit_all(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    w.cancel_opening();
+                    return w.commit_all();
+                }
             }
         }
     }
@@ -161,6 +217,8 @@ enum Flow {
 struct Worker {
     env: Arc<WorkerEnv>,
     tasks: BTreeMap<u32, Owned>,
+    /// Tasks restoring on threads of their own.
+    opening: BTreeMap<u32, Opening>,
     /// Records that arrived before their partition's task existed.
     strays: BTreeMap<u32, Vec<OwnedMessage>>,
 }
@@ -174,15 +232,28 @@ impl Worker {
                 partition,
                 queue,
             } => {
-                if !self.tasks.contains_key(&partition.0) {
-                    let owned = open_task(env, partition)?;
-                    self.tasks.insert(partition.0, owned);
-                }
                 if let Some(o) = self.tasks.get_mut(&partition.0) {
-                    for m in self.strays.remove(&partition.0).unwrap_or_default() {
-                        process_owned(&mut o.task, &m)?;
-                    }
                     o.queues.push((topic, queue));
+                } else if let Some(op) = self.opening.get_mut(&partition.0) {
+                    op.queues.push((topic, queue));
+                } else {
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    let (env, c) = (self.env.clone(), cancel.clone());
+                    let thread = std::thread::Builder::new()
+                        .name(format!("strata-open-{}", partition.0))
+                        .spawn(move || open_task(&env, partition, &c))
+                        .map_err(|e| Error::Io {
+                            context: "spawning a task's restore thread".into(),
+                            source: e,
+                        })?;
+                    self.opening.insert(
+                        partition.0,
+                        Opening {
+                            cancel,
+                            thread,
+                            queues: vec![(topic, queue)],
+                        },
+                    );
                 }
             }
             Command::Revoke { parts, ack } => {
@@ -191,6 +262,7 @@ impl Worker {
                 r?;
             }
             Command::Stray(m) => match self.tasks.get_mut(&(m.partition() as u32)) {
+                // (A partition still opening keeps its strays buffered.)
                 Some(o) => {
                     tracing::warn!(
                         topic = m.topic(),
@@ -235,6 +307,7 @@ impl Worker {
                 let _ = reply.send(r);
             }
             Command::Shutdown { ack } => {
+                self.cancel_opening();
                 let mut r = Ok(());
                 for o in self.tasks.values_mut() {
                     if let Err(e) = commit_task_sync(env, o, true) {
@@ -253,9 +326,73 @@ impl Worker {
         Ok(Flow::Go)
     }
 
+    /// Moves tasks whose restore finished to the running ones (with the
+    /// records that arrived for them meanwhile); true if any did.
+    fn adopt_opened(&mut self) -> Result<bool> {
+        let done: Vec<u32> = self
+            .opening
+            .iter()
+            .filter(|(_, op)| op.thread.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &done {
+            let op = self.opening.remove(p).expect("listed");
+            let mut o = join_opening(op.thread, Partition(*p))?;
+            for m in self.strays.remove(p).unwrap_or_default() {
+                process_owned(&mut o.task, &m)?;
+            }
+            o.queues = op.queues;
+            self.tasks.insert(*p, o);
+        }
+        Ok(!done.is_empty())
+    }
+
+    /// Stops every restore in progress and waits for it.
+    fn cancel_opening(&mut self) {
+        for (p, op) in std::mem::take(&mut self.opening) {
+            op.cancel.store(true, Ordering::Release);
+            match op.thread.join() {
+                Ok(Ok(o)) => close_task(&self.env, o),
+                Ok(Err(e)) => {
+                    tracing::info!(partition = p, error = %e, "restore stopped");
+                    self.env.registry.remove_partition(Partition(p));
+                }
+                Err(_) => {
+                    tracing::error!(partition = p, "a restore thread panicked");
+                    self.env.registry.remove_partition(Partition(p));
+                }
+            }
+        }
+    }
+
     fn revoke(&mut self, parts: Vec<(String, Partition)>) -> Result<()> {
         for (topic, p) in parts {
             self.strays.remove(&p.0);
+            if let Some(mut op) = self.opening.remove(&p.0) {
+                op.queues.retain(|(t, _)| **t != *topic);
+                if !op.queues.is_empty() {
+                    // Other co-partitioned topics still assigned here.
+                    self.opening.insert(p.0, op);
+                    continue;
+                }
+                // Nothing processed yet, so nothing to commit: stop the
+                // restore and close what it opened.
+                op.cancel.store(true, Ordering::Release);
+                match op.thread.join() {
+                    Ok(Ok(o)) => close_task(&self.env, o),
+                    Ok(Err(e)) => {
+                        tracing::info!(partition = %p, error = %e, "restore stopped: the partition was revoked");
+                        self.env.registry.remove_partition(p);
+                    }
+                    Err(_) => {
+                        self.env.registry.remove_partition(p);
+                        return Err(Error::Stopped(format!(
+                            "the restore thread of partition {p} panicked"
+                        )));
+                    }
+                }
+                continue;
+            }
             if let Some(o) = self.tasks.get_mut(&p.0) {
                 commit_task_sync(&self.env, o, true)?;
                 o.queues.retain(|(t, _)| **t != *topic);
@@ -332,9 +469,17 @@ fn partition_dir(env: &WorkerEnv, table: &str, p: Partition) -> PathBuf {
         .join(p.0.to_string())
 }
 
+/// The outcome of a finished restore thread.
+fn join_opening(thread: JoinHandle<Result<Owned>>, p: Partition) -> Result<Owned> {
+    thread
+        .join()
+        .map_err(|_| Error::Stopped(format!("the restore thread of partition {p} panicked")))?
+}
+
 /// Opens a task's tables (wiping unusable local state) and restores each
-/// from its changelog before the task processes anything.
-fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
+/// from its changelog before the task processes anything; stops between
+/// two restore batches once `cancel` is set.
+fn open_task(env: &WorkerEnv, p: Partition, cancel: &Arc<AtomicBool>) -> Result<Owned> {
     let mut tables = Vec::new();
     let mut writers = Vec::new();
     for (name, options) in &env.tables {
@@ -368,8 +513,11 @@ fn open_task(env: &WorkerEnv, p: Partition) -> Result<Owned> {
                 rate: 0.0,
             },
         );
-        let mut reader =
-            KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?;
+        let mut reader = Cancellable {
+            inner: KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?,
+            cancel: cancel.clone(),
+            location: location.clone(),
+        };
         let started = Instant::now();
         let mut last_log = Instant::now();
         let from = table.checkpoint().changelog.map(|c| c.0.0 + 1).unwrap_or(0);
