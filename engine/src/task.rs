@@ -317,6 +317,19 @@ impl<S: KvStore> Task<S> {
         }
     }
 
+    /// The input positions (next offsets to read) of everything processed
+    /// so far; after a commit, what that commit recorded.
+    pub fn input_positions(&self) -> Vec<InputOffset> {
+        self.positions
+            .iter()
+            .map(|(t, o)| InputOffset {
+                topic: t.to_string(),
+                partition: self.partition,
+                next: *o,
+            })
+            .collect()
+    }
+
     /// Commits everything processed so far (at-least-once).
     pub fn commit(&mut self, io: &mut dyn CommitIo, now: Timestamp) -> Result<()> {
         if !self.has_pending() {

@@ -310,7 +310,7 @@ impl Worker {
                 self.cancel_opening();
                 let mut r = Ok(());
                 for o in self.tasks.values_mut() {
-                    if let Err(e) = commit_task_sync(env, o, true) {
+                    if let Err(e) = commit_for_release(env, o) {
                         r = Err(e);
                         break;
                     }
@@ -394,7 +394,7 @@ impl Worker {
                 continue;
             }
             if let Some(o) = self.tasks.get_mut(&p.0) {
-                commit_task_sync(&self.env, o, true)?;
+                commit_for_release(&self.env, o)?;
                 o.queues.retain(|(t, _)| **t != *topic);
                 if o.queues.is_empty() {
                     if let Some(o) = self.tasks.remove(&p.0) {
@@ -578,6 +578,23 @@ fn commit_task_sync(env: &WorkerEnv, o: &mut Owned, sync: bool) -> Result<()> {
         Some(started.elapsed().as_micros() as u64),
     );
     Ok(())
+}
+
+/// Commits a task that is about to be released (revoked, or the instance
+/// stopping), offsets synchronously. With nothing pending a commit commits
+/// nothing, but the last commit's offsets went out asynchronously and may
+/// still be in flight (or have failed): they are committed again, and
+/// waited for, so the next owner does not process again what this one
+/// applied.
+fn commit_for_release(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
+    if o.task.has_pending() {
+        return commit_task_sync(env, o, true);
+    }
+    let positions = o.task.input_positions();
+    if positions.is_empty() {
+        return Ok(());
+    }
+    commit_positions(&env.consumer, &positions, true)
 }
 
 fn commit_all(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>) -> Result<()> {
