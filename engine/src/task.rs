@@ -367,6 +367,11 @@ impl<S: KvStore> Task<S> {
                 }
             }
         }
+        // Crash points of the fault suite (tests/faults.rs); compiled in
+        // only with the `failpoints` feature, inert unless configured.
+        fail::fail_point!("commit-after-changelog", failed.is_none(), |_| crash(
+            "commit-after-changelog"
+        ));
         // 2. Outputs and dead letters, acknowledged.
         if failed.is_none() && !self.outputs.is_empty() {
             match io.produce(&self.outputs) {
@@ -385,14 +390,23 @@ impl<S: KvStore> Task<S> {
             }
             return Err(e);
         }
+        fail::fail_point!("commit-before-state", |_| crash("commit-before-state"));
         // 3. Local state with its checkpoint.
         for (i, p, offsets) in prepared {
             self.tables.tables[i].apply(p, &offsets, &inputs)?;
         }
+        fail::fail_point!("commit-before-offsets", |_| crash("commit-before-offsets"));
         // 4. Input offsets.
         io.commit_offsets(&inputs)?;
         self.dirty = false;
         self.stats.commits += 1;
         Ok(())
     }
+}
+
+/// A crash at a failpoint: the whole process, at once, as kill -9 would.
+#[cfg(feature = "failpoints")]
+fn crash(point: &str) -> ! {
+    eprintln!("failpoint {point}: aborting the process");
+    std::process::abort()
 }
