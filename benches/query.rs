@@ -24,8 +24,8 @@
 //! Each case runs with the engine idle, then again while a producer thread
 //! pushes records as fast as it can (the engine's backlog bounded, so the
 //! broker's memory stays bounded): the ingest rate (records committed per
-//! second, from the instances' task stats) is measured alone and during
-//! each case.
+//! second, from the instances' task stats) is measured during each case
+//! and alone in windows of the same length either side of it.
 //!
 //! The load generator is open-loop: it sends request i at t0 + i / rate,
 //! whatever happened to earlier requests (paced by a thread sleep, so sends
