@@ -112,7 +112,7 @@ const KNOBS: &[knobs::Knob] = &[
     (
         "--secs",
         "STRATA_BENCH_SECS",
-        "seconds per case and per ingest-alone window (8; --quick 1.5)",
+        "seconds per case and per ingest-alone window (8; --quick 1)",
     ),
     (
         "--clients",
@@ -166,7 +166,7 @@ fn parse_sizes() -> Result<Sizes> {
         |quick| Sizes {
             keys: if quick { 20_000 } else { 100_000 },
             rate: 10_000,
-            secs: if quick { 1.5 } else { 8.0 },
+            secs: if quick { 1.0 } else { 8.0 },
             clients: 4,
             workers: 1,
             server_threads: 1,
@@ -986,9 +986,15 @@ fn main() -> Result<()> {
     // Idle.
     // Let the preload's flushes and the scans' work finish, then warm every
     // path at the full rate.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(if s.quick { 1 } else { 2 }));
     for (_, call) in &cases {
-        load(&rt, &conns, call.clone(), s.rate, 0.5);
+        load(
+            &rt,
+            &conns,
+            call.clone(),
+            s.rate,
+            if s.quick { 0.2 } else { 0.5 },
+        );
     }
     println!("[4/5] queries, engine idle ...");
     let mut rows = Vec::new();
