@@ -16,6 +16,8 @@
 //!   itself (failpoints, the `fail` crate) right after its changelog
 //!   append, before its state write, or before its offset commit, and is
 //!   restarted.
+//! - `broker_paused_during_commits`: the broker frozen (SIGSTOP) for 10 s,
+//!   several times, while the instances commit.
 //!
 //! CI runs reduced sizes. The full sizes (1,000,000 records, 20 kills):
 //!
@@ -503,5 +505,21 @@ fn crashes_at_each_point_of_the_commit_protocol() {
     println!(
         "crashes at the commit protocol's points: {crashed} of {times} armed instances crashed, over {n} records: \
          nothing lost; {reapplied} re-applied; {secs:.0} s"
+    );
+}
+
+#[test]
+fn broker_paused_during_commits() {
+    let (n, times) = if full() { (300_000, 4) } else { (40_000, 1) };
+    let (reapplied, secs) = run(
+        "broker-pause",
+        n,
+        times,
+        |tansu, _inst, _dir, _i, _app, _t| {
+            tansu.pause_for(Duration::from_secs(10)).unwrap();
+        },
+    );
+    println!(
+        "broker paused 10 s x{times} over {n} records: nothing lost; {reapplied} re-applied; {secs:.0} s"
     );
 }

@@ -144,6 +144,33 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Freezes the broker (`SIGSTOP`) for `d`, then lets it go on
+    /// (`SIGCONT`): clients see a broker that stops answering without
+    /// closing connections, as in a long GC pause or a stalled host.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a signal cannot be sent.
+    pub fn pause_for(&self, d: Duration) -> Result<()> {
+        let pid = self.process.broker.id().to_string();
+        let signal = |sig: &str| -> Result<()> {
+            let status = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .map_err(|e| Error::io(format!("kill {sig} {pid}"), e))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Error::io(
+                    format!("kill {sig} {pid}"),
+                    std::io::Error::other(format!("exited with {status}")),
+                ))
+            }
+        };
+        signal("-STOP")?;
+        std::thread::sleep(d);
+        signal("-CONT")
+    }
+
     /// The port the broker listens on (on `127.0.0.1`).
     pub fn port(&self) -> u16 {
         self.port

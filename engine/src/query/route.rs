@@ -383,7 +383,11 @@ impl QueryContext {
 /// partition (and could not forward it on). Not for restoring partitions
 /// (the owner's answer stands), deadlines, or the caller's mistakes.
 fn retryable(s: &Status) -> bool {
-    if matches!(s.code(), Code::Unknown | Code::Cancelled) && is_transport(s) {
+    if matches!(
+        s.code(),
+        Code::Unknown | Code::Cancelled | Code::ResourceExhausted
+    ) && is_transport(s)
+    {
         // The connection broke under the call (the owner stopping).
         return true;
     }
@@ -475,7 +479,9 @@ where
 fn is_transport(s: &Status) -> bool {
     matches!(
         s.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled
+        // RESOURCE_EXHAUSTED without an answer: the peer's HTTP/2 layer
+        // closed the connection (GOAWAY ENHANCE_YOUR_CALM).
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
     ) && s.metadata().get("content-type").is_none()
 }
 

@@ -35,6 +35,10 @@ use crate::{Error, Result};
 /// histories, rewinds waiting on a worker) on; more wait in line.
 const MAX_BLOCKING_THREADS: usize = 8;
 
+/// Streams a client may reset before the server has accepted them, per
+/// connection, before the connection is closed.
+const PENDING_RESETS: usize = 1024;
+
 /// How long a stopping server waits for calls in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -117,6 +121,11 @@ impl GrpcServer {
                 tracing::info!(tls, "serving strata.v1 over gRPC");
                 let r = builder
                     .timeout(limits.default_deadline)
+                    // Clients that give up on calls under load reset their
+                    // streams; h2's default (20 pending resets) answers
+                    // that by closing the whole connection (GOAWAY
+                    // ENHANCE_YOUR_CALM), failing every call on it.
+                    .http2_max_pending_accept_reset_streams(Some(PENDING_RESETS))
                     .layer(tower::util::MapResponseLayer::new(remap_transport_status))
                     .add_service(health)
                     .add_service(reflection)

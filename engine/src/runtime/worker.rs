@@ -394,7 +394,16 @@ impl Worker {
                 continue;
             }
             if let Some(o) = self.tasks.get_mut(&p.0) {
-                commit_for_release(&self.env, o)?;
+                if let Err(e) = commit_for_release(&self.env, o) {
+                    // The partition goes anyway. What reached the changelog
+                    // is restored by the next owner, which processes again
+                    // from the last committed offsets (at-least-once): a
+                    // failure here (typically a member the group already
+                    // dropped, after a session timeout) must not stop the
+                    // worker's other tasks.
+                    tracing::warn!(partition = %p, error = %e,
+                        "commit on release failed; the next owner processes again from the last committed offsets");
+                }
                 o.queues.retain(|(t, _)| **t != *topic);
                 if o.queues.is_empty() {
                     if let Some(o) = self.tasks.remove(&p.0) {
