@@ -55,10 +55,10 @@ fn wait_total(app: &RunningApp, want: u64) -> BTreeMap<String, u64> {
         let mut got = BTreeMap::new();
         for i in 0..20 {
             let w = format!("w{i}");
-            if let Some(r) = app.reader_for_key("counts", w.as_bytes()) {
-                if let Some(v) = r.get(&w.clone().to_key_bytes()).unwrap() {
-                    got.insert(w, ValueCodec::<u64>::decode(&Bincode, &v.value).unwrap());
-                }
+            if let Some(r) = app.reader_for_key("counts", w.as_bytes())
+                && let Some(v) = r.get(&w.clone().to_key_bytes()).unwrap()
+            {
+                got.insert(w, ValueCodec::<u64>::decode(&Bincode, &v.value).unwrap());
             }
         }
         if got.values().sum::<u64>() == want && got.len() == 20 {
@@ -164,7 +164,7 @@ fn configuration_errors_name_the_key() {
     let bad = |f: &dyn Fn(&mut AppConfig)| {
         let mut c = AppConfig::new("app", "127.0.0.1:9092");
         f(&mut c);
-        App::new(c).err().expect("invalid").to_string()
+        App::new(c).expect_err("invalid").to_string()
     };
     assert!(bad(&|c| c.application_id = "bad id".into()).contains("application_id"));
     assert!(bad(&|c| c.commit_interval = Duration::ZERO).contains("commit_interval"));

@@ -399,7 +399,7 @@ fn sums_over_100k_records_match_the_oracle() {
     // The local tables agree with the oracle exactly (no crash: no re-application).
     let want = oracle(100_000, None);
     let mut local = BTreeMap::new();
-    for (k, _) in &want {
+    for k in want.keys() {
         let r = app.reader_for_key(TABLE, k.as_bytes()).unwrap();
         let v = r.get(&k.clone().to_key_bytes()).unwrap().unwrap();
         local.insert(
@@ -620,13 +620,13 @@ fn a_repartitioned_aggregate_matches_the_oracle() {
     loop {
         let mut got = BTreeMap::new();
         for g in want.keys() {
-            if let Some(r) = app.reader_for_key("group_sums", g.as_bytes()) {
-                if let Some(v) = r.get(&g.clone().to_key_bytes()).unwrap() {
-                    got.insert(
-                        g.clone(),
-                        ValueCodec::<(u64, i64)>::decode(&Bincode, &v.value).unwrap(),
-                    );
-                }
+            if let Some(r) = app.reader_for_key("group_sums", g.as_bytes())
+                && let Some(v) = r.get(&g.clone().to_key_bytes()).unwrap()
+            {
+                got.insert(
+                    g.clone(),
+                    ValueCodec::<(u64, i64)>::decode(&Bincode, &v.value).unwrap(),
+                );
             }
         }
         if got == want {

@@ -170,12 +170,12 @@ fn corrupt_sst_files_give_errors_not_wrong_values() {
     let mut damaged = 0;
     if let Some(p) = ssts.last() {
         {
-            let mut bytes = std::fs::read(&p).unwrap();
+            let mut bytes = std::fs::read(p).unwrap();
             let mid = bytes.len() / 3;
             for b in &mut bytes[mid..mid + 64] {
                 *b ^= 0xA5;
             }
-            std::fs::write(&p, bytes).unwrap();
+            std::fs::write(p, bytes).unwrap();
             damaged += 1;
         }
     }

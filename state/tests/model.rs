@@ -159,10 +159,10 @@ impl Model {
             if self.expired.get(key).is_some_and(|x| vs[i] <= *x) {
                 return Read::Beyond;
             }
-            if let Some(Ret::Last(n)) = self.retention {
-                if vs.len() - 1 - i >= n as usize {
-                    return Read::Beyond;
-                }
+            if let Some(Ret::Last(n)) = self.retention
+                && vs.len() - 1 - i >= n as usize
+            {
+                return Read::Beyond;
             }
         }
         Read::Ok(self.versions[vs[i] as usize - 1].1.clone())

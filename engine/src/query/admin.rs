@@ -89,7 +89,7 @@ pub(crate) async fn rewind(
                 },
                 |mut remote| {
                     let r = call.request(pb::RewindRequest {
-                        options: Some(call.forwarded_options(sub.options.clone())),
+                        options: Some(call.forwarded_options(sub.options)),
                         ..sub.clone()
                     });
                     async move {

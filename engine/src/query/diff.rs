@@ -104,7 +104,7 @@ pub(crate) async fn diff(
             partition: Some(p.0),
             page_size: page_size as u32,
             page_token: sub.token,
-            options: Some(options.clone()),
+            options: Some(options),
         };
         let (ctx, call) = (&ctx, &part_call);
         async move {
@@ -187,7 +187,7 @@ async fn diff_one(
         |local| diff_here(ctx.clone(), req.clone(), local),
         |mut remote| {
             let r = call.request(pb::DiffRequest {
-                options: Some(call.forwarded_options(req.options.clone())),
+                options: Some(call.forwarded_options(req.options)),
                 ..req.clone()
             });
             async move {

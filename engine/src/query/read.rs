@@ -36,7 +36,7 @@ pub(crate) async fn get(
         |local| std::future::ready(get_here(&ctx, &req, key, local)),
         |mut remote| {
             let r = call.request(pb::GetRequest {
-                options: Some(call.forwarded_options(req.options.clone())),
+                options: Some(call.forwarded_options(req.options)),
                 ..req.clone()
             });
             async move {
@@ -114,7 +114,7 @@ pub(crate) async fn history(
         |local| history_here(ctx.clone(), req.clone(), key, local),
         |mut remote| {
             let r = call.request(pb::HistoryRequest {
-                options: Some(call.forwarded_options(req.options.clone())),
+                options: Some(call.forwarded_options(req.options)),
                 ..req.clone()
             });
             async move {

@@ -243,7 +243,9 @@ pub(crate) struct Remote {
     pub admin: AdminClient<Channel>,
 }
 
-/// Where one partition is served.
+/// Where one partition is served. (Short-lived, one per routing
+/// decision: the size difference between the two does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Route {
     Here(Local),
     There(Remote),

@@ -141,7 +141,7 @@ pub(crate) async fn scan(
             partition: Some(p.0),
             page_size: page_size as u32,
             page_token: sub.token,
-            options: Some(options.clone()),
+            options: Some(options),
         };
         let (ctx, call) = (&ctx, &part_call);
         async move {
@@ -206,7 +206,7 @@ async fn scan_one(
         |local| scan_here(ctx.clone(), req.clone(), local),
         |mut remote| {
             let r = call.request(pb::ScanRequest {
-                options: Some(call.forwarded_options(req.options.clone())),
+                options: Some(call.forwarded_options(req.options)),
                 ..req.clone()
             });
             async move {

@@ -142,7 +142,7 @@ pub(crate) fn subscribe(
         keys: req.keys.clone(),
         range,
         max_batch,
-        options: req.options.clone(),
+        options: req.options,
     });
     let (events, rx) = mpsc::channel(4 * starts.len().max(1));
     let followed: Vec<u32> = starts.keys().copied().collect();
@@ -549,7 +549,7 @@ async fn serve_there(
         keys: spec.keys.clone(),
         partition: Some(partition),
         max_batch: spec.max_batch as u32,
-        options: Some(call.forwarded_options(spec.options.clone())),
+        options: Some(call.forwarded_options(spec.options)),
     };
     let (member, endpoint) = (remote.owner.member.clone(), remote.owner.endpoint.clone());
     let forwarded = |status: Status| QueryError::Forwarded {

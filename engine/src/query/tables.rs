@@ -105,7 +105,7 @@ pub(crate) async fn describe(
         let p = Partition(partitions[idx[0]].partition);
         let sub = pb::DescribeTableRequest {
             table: req.table.clone(),
-            options: Some(call.forwarded_options(req.options.clone())),
+            options: Some(call.forwarded_options(req.options)),
         };
         let (ctx, call) = (&ctx, &call);
         async move {

@@ -572,10 +572,10 @@ impl RunningApp {
 
 impl Drop for RunningApp {
     fn drop(&mut self) {
-        if !self.workers.is_empty() || self.poller.is_some() {
-            if let Err(e) = self.stop_all() {
-                tracing::error!(error = %e, "error while stopping the app");
-            }
+        if (!self.workers.is_empty() || self.poller.is_some())
+            && let Err(e) = self.stop_all()
+        {
+            tracing::error!(error = %e, "error while stopping the app");
         }
     }
 }

@@ -405,10 +405,10 @@ impl Worker {
                         "commit on release failed; the next owner processes again from the last committed offsets");
                 }
                 o.queues.retain(|(t, _)| **t != *topic);
-                if o.queues.is_empty() {
-                    if let Some(o) = self.tasks.remove(&p.0) {
-                        close_task(&self.env, o);
-                    }
+                if o.queues.is_empty()
+                    && let Some(o) = self.tasks.remove(&p.0)
+                {
+                    close_task(&self.env, o);
                 }
             }
         }

@@ -15,7 +15,10 @@ pub fn run_all<S: KvStore>(make: &mut dyn FnMut() -> S) {
     empty_store_cursor(&make());
 }
 
-fn write<S: KvStore>(s: &S, ops: &[(Cf, &[u8], Option<&[u8]>)]) {
+/// One write of a batch: column family, key, value (`None`: delete).
+type Op<'a> = (Cf, &'a [u8], Option<&'a [u8]>);
+
+fn write<S: KvStore>(s: &S, ops: &[Op<'_>]) {
     let mut b = s.batch();
     for (cf, k, v) in ops {
         match v {

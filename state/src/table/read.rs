@@ -261,10 +261,10 @@ impl<S: KvStore> PartitionReader<S> {
                 Ok(v)
             }
             At::Time(t) => {
-                if let Some(h) = self.time_horizon() {
-                    if t < h {
-                        return Err(self.beyond(None, Point::Time(t), format!("time {}", h.0)));
-                    }
+                if let Some(h) = self.time_horizon()
+                    && t < h
+                {
+                    return Err(self.beyond(None, Point::Time(t), format!("time {}", h.0)));
                 }
                 let v = self.version_at_time(t)?;
                 let floor = self.partition_floor();

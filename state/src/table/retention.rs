@@ -133,17 +133,17 @@ impl<S: KvStore> TablePartition<S> {
             pending = Some((c.key().to_vec(), e));
             c.next();
         }
-        if let Some((k, oldest)) = pending {
-            if oldest.kind != EntryKind::Expired {
-                let marker = Entry {
-                    kind: EntryKind::Expired,
-                    value: Vec::new(),
-                    lineage: None,
-                    ..oldest
-                };
-                batch.put(Cf::History, &k, &marker.encode());
-                removed += 1;
-            }
+        if let Some((k, oldest)) = pending
+            && oldest.kind != EntryKind::Expired
+        {
+            let marker = Entry {
+                kind: EntryKind::Expired,
+                value: Vec::new(),
+                lineage: None,
+                ..oldest
+            };
+            batch.put(Cf::History, &k, &marker.encode());
+            removed += 1;
         }
         s.cursor_status(&c, Some(key))?;
         Ok(removed)

@@ -128,10 +128,10 @@ impl<S: KvStore> TablePartition<S> {
         if let Some(s) = self.staging.get(key) {
             return Ok(s.value.clone());
         }
-        if let Some(cache) = self.cache.as_mut() {
-            if let Some(v) = cache.get(key) {
-                return Ok(v.clone());
-            }
+        if let Some(cache) = self.cache.as_mut()
+            && let Some(v) = cache.get(key)
+        {
+            return Ok(v.clone());
         }
         let v = self.reader().get(key)?.map(|v| v.value);
         if let Some(cache) = self.cache.as_mut() {
