@@ -178,7 +178,40 @@ where
         }
     }
 
-    // Merge in key order, within the page size and the reply budget.
+    // The frontier: a partition that has more than it sent may still hold
+    // any key after the last one it sent (or after where it started, if it
+    // sent none), so nothing past the smallest such point may be taken
+    // now, or a later page would return a key smaller than this one's.
+    // `(key, inclusive)`: keys up to `key` (and `key` itself if inclusive)
+    // are safe; `None`: everything is.
+    let mut frontier: Option<(Vec<u8>, bool)> = None;
+    for (_, sub, page) in &pages {
+        if page.next_token.is_empty() {
+            continue;
+        }
+        let point = match (page.items.last(), &sub.start) {
+            (Some((k, _)), _) => (k.clone(), true),
+            (None, Some(Start::Excluded(k))) => (k.clone(), true),
+            (None, Some(Start::Included(k))) => (k.clone(), false),
+            // Nothing sent, from the range's own start: nothing is safe.
+            (None, Some(Start::Unbounded) | None) => (Vec::new(), false),
+        };
+        let tighter = match &frontier {
+            None => true,
+            Some((f, inc)) => point.0 < *f || (point.0 == *f && *inc && !point.1),
+        };
+        if tighter {
+            frontier = Some(point);
+        }
+    }
+    let safe = |key: &[u8]| match &frontier {
+        None => true,
+        Some((f, true)) => key <= f.as_slice(),
+        Some((f, false)) => key < f.as_slice(),
+    };
+
+    // Merge in key order, within the page size, the frontier and the reply
+    // budget.
     let mut merged: Vec<(Vec<u8>, usize, I)> = Vec::new();
     let mut lens = Vec::with_capacity(pages.len());
     let mut rest = Vec::with_capacity(pages.len());
@@ -194,7 +227,7 @@ where
     let mut taken = vec![0usize; rest.len()];
     let mut last: Vec<Option<Vec<u8>>> = vec![None; rest.len()];
     for (key, j, item) in merged {
-        if items.len() == page_size {
+        if items.len() == page_size || !safe(&key) {
             break;
         }
         let s = size(&item) + 8;
@@ -289,6 +322,18 @@ pub(crate) fn sub_keys(
             end: bound(end.clone()),
         })),
     })
+}
+
+/// How many items to ask each of `partitions` partitions for, for a merged
+/// page of `page_size`: twice an even share (keys rarely spread evenly), at
+/// least 16, at most the page. Asking each for a whole page would read
+/// about `partitions` keys per key returned; a smaller share is kept in
+/// order by the frontier (see `gather`), at the price of a shorter page
+/// when the page's keys crowd into one partition.
+pub(crate) fn sub_page_size(page_size: usize, partitions: u32) -> usize {
+    (page_size.div_ceil(partitions.max(1) as usize) * 2)
+        .max(16)
+        .min(page_size)
 }
 
 /// The representation sub-requests ask for: always with key bytes, which

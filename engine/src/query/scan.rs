@@ -139,7 +139,7 @@ pub(crate) async fn scan(
             keys: gather::sub_keys(req.keys.clone(), sub.start.as_ref(), &range.end),
             at,
             partition: Some(p.0),
-            page_size: page_size as u32,
+            page_size: gather::sub_page_size(page_size, ctx.partitions()) as u32,
             page_token: sub.token,
             options: Some(options),
         };
