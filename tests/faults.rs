@@ -18,6 +18,9 @@
 //!   restarted.
 //! - `broker_paused_during_commits`: the broker frozen (SIGSTOP) for 10 s,
 //!   several times, while the instances commit.
+//! - `poison_records_land_in_the_dead_letter_topic_through_crashes`: 1% of
+//!   the input undecodable while instances are killed: every one of them in
+//!   the dead-letter topic, nothing else lost.
 //!
 //! CI runs reduced sizes. The full sizes (1,000,000 records, 20 kills):
 //!
@@ -229,6 +232,23 @@ impl Drop for Instance {
 /// Produces records `from..from + n` (round robin over keys), paced in
 /// chunks, counting records per partition.
 fn produce(bootstrap: &str, from: u64, n: u64, counts: &mut BTreeMap<u32, u64>) {
+    produce_with(bootstrap, from, n, counts, None)
+}
+
+/// Whether record `i` is undecodable (one in `every`).
+fn poisoned(i: u64, every: Option<u64>) -> bool {
+    every.is_some_and(|m| i % m == m - 1)
+}
+
+/// Like `produce`, with one record in `poison_every` undecodable (its
+/// value names its index, so the dead-letter topic can be checked).
+fn produce_with(
+    bootstrap: &str,
+    from: u64,
+    n: u64,
+    counts: &mut BTreeMap<u32, u64>,
+    poison_every: Option<u64>,
+) {
     let producer = OutputProducer::new(&KafkaConfig::new(bootstrap), BTreeMap::new()).unwrap();
     let mut batch = Vec::with_capacity(10_000);
     for i in from..from + n {
@@ -239,13 +259,15 @@ fn produce(bootstrap: &str, from: u64, n: u64, counts: &mut BTreeMap<u32, u64>) 
         batch.push(OutRecord {
             topic: "events".into(),
             key: Some(key.into_bytes()),
-            value: Some(
+            value: Some(if poisoned(i, poison_every) {
+                format!("{{not an event #{i}").into_bytes()
+            } else {
                 serde_json::to_vec(&Event {
                     seq: (i / KEYS) as u32,
                     amount: (i % 97) as i64,
                 })
-                .unwrap(),
-            ),
+                .unwrap()
+            }),
             headers: vec![],
         });
         if batch.len() == 10_000 {
@@ -256,9 +278,12 @@ fn produce(bootstrap: &str, from: u64, n: u64, counts: &mut BTreeMap<u32, u64>) 
     producer.produce(&batch).unwrap();
 }
 
-fn oracle(n: u64) -> BTreeMap<String, (u64, i64)> {
+fn oracle(n: u64, poison_every: Option<u64>) -> BTreeMap<String, (u64, i64)> {
     let mut o: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for i in 0..n {
+        if poisoned(i, poison_every) {
+            continue;
+        }
         let e = o.entry(format!("k{}", i % KEYS)).or_default();
         e.0 += 1;
         e.1 += (i % 97) as i64;
@@ -371,6 +396,7 @@ fn run(
     app: &str,
     n: u64,
     times: u32,
+    poison_every: Option<u64>,
     fault: impl Fn(&Tansu, &mut Instance, &Path, u32, &str, u32),
 ) -> (u64, f64) {
     let started = Instant::now();
@@ -388,7 +414,7 @@ fn run(
         let mut from = 0;
         while from < n {
             let k = chunk.min(n - from);
-            produce(&bootstrap, from, k, &mut counts);
+            produce_with(&bootstrap, from, k, &mut counts, poison_every);
             from += k;
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -406,14 +432,27 @@ fn run(
     for i in instances {
         i.stop();
     }
-    let reapplied = check(&table_from_changelog(&tansu, app), &oracle(n));
+    let reapplied = check(&table_from_changelog(&tansu, app), &oracle(n, poison_every));
+    if poison_every.is_some() {
+        let want: std::collections::BTreeSet<u64> =
+            (0..n).filter(|i| poisoned(*i, poison_every)).collect();
+        let got = dead_letters(&tansu, &format!("{app}-dlq"));
+        assert_eq!(
+            got, want,
+            "every undecodable record, and nothing else, in the dead-letter topic"
+        );
+        println!(
+            "{app}: {} undecodable records, all in the dead-letter topic",
+            want.len()
+        );
+    }
     (reapplied, started.elapsed().as_secs_f64())
 }
 
 #[test]
 fn kill_9_a_random_instance_repeatedly() {
     let (n, times) = if full() { (1_000_000, 20) } else { (60_000, 3) };
-    let (reapplied, secs) = run("kill9", n, times, |tansu, inst, dir, i, app, _| {
+    let (reapplied, secs) = run("kill9", n, times, None, |tansu, inst, dir, i, app, _| {
         inst.kill9();
         *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
     });
@@ -426,19 +465,25 @@ fn kill_9_a_random_instance_repeatedly() {
 #[test]
 fn local_state_lost_or_corrupted_while_down() {
     let (n, times) = if full() { (300_000, 6) } else { (40_000, 2) };
-    let (reapplied, secs) = run("lost-state", n, times, |tansu, inst, dir, i, app, t| {
-        inst.kill9();
-        let state = inst.state.clone();
-        if t % 2 == 0 {
-            // Gone entirely: rebuilt from the changelogs.
-            std::fs::remove_dir_all(&state).unwrap();
-        } else {
-            // A damaged SST (or, before any flush, a damaged WAL): the
-            // engine must refuse it, wipe it and rebuild.
-            damage_one_file(&state);
-        }
-        *inst = Instance::start(tansu, app, &state, dir, i);
-    });
+    let (reapplied, secs) = run(
+        "lost-state",
+        n,
+        times,
+        None,
+        |tansu, inst, dir, i, app, t| {
+            inst.kill9();
+            let state = inst.state.clone();
+            if t % 2 == 0 {
+                // Gone entirely: rebuilt from the changelogs.
+                std::fs::remove_dir_all(&state).unwrap();
+            } else {
+                // A damaged SST (or, before any flush, a damaged WAL): the
+                // engine must refuse it, wipe it and rebuild.
+                damage_one_file(&state);
+            }
+            *inst = Instance::start(tansu, app, &state, dir, i);
+        },
+    );
     println!(
         "state deleted or a RocksDB file damaged x{times} over {n} records: nothing lost; {reapplied} re-applied; \
          {secs:.0} s"
@@ -483,18 +528,24 @@ fn crashes_at_each_point_of_the_commit_protocol() {
     let (n, per_point) = if full() { (300_000, 10) } else { (60_000, 1) };
     let times = per_point * POINTS.len() as u32;
     let crashed = std::sync::atomic::AtomicU32::new(0);
-    let (reapplied, secs) = run("crash-points", n, times, |tansu, inst, dir, i, app, t| {
-        let point = POINTS[t as usize % POINTS.len()];
-        // Restart it armed: it aborts at the point on its third commit
-        // that reaches it.
-        inst.kill9();
-        let armed = format!("{point}=2*off->return");
-        *inst = Instance::start_with(tansu, app, &inst.state.clone(), dir, i, Some(&armed));
-        if inst.wait_exit(Duration::from_secs(60)) {
-            crashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
-    });
+    let (reapplied, secs) = run(
+        "crash-points",
+        n,
+        times,
+        None,
+        |tansu, inst, dir, i, app, t| {
+            let point = POINTS[t as usize % POINTS.len()];
+            // Restart it armed: it aborts at the point on its third commit
+            // that reaches it.
+            inst.kill9();
+            let armed = format!("{point}=2*off->return");
+            *inst = Instance::start_with(tansu, app, &inst.state.clone(), dir, i, Some(&armed));
+            if inst.wait_exit(Duration::from_secs(60)) {
+                crashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
+        },
+    );
     let crashed = crashed.into_inner();
     // An armed instance may own no partition for a while (a rebalance) and
     // reach no commit: most, not all, must have crashed.
@@ -515,6 +566,7 @@ fn broker_paused_during_commits() {
         "broker-pause",
         n,
         times,
+        None,
         |tansu, _inst, _dir, _i, _app, _t| {
             tansu.pause_for(Duration::from_secs(10)).unwrap();
         },
@@ -522,4 +574,72 @@ fn broker_paused_during_commits() {
     println!(
         "broker paused 10 s x{times} over {n} records: nothing lost; {reapplied} re-applied; {secs:.0} s"
     );
+}
+
+#[test]
+fn poison_records_land_in_the_dead_letter_topic_through_crashes() {
+    let (n, times) = if full() { (300_000, 6) } else { (40_000, 2) };
+    let (reapplied, secs) = run(
+        "poison",
+        n,
+        times,
+        Some(100),
+        |tansu, inst, dir, i, app, _| {
+            inst.kill9();
+            *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
+        },
+    );
+    println!(
+        "1% undecodable over {n} records, kill -9 x{times}: nothing else lost; {reapplied} re-applied; {secs:.0} s"
+    );
+}
+
+/// The indexes of the records in the dead-letter topic (every partition,
+/// read to the fetch path's end; duplicates, which at-least-once allows,
+/// collapse).
+fn dead_letters(tansu: &Tansu, topic: &str) -> std::collections::BTreeSet<u64> {
+    use rdkafka::message::Message;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.bootstrap())
+        .set("group.id", "dlq-check")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let parts = md.topics()[0].partitions().len();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts {
+        tpl.add_partition_offset(topic, p as i32, KOffset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    let mut ended = std::collections::BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    while ended.len() < parts {
+        assert!(
+            Instant::now() < end,
+            "the dead-letter topic did not reach its end"
+        );
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+                let i = v
+                    .rsplit('#')
+                    .next()
+                    .and_then(|x| x.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("a dead letter that is not one of ours: {v:?}"));
+                out.insert(i);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    out
 }
