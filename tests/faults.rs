@@ -408,6 +408,9 @@ fn run(
         .map(|i| Instance::start(&tansu, app, &dir.join(format!("state-{i}")), &dir, i))
         .collect();
     let bootstrap = tansu.bootstrap();
+    // The input keeps arriving while the faults happen (about 3.5 s
+    // apart): 40 chunks spread over that time.
+    let pause = Duration::from_millis((u64::from(times) * 3_500 / 40).max(250));
     let producer = std::thread::spawn(move || {
         let mut counts = BTreeMap::new();
         let chunk = (n / 40).max(1);
@@ -416,7 +419,7 @@ fn run(
             let k = chunk.min(n - from);
             produce_with(&bootstrap, from, k, &mut counts, poison_every);
             from += k;
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(pause);
         }
         counts
     });
