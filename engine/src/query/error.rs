@@ -145,12 +145,7 @@ pub(crate) fn to_status(e: &QueryError) -> Status {
         } => {
             // The owner's answer stands as it is; a transport failure (no
             // answer at all) says which owner could not be reached.
-            if status.metadata().get("content-type").is_none()
-                && matches!(
-                    status.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted
-                )
-            {
+            if super::route::is_transport(status) {
                 let detail = ErrorDetail {
                     owner: Some(strata_proto::v1::Instance {
                         id: member.clone(),

@@ -478,7 +478,7 @@ where
 
 /// Whether a status is the client transport's own (the owner could not be
 /// reached) rather than an answer from the owner.
-fn is_transport(s: &Status) -> bool {
+pub(crate) fn is_transport(s: &Status) -> bool {
     matches!(
         s.code(),
         // RESOURCE_EXHAUSTED without an answer: the peer's HTTP/2 layer

@@ -39,10 +39,11 @@ impl QueryService {
 /// DEADLINE_EXCEEDED itself just before tonic would cut the call (tonic
 /// reports its own cut as CANCELLED, which the contract does not use).
 async fn within<T>(
-    call: &Call,
+    deadline: std::time::Instant,
     work: impl std::future::Future<Output = Result<T, QueryError>>,
 ) -> Result<T, QueryError> {
-    let until = call.deadline - std::time::Duration::from_millis(1).min(call.remaining());
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let until = deadline - std::time::Duration::from_millis(1).min(left);
     match tokio::time::timeout_at(until.into(), work).await {
         Ok(r) => r,
         Err(_) => Err(QueryError::DeadlineExceeded(
@@ -72,7 +73,7 @@ impl Query for QueryService {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
             within(
-                &call.clone(),
+                call.deadline,
                 read::get(self.ctx.clone(), call, request.into_inner()),
             )
             .await,
@@ -87,7 +88,7 @@ impl Query for QueryService {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
             within(
-                &call.clone(),
+                call.deadline,
                 read::history(self.ctx.clone(), call, request.into_inner()),
             )
             .await,
@@ -102,7 +103,7 @@ impl Query for QueryService {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
             within(
-                &call.clone(),
+                call.deadline,
                 scan::scan(self.ctx.clone(), call, request.into_inner()),
             )
             .await,
@@ -117,7 +118,7 @@ impl Query for QueryService {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
             within(
-                &call.clone(),
+                call.deadline,
                 diff::diff(self.ctx.clone(), call, request.into_inner()),
             )
             .await,
@@ -153,7 +154,7 @@ impl Query for QueryService {
         let call = self.call(&request, request.get_ref().options.as_ref());
         reply(
             within(
-                &call.clone(),
+                call.deadline,
                 tables::describe(self.ctx.clone(), call, request.into_inner()),
             )
             .await,
@@ -173,7 +174,7 @@ impl Admin for QueryService {
         call.allow_stale = false;
         reply(
             within(
-                &call.clone(),
+                call.deadline,
                 admin::rewind(self.ctx.clone(), call, request.into_inner()),
             )
             .await,

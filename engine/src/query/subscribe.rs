@@ -363,34 +363,14 @@ async fn serve_here(
     let p = local.partition;
     let reader = local.reader;
     let latest = reader.latest_version().0;
+    // Finding a start reads RocksDB (a time seek, a retention bisection):
+    // off the tokio workers.
     let from = match *pos {
         Some(v) => v,
-        None => match start {
-            StartAt::Latest => latest,
-            StartAt::Time(0) | StartAt::Oldest => oldest_kept(&reader),
-            StartAt::Time(t) => {
-                // The last version before `t`: its successors were
-                // committed at or after `t`.
-                match reader.resolve(At::Time(Timestamp(t - 1))) {
-                    Ok(v) => v.0,
-                    Err(e @ strata_state::Error::BeyondRetention { .. }) => {
-                        // Older than anything kept: fine only if nothing
-                        // was pruned before `t`.
-                        let oldest = oldest_kept(&reader);
-                        let ok = oldest == 0
-                            || reader
-                                .version_record(Version(oldest))?
-                                .is_some_and(|r| r.time.0 >= t);
-                        if !ok {
-                            return Err(e.into());
-                        }
-                        oldest
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            StartAt::After(v) => v,
-        },
+        None => {
+            let r = reader.clone();
+            blocking(move || start_version(&r, start, latest)).await?
+        }
     };
     if from > latest {
         return Err(QueryError::invalid(format!(
@@ -448,6 +428,41 @@ async fn serve_here(
             return Ok(Stop::Closed);
         }
     }
+}
+
+/// The version after which a feed that starts at `start` begins, in a
+/// partition whose latest version is `latest`.
+fn start_version(
+    reader: &strata_state::PartitionReader<strata_state::store::RocksStore>,
+    start: StartAt,
+    latest: u64,
+) -> Result<u64, QueryError> {
+    Ok(match start {
+        StartAt::Latest => latest,
+        StartAt::Time(0) | StartAt::Oldest => oldest_kept(reader),
+        StartAt::Time(t) => {
+            // The last version before `t`: its successors were
+            // committed at or after `t`.
+            match reader.resolve(At::Time(Timestamp(t - 1))) {
+                Ok(v) => v.0,
+                Err(e @ strata_state::Error::BeyondRetention { .. }) => {
+                    // Older than anything kept: fine only if nothing
+                    // was pruned before `t`.
+                    let oldest = oldest_kept(reader);
+                    let ok = oldest == 0
+                        || reader
+                            .version_record(Version(oldest))?
+                            .is_some_and(|r| r.time.0 >= t);
+                    if !ok {
+                        return Err(e.into());
+                    }
+                    oldest
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        StartAt::After(v) => v,
+    })
 }
 
 /// The changes of versions `after + 1 ..= upto` of partition `p` within

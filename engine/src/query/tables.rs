@@ -7,7 +7,7 @@ use std::sync::Arc;
 use strata_proto::v1 as pb;
 use strata_state::{Granularity, Partition, Retention, Version};
 
-use super::context::QueryContext;
+use super::context::{QueryContext, blocking};
 use super::error::QueryError;
 use super::route::{Call, Route};
 use crate::directory::Owner;
@@ -58,7 +58,12 @@ pub(crate) async fn describe(
     req: pb::DescribeTableRequest,
 ) -> Result<pb::DescribeTableResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
-    let mut partitions = describe_here(&ctx, meta);
+    // Off the tokio workers: describing reads RocksDB (the oldest readable
+    // version is found by bisection).
+    let mut partitions = {
+        let (c, name) = (ctx.clone(), meta.name.clone());
+        blocking(move || Ok(describe_here(&c, c.table(&name)?))).await?
+    };
     // A forwarded call answers for this instance's partitions only.
     let forwarded = call.hops > 0;
     let directory = &ctx.app.directory;
