@@ -19,6 +19,15 @@ pub enum Guarantee {
     /// twice).
     #[default]
     AtLeastOnce,
+    /// Each commit of a task is one Kafka transaction of the task's own
+    /// producer (transactional id `<application id>-task-<partition>`):
+    /// its changelog records, outputs, dead letters and input offsets are
+    /// committed together or not at all, and local state is written only
+    /// after the transaction commits. After a crash nothing is processed
+    /// twice: tables, and outputs read with `read_committed`, hold every
+    /// input record's effects once. A new owner of a partition fences the
+    /// previous one (docs/commit-protocol.md §8).
+    ExactlyOnce,
 }
 
 /// Where a new consumer group starts reading.
@@ -256,6 +265,12 @@ impl AppConfig {
     /// The default dead-letter topic.
     pub fn dlq_topic(&self) -> String {
         format!("{}-dlq", self.application_id)
+    }
+
+    /// The topic whose consumer-group offsets record each task's last
+    /// committed transaction under exactly-once (it holds no records).
+    pub fn transactions_topic(&self) -> String {
+        format!("{}-transactions", self.application_id)
     }
 
     /// The owner directory topic (one partition, compacted).

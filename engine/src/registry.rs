@@ -52,6 +52,11 @@ struct Inner {
     restore_remaining: BTreeMap<(String, u32), u64>,
     /// Partitions whose task finished opening here (tables restored).
     assigned: BTreeSet<u32>,
+    /// Exactly-once: tasks reopened after a failed commit, per partition.
+    reopens: BTreeMap<u32, u64>,
+    /// Exactly-once: changelog records a restore skipped because their
+    /// transaction aborted.
+    aborted_skipped: u64,
 }
 
 impl Registry {
@@ -201,6 +206,33 @@ impl Registry {
             .collect()
     }
 
+    pub(crate) fn count_restart(&self, p: Partition) {
+        if let Ok(mut g) = self.inner.write() {
+            *g.reopens.entry(p.0).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn count_aborted_skipped(&self, n: u64) {
+        if let Ok(mut g) = self.inner.write() {
+            g.aborted_skipped += n;
+        }
+    }
+
+    /// Exactly-once: how often each partition's task was reopened after a
+    /// failed commit (aborted transaction) on this instance.
+    pub fn reopens(&self) -> BTreeMap<Partition, u64> {
+        self.inner
+            .read()
+            .map(|g| g.reopens.iter().map(|(p, n)| (Partition(*p), *n)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Exactly-once: changelog records that restores on this instance
+    /// skipped because their transaction aborted.
+    pub fn aborted_records_skipped(&self) -> u64 {
+        self.inner.read().map(|g| g.aborted_skipped).unwrap_or(0)
+    }
+
     /// Recent commit latencies, in microseconds.
     pub fn commit_latencies_us(&self) -> Vec<u64> {
         self.inner
@@ -253,6 +285,22 @@ impl Registry {
                 p.0
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP strata_task_reopens_total Tasks reopened after a failed exactly-once commit\n# TYPE strata_task_reopens_total counter"
+        );
+        for (p, n) in self.reopens() {
+            let _ = writeln!(
+                out,
+                "strata_task_reopens_total{{partition=\"{}\"}} {n}",
+                p.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP strata_restore_aborted_records_total Changelog records of aborted transactions skipped by restores\n# TYPE strata_restore_aborted_records_total counter\nstrata_restore_aborted_records_total {}",
+            self.aborted_records_skipped()
+        );
         let lat = self.commit_latencies_us();
         if !lat.is_empty() {
             let mut sorted = lat.clone();

@@ -9,6 +9,9 @@
 //! the tables are applied to the store with their changelog offsets and
 //! input positions in one atomic write each, and only then are input
 //! offsets committed. Offsets are never committed ahead of their effects.
+//! Under exactly-once the same steps run inside one Kafka transaction, and
+//! the tables are applied after the offsets, once it committed
+//! (docs/commit-protocol.md §8).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -110,8 +113,18 @@ pub(crate) trait CommitIo {
     fn changelog(&mut self, table: usize) -> &mut dyn ChangelogWriter;
     /// Produces records (logical topics), returning once all are acknowledged.
     fn produce(&mut self, records: &[OutRecord]) -> Result<()>;
-    /// Commits input positions (next offsets to read).
+    /// Commits input positions (next offsets to read). Under exactly-once,
+    /// adds them to the transaction and commits it.
     fn commit_offsets(&mut self, positions: &[InputOffset]) -> Result<()>;
+    /// Starts a commit (exactly-once: begins its transaction).
+    fn begin(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Whether commits are transactions (exactly-once): then local state is
+    /// applied after the offsets, once the transaction committed.
+    fn transactional(&self) -> bool {
+        false
+    }
 }
 
 /// One input partition's work.
@@ -344,6 +357,8 @@ impl<S: KvStore> Task<S> {
                 next: *o,
             })
             .collect();
+        let transactional = io.transactional();
+        io.begin()?;
         // 1. Changelogs, acknowledged.
         let mut prepared = Vec::with_capacity(self.tables.tables.len());
         let mut failed = None;
@@ -390,14 +405,30 @@ impl<S: KvStore> Task<S> {
             }
             return Err(e);
         }
-        fail::fail_point!("commit-before-state", |_| crash("commit-before-state"));
-        // 3. Local state with its checkpoint.
-        for (i, p, offsets) in prepared {
-            self.tables.tables[i].apply(p, &offsets, &inputs)?;
+        if transactional {
+            // 3. Input offsets, and the transaction commits: changelogs,
+            // outputs and offsets become visible together.
+            if let Err(e) = io.commit_offsets(&inputs) {
+                for (i, p, _) in prepared {
+                    self.tables.tables[i].abandon_unknown(p);
+                }
+                return Err(e);
+            }
+            fail::fail_point!("commit-before-state", |_| crash("commit-before-state"));
+            // 4. Local state, only now that the transaction committed.
+            for (i, p, offsets) in prepared {
+                self.tables.tables[i].apply(p, &offsets, &inputs)?;
+            }
+        } else {
+            fail::fail_point!("commit-before-state", |_| crash("commit-before-state"));
+            // 3. Local state with its checkpoint.
+            for (i, p, offsets) in prepared {
+                self.tables.tables[i].apply(p, &offsets, &inputs)?;
+            }
+            fail::fail_point!("commit-before-offsets", |_| crash("commit-before-offsets"));
+            // 4. Input offsets.
+            io.commit_offsets(&inputs)?;
         }
-        fail::fail_point!("commit-before-offsets", |_| crash("commit-before-offsets"));
-        // 4. Input offsets.
-        io.commit_offsets(&inputs)?;
         self.dirty = false;
         self.stats.commits += 1;
         Ok(())
@@ -406,7 +437,7 @@ impl<S: KvStore> Task<S> {
 
 /// A crash at a failpoint: the whole process, at once, as kill -9 would.
 #[cfg(feature = "failpoints")]
-fn crash(point: &str) -> ! {
+pub(crate) fn crash(point: &str) -> ! {
     eprintln!("failpoint {point}: aborting the process");
     std::process::abort()
 }

@@ -160,3 +160,69 @@ fn offsets_sent_to_a_transaction_are_committed_with_it() {
     );
     assert_eq!(read_all(&tansu, "out", "read_committed"), ["7"]);
 }
+
+#[test]
+fn offset_metadata_sent_to_a_transaction_is_kept_with_the_offset() {
+    let tansu = Tansu::start().unwrap();
+    tansu.create_topic("in", 1).unwrap();
+    tansu.create_topic("out", 1).unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.bootstrap())
+        .set("group.id", "eos-meta")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let p = producer(&tansu, "meta-1");
+    p.init_transactions(T).unwrap();
+    for (i, commit) in [(7, true), (9, false)] {
+        p.begin_transaction().unwrap();
+        send(&p, "out", &format!("{i}"));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("in", 0, Offset::Offset(i))
+            .unwrap();
+        tpl.find_partition("in", 0)
+            .unwrap()
+            .set_metadata(format!("txn-{i}"));
+        p.send_offsets_to_transaction(&tpl, &c.group_metadata().unwrap(), T)
+            .unwrap();
+        if commit {
+            p.commit_transaction(T).unwrap();
+        } else {
+            p.abort_transaction(T).unwrap();
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("in", 0);
+    let committed = c.committed_offsets(tpl, T).unwrap();
+    let e = committed.find_partition("in", 0).unwrap();
+    assert_eq!(e.offset(), Offset::Offset(7));
+    assert_eq!(e.metadata(), "txn-7");
+}
+
+#[test]
+fn a_fenced_producer_cannot_append_any_more() {
+    let tansu = Tansu::start().unwrap();
+    tansu.create_topic("late", 1).unwrap();
+    let zombie = producer(&tansu, "task-late");
+    zombie.init_transactions(T).unwrap();
+    zombie.begin_transaction().unwrap();
+    send(&zombie, "late", "before");
+    zombie.flush(T).unwrap();
+    let owner = producer(&tansu, "task-late");
+    owner.init_transactions(T).unwrap();
+    owner.begin_transaction().unwrap();
+    send(&owner, "late", "owner");
+    owner.commit_transaction(T).unwrap();
+    // The zombie keeps producing in its (fenced) transaction.
+    let sent = zombie.send(
+        BaseRecord::<str, str>::to("late")
+            .key("after")
+            .payload("after"),
+    );
+    let flushed = zombie.flush(Duration::from_secs(10));
+    let all = read_all(&tansu, "late", "read_uncommitted");
+    eprintln!(
+        "sent: {:?}, flushed: {flushed:?}, log: {all:?}",
+        sent.map_err(|(e, _)| e)
+    );
+}

@@ -41,7 +41,10 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use strata_state::changelog::ChangelogBatch;
 use strata_state::{ChangeRecord, ChangelogReader, ChangelogWriter, Location, Offset};
 
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
 use super::client::{KafkaConfig, TracingContext, create, log_to_tracing};
+use super::txn::{TXN_HEADER, TxnFilter, TxnId, TxnTag};
 use crate::Error;
 
 /// How long `append` sleeps before retrying a record the producer's full
@@ -210,6 +213,171 @@ impl ChangelogProducer {
         })
     }
 
+    /// A task's transactional producer (exactly-once): transactional id
+    /// `txn_id`, the murmur2 partitioner for outputs. Call
+    /// [`ChangelogProducer::init_transactions`] before anything else.
+    ///
+    /// # Errors
+    /// As [`ChangelogProducer::new`].
+    pub fn transactional(
+        config: &KafkaConfig,
+        txn_id: &str,
+    ) -> crate::Result<Arc<ChangelogProducer>> {
+        let mut c = config.producer()?;
+        c.set("transactional.id", txn_id)
+            .set(
+                "transaction.timeout.ms",
+                ms(config.transaction_timeout.max(config.delivery_timeout)),
+            )
+            .set("partitioner", "murmur2_random");
+        let inner = create(&c, DeliveryContext, "transactional producer")?;
+        Ok(Arc::new(ChangelogProducer {
+            inner,
+            delivery_timeout: config.delivery_timeout,
+        }))
+    }
+
+    /// Registers the transactional id with the broker: fences every earlier
+    /// producer of the id and waits until their open transaction is
+    /// aborted (or committed, if it was already committing).
+    pub fn init_transactions(&self, timeout: Duration) -> crate::Result<()> {
+        self.inner.init_transactions(timeout).map_err(|e| {
+            txn_error(
+                "initializing transactions (fencing earlier producers of the task)",
+                e,
+                timeout,
+            )
+        })
+    }
+
+    /// Begins a transaction.
+    pub fn begin_transaction(&self) -> crate::Result<()> {
+        self.inner
+            .begin_transaction()
+            .map_err(|e| Error::kafka("beginning a transaction", e))
+    }
+
+    /// Adds consumer offsets (`tpl`) of `group` to the open transaction.
+    pub(crate) fn send_offsets(
+        &self,
+        tpl: &TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> crate::Result<()> {
+        self.inner
+            .send_offsets_to_transaction(tpl, group, timeout)
+            .map_err(|e| txn_error("sending offsets to the transaction", e, timeout))
+    }
+
+    /// Commits the open transaction.
+    ///
+    /// # Errors
+    /// [`Error::OutcomeUnknown`] when it timed out (it may still commit);
+    /// otherwise the failure: the transaction did not commit.
+    pub fn commit_transaction(&self, timeout: Duration) -> crate::Result<()> {
+        self.inner
+            .commit_transaction(timeout)
+            .map_err(|e| txn_error("committing the transaction", e, timeout))
+    }
+
+    /// Aborts the open transaction.
+    pub fn abort_transaction(&self, timeout: Duration) -> crate::Result<()> {
+        self.inner
+            .abort_transaction(timeout)
+            .map_err(|e| txn_error("aborting the transaction", e, timeout))
+    }
+
+    /// Sends output records (logical topics mapped by `physical`), each
+    /// with its headers and `extra` (the transaction tag), and waits until
+    /// all are acknowledged.
+    pub(crate) fn produce_outputs(
+        &self,
+        records: &[crate::context::OutRecord],
+        physical: &dyn Fn(&str) -> String,
+        extra: Option<(&str, &[u8])>,
+    ) -> crate::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let acks = Arc::new(AppendAcks::new(records.len()));
+        let deadline = Instant::now() + self.delivery_timeout;
+        let unknown = |what: String| Error::OutcomeUnknown {
+            context: what,
+            timeout_ms: self.delivery_timeout.as_millis() as u64,
+        };
+        for (index, r) in records.iter().enumerate() {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            if let Some((k, v)) = extra {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            let topic = physical(&r.topic);
+            let mut rec: BaseRecord<'_, [u8], [u8], Arc<AppendAcks>> =
+                BaseRecord::with_opaque_to(&topic, acks.clone()).headers(headers);
+            if let Some(k) = &r.key {
+                rec = rec.key(k);
+            }
+            if let Some(v) = &r.value {
+                rec = rec.payload(v);
+            }
+            loop {
+                match self.inner.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        if Instant::now() >= deadline {
+                            return Err(unknown(format!(
+                                "producing to {topic}: the local queue stayed full; {index} records were sent"
+                            )));
+                        }
+                        rec = back;
+                        std::thread::sleep(QUEUE_FULL_BACKOFF);
+                    }
+                    Err((e, _)) => return Err(Error::kafka(format!("producing to {topic}"), e)),
+                }
+            }
+        }
+        let (acks, all) = acks.wait(Instant::now() + self.delivery_timeout + DELIVERY_GRACE);
+        if !all {
+            return Err(unknown(format!(
+                "producing {} outputs: {} delivery reports received",
+                records.len(),
+                acks.received
+            )));
+        }
+        match acks.first_error {
+            None => Ok(()),
+            Some(e) if acks.timed_out => {
+                Err(unknown(format!("producing {} outputs: {e}", records.len())))
+            }
+            Some(e) => Err(Error::kafka(
+                format!("producing {} outputs", records.len()),
+                e,
+            )),
+        }
+    }
+
+    /// Whether another producer with the same transactional id fenced
+    /// this one (a new owner of the task took over).
+    pub fn fenced(&self) -> bool {
+        matches!(
+            self.inner.client().fatal_error(),
+            Some((
+                RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch,
+                _
+            ))
+        )
+    }
+
     /// A fatal producer error (after which it must be recreated), if any.
     fn fatal(&self) -> Option<String> {
         self.inner
@@ -219,12 +387,37 @@ impl ChangelogProducer {
     }
 }
 
+/// A transactional client error, timeouts reported as unknown outcomes.
+fn txn_error(what: &str, e: KafkaError, timeout: Duration) -> Error {
+    let timed_out = match &e {
+        KafkaError::Transaction(t) => {
+            t.code() == RDKafkaErrorCode::OperationTimedOut || t.is_retriable()
+        }
+        _ => false,
+    };
+    if timed_out {
+        Error::OutcomeUnknown {
+            context: format!("{what}: {e}"),
+            timeout_ms: timeout.as_millis() as u64,
+        }
+    } else {
+        Error::kafka(what, e)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
 /// Appends a table partition's commits to its changelog partition.
 #[derive(Debug)]
 pub struct KafkaChangelogWriter {
     producer: Arc<ChangelogProducer>,
     topic: String,
     location: Location,
+    /// Under exactly-once: the open transaction's tag, sent as the
+    /// [`TXN_HEADER`] of every record.
+    tag: Option<Vec<u8>>,
 }
 
 impl KafkaChangelogWriter {
@@ -239,6 +432,47 @@ impl KafkaChangelogWriter {
             producer,
             topic: topic.into(),
             location,
+            tag: None,
+        }
+    }
+
+    /// Tags every record appended from now on with `tag` (exactly-once:
+    /// the open transaction), or nothing.
+    pub fn set_tag(&mut self, tag: Option<TxnTag>) {
+        self.tag = tag.map(|t| t.encode());
+    }
+
+    /// Appends an epoch's fence record (empty key and value, the fence tag
+    /// as [`TXN_HEADER`]) and waits for its acknowledgement.
+    pub fn append_fence(&mut self, fence: TxnTag) -> crate::Result<()> {
+        let (topic, partition) = (self.topic.as_str(), self.partition());
+        let what = format!("appending a transaction fence to {topic}[{partition}]");
+        let value = fence.encode();
+        let acks = Arc::new(AppendAcks::new(1));
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: TXN_HEADER,
+            value: Some(value.as_slice()),
+        });
+        let record = BaseRecord::<[u8], [u8], Arc<AppendAcks>>::with_opaque_to(topic, acks.clone())
+            .partition(partition)
+            .key(&[])
+            .payload(&[])
+            .headers(headers);
+        self.producer
+            .inner
+            .send(record)
+            .map_err(|(e, _)| Error::kafka(what.clone(), e))?;
+        let wait = self.producer.delivery_timeout + DELIVERY_GRACE;
+        let (acks, all) = acks.wait(Instant::now() + wait);
+        if !all {
+            return Err(Error::OutcomeUnknown {
+                context: what,
+                timeout_ms: wait.as_millis() as u64,
+            });
+        }
+        match acks.first_error {
+            None => Ok(()),
+            Some(e) => Err(Error::kafka(what, e)),
         }
     }
 
@@ -279,6 +513,12 @@ impl KafkaChangelogWriter {
                 .partition(partition)
                 .key(r.key.as_slice())
                 .payload(payload.as_slice());
+            if let Some(tag) = &self.tag {
+                record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: TXN_HEADER,
+                    value: Some(tag.as_slice()),
+                }));
+            }
             loop {
                 match self.producer.inner.send(record) {
                     Ok(()) => break,
@@ -439,6 +679,16 @@ pub struct KafkaChangelogReader {
     at_end: bool,
     /// Whether the partition was seen in the topic's metadata.
     exists: bool,
+    /// Keeps committed transactions' records only.
+    filter: TxnFilter<(Offset, ChangeRecord)>,
+    /// The last committed transaction of the task (its marker), which
+    /// resolves what the filter still holds at the end.
+    tip: Option<TxnId>,
+    /// Where the log is read next (the caller's `from` trails it while
+    /// the filter holds records).
+    raw_next: Option<u64>,
+    /// The committed record the read resumes after: read for its tag only.
+    resume_at: Option<u64>,
 }
 
 impl std::fmt::Debug for KafkaChangelogReader {
@@ -477,7 +727,26 @@ impl KafkaChangelogReader {
             next: None,
             at_end: false,
             exists: false,
+            filter: TxnFilter::new(),
+            tip: None,
+            raw_next: None,
+            resume_at: None,
         })
+    }
+
+    /// Resolves, at the end of the log, the transactions still in doubt
+    /// against `tip`: the task's last committed transaction (exactly-once;
+    /// see [`crate::kafka::txn`]). Without it, records of transactions not
+    /// known to have committed are dropped.
+    pub fn with_tip(mut self, tip: Option<TxnId>) -> KafkaChangelogReader {
+        self.tip = tip;
+        self
+    }
+
+    /// The newest transaction epoch seen, and the records dropped as
+    /// aborted so far.
+    pub fn txn_seen(&self) -> (u32, u64) {
+        (self.filter.max_epoch(), self.filter.dropped())
     }
 
     /// The changelog topic.
@@ -537,8 +806,60 @@ impl KafkaChangelogReader {
         Ok(())
     }
 
-    /// The read, with the engine's error.
+    /// Reads on from where the last read stopped and keeps only the
+    /// records of committed transactions ([`TxnFilter`]); returns once it
+    /// has some, or at the end of the log.
     fn try_read(&mut self, from: Offset, max: usize) -> crate::Result<ChangelogBatch> {
+        if self.raw_next.is_none() {
+            // The record before `from` (the checkpoint's) committed; its
+            // tag tells the filter which epoch is current.
+            self.raw_next = Some(from.0.saturating_sub(1));
+            self.resume_at = from.0.checked_sub(1);
+        }
+        let mut out = Vec::new();
+        loop {
+            let start = Offset(self.raw_next.unwrap_or(from.0));
+            let (raw, end) = self.read_raw(start, max)?;
+            for (offset, tag, record) in raw {
+                self.raw_next = Some(offset.0 + 1);
+                if self.resume_at == Some(offset.0) {
+                    self.resume_at = None;
+                    self.filter.resume_after(tag);
+                    continue;
+                }
+                self.filter.push(record.map(|r| (offset, r)), tag, &mut out);
+            }
+            if end {
+                let held = self.filter.held();
+                self.filter.finish(self.tip, &mut out);
+                if self.filter.dropped() > 0 || held > 0 {
+                    tracing::info!(
+                        topic = %self.topic, partition = self.partition(), tip = ?self.tip.map(|t| t.to_string()),
+                        dropped = self.filter.dropped(), "restore skipped the records of aborted transactions"
+                    );
+                }
+                return Ok(ChangelogBatch {
+                    records: out,
+                    end: true,
+                });
+            }
+            if !out.is_empty() {
+                return Ok(ChangelogBatch {
+                    records: out,
+                    end: false,
+                });
+            }
+        }
+    }
+
+    /// One read of the log as written: each record with its transaction
+    /// tag (fences have no record), and whether the end was reached.
+    #[allow(clippy::type_complexity)]
+    fn read_raw(
+        &mut self,
+        from: Offset,
+        max: usize,
+    ) -> crate::Result<(Vec<(Offset, Option<TxnTag>, Option<ChangeRecord>)>, bool)> {
         if self.next != Some(from.0) || self.at_end {
             self.assign(from.0)?;
         }
@@ -564,15 +885,25 @@ impl KafkaChangelogReader {
                         // Left over from before a re-assignment.
                         continue;
                     }
-                    let decode = || -> std::result::Result<ChangeRecord, String> {
+                    let decode = || -> std::result::Result<(Option<TxnTag>, Option<ChangeRecord>), String> {
+                        let tag = match m
+                            .headers()
+                            .and_then(|h| h.iter().find(|h| h.key == TXN_HEADER))
+                        {
+                            Some(h) => Some(TxnTag::decode(h.value.unwrap_or_default())?),
+                            None => None,
+                        };
+                        if matches!(tag, Some(TxnTag::Fence { .. })) {
+                            return Ok((tag, None));
+                        }
                         let key = m.key().ok_or("the record has no key")?;
                         let value = m.payload().ok_or(
                             "the record has no value (a tombstone; changelogs never hold any)",
                         )?;
-                        ChangeRecord::decode(key, value)
+                        Ok((tag, Some(ChangeRecord::decode(key, value)?)))
                     };
                     match decode() {
-                        Ok(r) => records.push((Offset(offset), r)),
+                        Ok((tag, r)) => records.push((Offset(offset), tag, r)),
                         Err(reason) => {
                             return Err(Error::Poison {
                                 topic: self.topic.clone(),
@@ -622,10 +953,7 @@ impl KafkaChangelogReader {
                 KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut),
             ));
         }
-        Ok(ChangelogBatch {
-            records,
-            end: self.at_end,
-        })
+        Ok((records, self.at_end))
     }
 }
 

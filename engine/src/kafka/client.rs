@@ -61,6 +61,14 @@ const PROTECTED: &[(&str, &str)] = &[
         "changelog appends must be acknowledged by all in-sync replicas",
     ),
     (
+        "transactional.id",
+        "under exactly-once each task's producer has its own (`<application id>-task-<partition>`)",
+    ),
+    (
+        "transaction.timeout.ms",
+        "set `KafkaConfig::transaction_timeout` instead",
+    ),
+    (
         "auto.offset.reset",
         "restores must fail, not skip, when an offset is out of range",
     ),
@@ -133,6 +141,10 @@ pub struct KafkaConfig {
     /// How long a changelog read may wait without receiving a record or
     /// reaching the end of the partition before it fails. Default 30 s.
     pub read_timeout: Duration,
+    /// Under exactly-once, how long a task's transaction may stay open
+    /// before the broker aborts it (`transaction.timeout.ms`; at least
+    /// `delivery_timeout` is used). Default 60 s.
+    pub transaction_timeout: Duration,
     /// `fetch.queue.backoff.ms`: how long a consumer postpones fetching a
     /// partition whose local queue is full. librdkafka's default (1000 ms)
     /// throttles a fast consumer to about 190,000 records/s; 10 ms (the
@@ -186,6 +198,7 @@ impl KafkaConfig {
             request_timeout: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(120),
             read_timeout: Duration::from_secs(30),
+            transaction_timeout: Duration::from_secs(60),
             fetch_queue_backoff: Duration::from_millis(10),
             linger: Duration::from_millis(5),
             compression: Compression::default(),
@@ -232,6 +245,12 @@ impl KafkaConfig {
             i32::MAX as u64,
         )?;
         check_ms("read_timeout", self.read_timeout, 1, u32::MAX as u64)?;
+        check_ms(
+            "transaction_timeout",
+            self.transaction_timeout,
+            1000,
+            i32::MAX as u64,
+        )?;
         check_ms("fetch_queue_backoff", self.fetch_queue_backoff, 0, 300_000)?;
         check_ms("linger", self.linger, 0, 900_000)?;
         if self.delivery_timeout <= self.linger {

@@ -54,6 +54,9 @@ impl EmbeddedKafka {
         {
             self.create_topic(&config.physical(&t), partitions)?;
         }
+        if config.guarantee == crate::Guarantee::ExactlyOnce {
+            self.create_topic(&config.transactions_topic(), partitions)?;
+        }
         // The mock cluster cannot set cleanup.policy; a directory topic
         // without compaction still works, it only grows.
         self.create_topic(&config.directory_topic(), 1)?;

@@ -9,3 +9,4 @@ pub mod client;
 pub mod embedded;
 pub mod group;
 pub mod output;
+pub mod txn;

@@ -70,7 +70,7 @@ impl OutputProducer {
         })
     }
 
-    fn physical<'a>(&'a self, logical: &'a str) -> &'a str {
+    pub(crate) fn physical<'a>(&'a self, logical: &'a str) -> &'a str {
         self.topics
             .get(logical)
             .map(String::as_str)

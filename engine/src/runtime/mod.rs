@@ -96,6 +96,11 @@ impl App {
         {
             specs.push(TopicSpec::new(config.physical(&logical), n));
         }
+        if config.guarantee == crate::Guarantee::ExactlyOnce {
+            // Holds no records: its group offsets mark each task's last
+            // committed transaction.
+            specs.push(TopicSpec::new(config.transactions_topic(), n));
+        }
         if config.manage_topics {
             admin.ensure_topics(&specs)?;
         } else {

@@ -22,6 +22,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{Message, OwnedMessage};
 use strata_state::store::{RocksEnv, RocksStore};
@@ -29,11 +31,12 @@ use strata_state::{
     At, KeyRange, Location, Offset, Partition, RewindPlan, TableName, TablePartition, Timestamp,
 };
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Guarantee};
 use crate::context::OutRecord;
 use crate::kafka::changelog::{ChangelogProducer, KafkaChangelogReader, KafkaChangelogWriter};
 use crate::kafka::group::{GroupConsumer, GroupContext, commit_positions};
 use crate::kafka::output::OutputProducer;
+use crate::kafka::txn::{MAX_EPOCH, TXN_HEADER, TxnId, TxnTag};
 use crate::registry::{PartitionState, Registry};
 use crate::task::{CommitIo, RawRecord, SourceMap, Task};
 use crate::topology::TableOptions;
@@ -129,6 +132,35 @@ struct Owned {
     task: Task<RocksStore>,
     queues: Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>,
     writers: Vec<KafkaChangelogWriter>,
+    /// Exactly-once: the task's producer and transactions.
+    txn: Option<TaskTxn>,
+    /// Exactly-once: where each input topic's queue must start (the
+    /// committed offsets, read after fencing the previous owner).
+    seek: Vec<(String, i64)>,
+}
+
+/// A task's transactional producer and where its transactions stand
+/// (exactly-once; see `crate::kafka::txn`).
+struct TaskTxn {
+    producer: Arc<ChangelogProducer>,
+    /// This life of the task's producer.
+    epoch: u32,
+    /// The last transaction committed in this epoch (0: none yet).
+    seq: u64,
+    /// The last committed transaction when the epoch began.
+    base: Option<TxnId>,
+    /// A transaction is open: begun and neither committed nor abandoned.
+    /// A commit that leaves it open failed, and the task must be reopened.
+    open: bool,
+}
+
+impl TaskTxn {
+    fn next(&self) -> TxnId {
+        TxnId {
+            epoch: self.epoch,
+            seq: self.seq + 1,
+        }
+    }
 }
 
 struct Io<'a> {
@@ -136,6 +168,8 @@ struct Io<'a> {
     env: &'a WorkerEnv,
     /// Commit offsets synchronously (the task is being released).
     sync: bool,
+    txn: Option<&'a mut TaskTxn>,
+    partition: Partition,
 }
 
 impl CommitIo for Io<'_> {
@@ -143,10 +177,79 @@ impl CommitIo for Io<'_> {
         &mut self.writers[table]
     }
     fn produce(&mut self, records: &[OutRecord]) -> Result<()> {
-        self.env.outputs.produce(records)
+        match &self.txn {
+            None => self.env.outputs.produce(records),
+            Some(t) => {
+                let tag = TxnTag::Data(t.next()).encode();
+                let outputs = &self.env.outputs;
+                t.producer.produce_outputs(
+                    records,
+                    &|logical| outputs.physical(logical).to_string(),
+                    Some((TXN_HEADER, &tag)),
+                )
+            }
+        }
     }
     fn commit_offsets(&mut self, positions: &[strata_state::InputOffset]) -> Result<()> {
-        commit_positions(&self.env.consumer, positions, self.sync)
+        let Some(t) = self.txn.as_deref_mut() else {
+            return commit_positions(&self.env.consumer, positions, self.sync);
+        };
+        let id = t.next();
+        let mut tpl = TopicPartitionList::with_capacity(positions.len() + 1);
+        let p = self.partition.0 as i32;
+        let add = |tpl: &mut TopicPartitionList, topic: &str, offset: i64| {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(offset))
+                .map_err(|e| Error::kafka("building a transactional offset commit", e))
+        };
+        for i in positions {
+            add(&mut tpl, &i.topic, i.next.0 as i64)?;
+        }
+        add(
+            &mut tpl,
+            &self.env.config.transactions_topic(),
+            id.marker_offset(),
+        )?;
+        let group = self.env.consumer.group_metadata().ok_or_else(|| {
+            Error::Stopped(
+                "the group consumer has no group metadata for a transactional offset commit".into(),
+            )
+        })?;
+        let timeout = self.env.config.kafka.request_timeout;
+        t.producer.send_offsets(&tpl, &group, timeout)?;
+        fail::fail_point!("txn-before-commit", |_| crate::task::crash(
+            "txn-before-commit"
+        ));
+        t.producer.commit_transaction(timeout)?;
+        t.seq = id.seq;
+        t.open = false;
+        Ok(())
+    }
+    fn begin(&mut self) -> Result<()> {
+        let Some(t) = self.txn.as_deref_mut() else {
+            return Ok(());
+        };
+        if t.open {
+            return Err(Error::Stopped(format!(
+                "task {}: a transaction whose outcome is unknown is still open; the task must be reopened",
+                self.partition
+            )));
+        }
+        t.producer.begin_transaction()?;
+        t.open = true;
+        let id = t.next();
+        for w in self.writers.iter_mut() {
+            if t.seq == 0 {
+                // The epoch's first transaction: its fence goes to every
+                // changelog, first.
+                w.set_tag(None);
+                w.append_fence(TxnTag::Fence { id, base: t.base })?;
+            }
+            w.set_tag(Some(TxnTag::Data(id)));
+        }
+        Ok(())
+    }
+    fn transactional(&self) -> bool {
+        self.txn.is_some()
     }
 }
 
@@ -157,6 +260,7 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
         tasks: BTreeMap::new(),
         opening: BTreeMap::new(),
         strays: BTreeMap::new(),
+        parked: BTreeMap::new(),
     };
     let mut last_commit = Instant::now();
     let span = tracing::info_span!("worker", id);
@@ -183,6 +287,7 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
         if w.adopt_opened()? {
             idle = false;
         }
+        w.unpark()?;
         // Then records, a bounded batch per partition queue.
         if w.poll_records()? {
             idle = false;
@@ -221,6 +326,10 @@ struct Worker {
     opening: BTreeMap<u32, Opening>,
     /// Records that arrived before their partition's task existed.
     strays: BTreeMap<u32, Vec<OwnedMessage>>,
+    /// Exactly-once: tasks whose producer another owner fenced, with their
+    /// queues and when that happened. Reopened after a session timeout if
+    /// the group has not revoked them meanwhile.
+    parked: BTreeMap<u32, (Instant, Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>)>,
 }
 
 impl Worker {
@@ -236,24 +345,10 @@ impl Worker {
                     o.queues.push((topic, queue));
                 } else if let Some(op) = self.opening.get_mut(&partition.0) {
                     op.queues.push((topic, queue));
+                } else if let Some((_, queues)) = self.parked.get_mut(&partition.0) {
+                    queues.push((topic, queue));
                 } else {
-                    let cancel = Arc::new(AtomicBool::new(false));
-                    let (env, c) = (self.env.clone(), cancel.clone());
-                    let thread = std::thread::Builder::new()
-                        .name(format!("strata-open-{}", partition.0))
-                        .spawn(move || open_task(&env, partition, &c))
-                        .map_err(|e| Error::Io {
-                            context: "spawning a task's restore thread".into(),
-                            source: e,
-                        })?;
-                    self.opening.insert(
-                        partition.0,
-                        Opening {
-                            cancel,
-                            thread,
-                            queues: vec![(topic, queue)],
-                        },
-                    );
+                    self.start_opening(partition, vec![(topic, queue)])?;
                 }
             }
             Command::Revoke { parts, ack } => {
@@ -304,7 +399,14 @@ impl Worker {
                     dry_run,
                     expect,
                 );
-                let _ = reply.send(r);
+                let failed_commit = self.tasks.get(&partition.0).is_some_and(broken);
+                if let (Err(e), true) = (&r, failed_commit) {
+                    let e = Error::Stopped(e.to_string());
+                    let _ = reply.send(r);
+                    self.reopen(partition.0, e)?;
+                } else {
+                    let _ = reply.send(r);
+                }
             }
             Command::Shutdown { ack } => {
                 self.cancel_opening();
@@ -318,12 +420,91 @@ impl Worker {
                 for (_, o) in std::mem::take(&mut self.tasks) {
                     close_task(env, o);
                 }
+                self.parked.clear();
                 let _ = ack.send(());
                 r?;
                 return Ok(Flow::Stop);
             }
         }
         Ok(Flow::Go)
+    }
+
+    /// Opens partition `p`'s task on a thread of its own; `queues` feed it
+    /// once it is restored.
+    fn start_opening(
+        &mut self,
+        partition: Partition,
+        queues: Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>,
+    ) -> Result<()> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (env, c) = (self.env.clone(), cancel.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("strata-open-{}", partition.0))
+            .spawn(move || open_task(&env, partition, &c))
+            .map_err(|e| Error::Io {
+                context: "spawning a task's restore thread".into(),
+                source: e,
+            })?;
+        self.opening.insert(
+            partition.0,
+            Opening {
+                cancel,
+                thread,
+                queues,
+            },
+        );
+        Ok(())
+    }
+
+    /// Exactly-once: a commit of task `p` failed, so its transaction did
+    /// not commit (or its outcome is unknown). The task is closed with its
+    /// producer, which is never used again, and reopened: a new producer
+    /// fences the old one (resolving the transaction), local state is
+    /// rolled back to its checkpoint (staged work is dropped; nothing was
+    /// applied past the last commit) and restored to the changelog's
+    /// committed end, and the inputs are read again from the committed
+    /// offsets. If another instance's producer fenced this one, the task
+    /// is parked instead: the group is moving it.
+    fn reopen(&mut self, p: u32, error: Error) -> Result<()> {
+        let Some(mut o) = self.tasks.remove(&p) else {
+            return Ok(());
+        };
+        let fenced = o.txn.as_ref().is_some_and(|t| t.producer.fenced());
+        let queues = std::mem::take(&mut o.queues);
+        self.strays.remove(&p);
+        self.env.registry.count_restart(Partition(p));
+        // Dropping the producer purges whatever it still holds.
+        close_task(&self.env, o);
+        if fenced {
+            tracing::warn!(partition = p, %error,
+                "another owner fenced this task's producer; the task is parked until the group revokes it");
+            self.parked.insert(p, (Instant::now(), queues));
+            return Ok(());
+        }
+        tracing::warn!(partition = p, %error,
+            "commit failed under exactly-once; reopening the task from its checkpoint (the transaction is aborted by the new producer)");
+        self.start_opening(Partition(p), queues)
+    }
+
+    /// Reopens parked tasks the group did not revoke within a session
+    /// timeout.
+    fn unpark(&mut self) -> Result<()> {
+        let wait = self.env.config.kafka.session_timeout;
+        let due: Vec<u32> = self
+            .parked
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= wait)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            let (_, queues) = self.parked.remove(&p).expect("listed");
+            tracing::info!(
+                partition = p,
+                "a parked task is still assigned here; reopening it"
+            );
+            self.start_opening(Partition(p), queues)?;
+        }
+        Ok(())
     }
 
     /// Moves tasks whose restore finished to the running ones (with the
@@ -338,10 +519,19 @@ impl Worker {
         for p in &done {
             let op = self.opening.remove(p).expect("listed");
             let mut o = join_opening(op.thread, Partition(*p))?;
-            for m in self.strays.remove(p).unwrap_or_default() {
-                process_owned(&mut o.task, &m)?;
-            }
             o.queues = op.queues;
+            let strays = self.strays.remove(p).unwrap_or_default();
+            if o.txn.is_some() {
+                // Start exactly at the committed offsets, read after the
+                // previous owner was fenced: what the consumer fetched
+                // before (strays included) may predate that owner's last
+                // commit, or skip records if nothing was committed yet.
+                seek(&self.env, &o, &strays)?;
+            } else {
+                for m in strays {
+                    process_owned(&mut o.task, &m)?;
+                }
+            }
             self.tasks.insert(*p, o);
         }
         Ok(!done.is_empty())
@@ -368,6 +558,13 @@ impl Worker {
     fn revoke(&mut self, parts: Vec<(String, Partition)>) -> Result<()> {
         for (topic, p) in parts {
             self.strays.remove(&p.0);
+            if let Some((since, mut queues)) = self.parked.remove(&p.0) {
+                queues.retain(|(t, _)| **t != *topic);
+                if !queues.is_empty() {
+                    self.parked.insert(p.0, (since, queues));
+                }
+                continue;
+            }
             if let Some(mut op) = self.opening.remove(&p.0) {
                 op.queues.retain(|(t, _)| **t != *topic);
                 if !op.queues.is_empty() {
@@ -445,16 +642,79 @@ impl Worker {
                     }
                 }
             }
-            if o.task.is_full(env.config.max_buffered_outputs) {
-                commit_task(env, o)?;
-            }
+        }
+        let full: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, o)| o.task.is_full(env.config.max_buffered_outputs))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in full {
+            self.commit_one(p)?;
         }
         Ok(any)
     }
 
-    fn commit_all(&mut self) -> Result<()> {
-        commit_all(&self.env, &mut self.tasks)
+    /// Commits task `p`. A failure stops the worker under at-least-once;
+    /// under exactly-once the task is reopened (`reopen`).
+    fn commit_one(&mut self, p: u32) -> Result<()> {
+        let Some(o) = self.tasks.get_mut(&p) else {
+            return Ok(());
+        };
+        match commit_task(&self.env, o) {
+            Ok(()) => Ok(()),
+            Err(e) if o.txn.is_some() => self.reopen(p, e),
+            Err(e) => Err(e),
+        }
     }
+
+    fn commit_all(&mut self) -> Result<()> {
+        let parts: Vec<u32> = self.tasks.keys().copied().collect();
+        for p in parts {
+            self.commit_one(p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a task's last commit failed under exactly-once (its
+/// transaction was left open) and it must be reopened.
+fn broken(o: &Owned) -> bool {
+    o.txn.as_ref().is_some_and(|t| t.open)
+}
+
+/// Exactly-once: points each input queue of a task just opened at its
+/// committed offset, or, for a topic nothing was committed for, at the
+/// first record the consumer fetched (`strays`, which are dropped: the
+/// queue delivers them again).
+fn seek(env: &WorkerEnv, o: &Owned, strays: &[OwnedMessage]) -> Result<()> {
+    let p = o.task.partition.0 as i32;
+    for (topic, _) in &o.queues {
+        let committed = o.seek.iter().find(|(t, _)| **t == **topic).map(|(_, n)| *n);
+        let first_stray = strays
+            .iter()
+            .filter(|m| m.topic() == &**topic)
+            .map(|m| m.offset())
+            .min();
+        let Some(at) = committed.or(first_stray) else {
+            continue;
+        };
+        env.consumer
+            .seek(
+                topic,
+                p,
+                rdkafka::Offset::Offset(at),
+                env.config.kafka.request_timeout,
+            )
+            .map_err(|e| {
+                Error::kafka(
+                    format!("seeking {topic}[{p}] to its committed offset {at}"),
+                    e,
+                )
+            })?;
+        tracing::debug!(%topic, partition = p, offset = at, "input seeked to the committed offset");
+    }
+    Ok(())
 }
 
 fn process_owned(task: &mut Task<RocksStore>, m: &OwnedMessage) -> Result<()> {
@@ -489,6 +749,22 @@ fn join_opening(thread: JoinHandle<Result<Owned>>, p: Partition) -> Result<Owned
 /// from its changelog before the task processes anything; stops between
 /// two restore batches once `cancel` is set.
 fn open_task(env: &WorkerEnv, p: Partition, cancel: &Arc<AtomicBool>) -> Result<Owned> {
+    let eos = env.config.guarantee == Guarantee::ExactlyOnce;
+    // Exactly-once: fence every earlier producer of the task first. Its
+    // open transaction is then resolved and nothing more of it can land,
+    // so the committed offsets read next are final and the restore reads
+    // a changelog that no one else writes.
+    let producer = if eos {
+        let id = format!("{}-task-{}", env.config.application_id, p.0);
+        let producer = ChangelogProducer::transactional(&env.config.kafka, &id)?;
+        producer.init_transactions(env.config.kafka.request_timeout)?;
+        tracing::debug!(partition = %p, transactional_id = %id, "task producer initialized");
+        Some(producer)
+    } else {
+        None
+    };
+    let (tip, seek) = committed(env, p, eos)?;
+    let mut max_epoch = tip.map_or(0, |t| t.epoch);
     let mut tables = Vec::new();
     let mut writers = Vec::new();
     for (name, options) in &env.tables {
@@ -523,7 +799,8 @@ fn open_task(env: &WorkerEnv, p: Partition, cancel: &Arc<AtomicBool>) -> Result<
             },
         );
         let mut reader = Cancellable {
-            inner: KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?,
+            inner: KafkaChangelogReader::new(&env.config.kafka, topic.clone(), location.clone())?
+                .with_tip(tip),
             cancel: cancel.clone(),
             location: location.clone(),
         };
@@ -543,19 +820,43 @@ fn open_task(env: &WorkerEnv, p: Partition, cancel: &Arc<AtomicBool>) -> Result<
                 last_log = Instant::now();
             }
         })?;
+        let (seen, aborted) = reader.inner.txn_seen();
+        max_epoch = max_epoch.max(seen);
+        env.registry.count_aborted_skipped(aborted);
         tracing::info!(
             table = %name, partition = %p, records = progress.read, applied = progress.applied,
-            elapsed_ms = started.elapsed().as_millis() as u64, version = table.latest_version().0, "restored"
+            aborted_skipped = aborted, elapsed_ms = started.elapsed().as_millis() as u64,
+            version = table.latest_version().0, "restored"
         );
         env.registry
             .set_table(name, p, table.reader(), PartitionState::Running);
         writers.push(KafkaChangelogWriter::new(
-            env.changelog.clone(),
+            producer.clone().unwrap_or_else(|| env.changelog.clone()),
             topic,
             location,
         ));
         tables.push(table);
     }
+    let txn = match producer {
+        None => None,
+        Some(producer) => {
+            let epoch = max_epoch + 1;
+            if epoch > MAX_EPOCH {
+                return Err(Error::Stopped(format!(
+                    "task {p} has used all {MAX_EPOCH} transaction epochs; reset the application's \
+                     transactions topic offsets to reuse them"
+                )));
+            }
+            tracing::info!(partition = %p, epoch, tip = ?tip.map(|t| t.to_string()), "task opened for exactly-once");
+            Some(TaskTxn {
+                producer,
+                epoch,
+                seq: 0,
+                base: tip,
+                open: false,
+            })
+        }
+    };
     let mut task = Task::new(p, env.sources.clone(), tables, env.dlq.clone());
     task.set_timers(&env.timers, Timestamp::now());
     env.registry.set_assigned(p);
@@ -563,7 +864,57 @@ fn open_task(env: &WorkerEnv, p: Partition, cancel: &Arc<AtomicBool>) -> Result<
         task,
         queues: Vec::new(),
         writers,
+        txn,
+        seek,
     })
+}
+
+/// The task's last committed transaction (the group's committed marker)
+/// and, under exactly-once, its inputs' committed offsets.
+#[allow(clippy::type_complexity)]
+fn committed(
+    env: &WorkerEnv,
+    p: Partition,
+    eos: bool,
+) -> Result<(Option<TxnId>, Vec<(String, i64)>)> {
+    let marker = env.config.transactions_topic();
+    let at = p.0 as i32;
+    let mut tpl = TopicPartitionList::new();
+    if eos {
+        for topic in env.sources.keys() {
+            tpl.add_partition(topic, at);
+        }
+    }
+    // Read under at-least-once too: a changelog written under exactly-once
+    // before the switch still needs its last transaction resolved.
+    tpl.add_partition(&marker, at);
+    let list = match env
+        .consumer
+        .committed_offsets(tpl, env.config.kafka.request_timeout)
+    {
+        Ok(l) => l,
+        Err(e) if !eos => {
+            tracing::debug!(partition = %p, error = %e, "no transaction marker (never run exactly-once)");
+            return Ok((None, Vec::new()));
+        }
+        Err(e) => {
+            return Err(Error::kafka(
+                format!("reading the committed offsets of task {p}"),
+                e,
+            ));
+        }
+    };
+    let (mut tip, mut seek) = (None, Vec::new());
+    for e in list.elements() {
+        if let rdkafka::Offset::Offset(n) = e.offset() {
+            if e.topic() == marker {
+                tip = TxnId::from_marker_offset(n);
+            } else {
+                seek.push((e.topic().to_string(), n));
+            }
+        }
+    }
+    Ok((tip, seek))
 }
 
 fn commit_task(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
@@ -579,6 +930,8 @@ fn commit_task_sync(env: &WorkerEnv, o: &mut Owned, sync: bool) -> Result<()> {
         writers: &mut o.writers,
         env,
         sync,
+        txn: o.txn.as_mut(),
+        partition: o.task.partition,
     };
     o.task.commit(&mut io, Timestamp::now())?;
     env.registry.set_stats(
@@ -599,18 +952,15 @@ fn commit_for_release(env: &WorkerEnv, o: &mut Owned) -> Result<()> {
     if o.task.has_pending() {
         return commit_task_sync(env, o, true);
     }
+    if o.txn.is_some() {
+        // Offsets went out with each transaction's commit.
+        return Ok(());
+    }
     let positions = o.task.input_positions();
     if positions.is_empty() {
         return Ok(());
     }
     commit_positions(&env.consumer, &positions, true)
-}
-
-fn commit_all(env: &WorkerEnv, tasks: &mut BTreeMap<u32, Owned>) -> Result<()> {
-    for o in tasks.values_mut() {
-        commit_task(env, o)?;
-    }
-    Ok(())
 }
 
 fn close_task(env: &WorkerEnv, o: Owned) {
@@ -673,6 +1023,8 @@ fn rewind(
         writers: &mut o.writers,
         env,
         sync: false,
+        txn: o.txn.as_mut(),
+        partition: o.task.partition,
     };
     o.task.commit(&mut io, Timestamp::now())?;
     env.registry.set_stats(
