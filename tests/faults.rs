@@ -5,7 +5,10 @@
 //! every key equals the oracle (nothing lost), every version history is
 //! strictly increasing and the changelog rebuilds every partition without
 //! a gap, and the records applied more than once are counted (at-least-once
-//! allows them; exactly-once, issue 5, removes them).
+//! allows them). Apps named `eos-*` run exactly-once: there, nothing may be
+//! applied twice, and the table's change stream (the output topic
+//! `<app>-changes`, read as a `read_committed` consumer on Apache Kafka
+//! would) must hold each key's changes once each, without a gap.
 //!
 //! Scenarios (each prints its figures):
 //! - `kill_9_a_random_instance_repeatedly`: kill -9 of a random instance
@@ -21,6 +24,13 @@
 //! - `poison_records_land_in_the_dead_letter_topic_through_crashes`: 1% of
 //!   the input undecodable while instances are killed: every one of them in
 //!   the dead-letter topic, nothing else lost.
+//! - `exactly_once_through_kill_9`, `exactly_once_crashes_at_each_point`:
+//!   the same faults under exactly-once (crash points: after the changelog
+//!   produce, with the offsets sent but before the commit, after the commit
+//!   but before the state write).
+//! - `exactly_once_fences_a_frozen_instance`: an instance frozen (SIGSTOP)
+//!   past the session timeout while its partitions move to the others, then
+//!   resumed: the zombie must commit nothing.
 //!
 //! CI runs reduced sizes. The full sizes (1,000,000 records, 20 kills):
 //!
@@ -29,8 +39,7 @@
 //! ```
 //!
 //! docs/reliability.md lists the scenarios, the last full run's figures,
-//! and what is not covered yet (exactly-once, zombies, broker pauses,
-//! crashes at chosen commit points).
+//! and what is not covered yet.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -45,12 +54,13 @@ use serde::{Deserialize, Serialize};
 use strata::kafka::changelog::KafkaChangelogReader;
 use strata::kafka::client::{KafkaConfig, RebalanceProtocol};
 use strata::kafka::output::OutputProducer;
+use strata::kafka::txn::{TXN_HEADER, TxnFilter, TxnId, TxnTag};
 use strata::partitioner::partition_for;
 use strata::serde::{Utf8, json};
 use strata::state::codec::{Bincode, OrderedKey, ValueCodec};
 use strata::state::store::MemoryStore;
 use strata::state::{HistoryQuery, Location, Partition, TableConfig, TableName, TablePartition};
-use strata::{App, AppConfig, OutRecord, TableOptions, Topology};
+use strata::{App, AppConfig, Guarantee, OutRecord, TableOptions, Topology};
 use strata_testkit::Tansu;
 
 const PARTITIONS: u32 = 6;
@@ -83,9 +93,14 @@ impl Agg {
     }
 }
 
-fn topology() -> Topology {
+/// The output topic of the table's changes.
+fn changes_topic(app: &str) -> String {
+    format!("{app}-changes")
+}
+
+fn topology(app: &str) -> Topology {
     let t = Topology::new();
-    t.stream("events", Utf8, json::<Event>()).aggregate(
+    let table = t.stream("events", Utf8, json::<Event>()).aggregate(
         TABLE,
         TableOptions::default(),
         |_k, e: Event, old: Option<Agg>| {
@@ -102,6 +117,9 @@ fn topology() -> Topology {
             Some(a)
         },
     );
+    table
+        .changes()
+        .to(&changes_topic(app), Utf8, json::<Option<Agg>>());
     t
 }
 
@@ -119,7 +137,10 @@ fn fault_child() {
     let app = std::env::var("STRATA_FAULT_APP").unwrap();
     let state = PathBuf::from(std::env::var("STRATA_FAULT_STATE").unwrap());
     let stop = PathBuf::from(std::env::var("STRATA_FAULT_STOP").unwrap());
-    let mut c = AppConfig::new(app, bootstrap);
+    let mut c = AppConfig::new(app.clone(), bootstrap);
+    if app.starts_with("eos-") {
+        c.guarantee = Guarantee::ExactlyOnce;
+    }
     c.state_dir = state;
     c.kafka.session_timeout = Duration::from_secs(6);
     // Tansu does not run the second round of an incremental rebalance.
@@ -127,7 +148,7 @@ fn fault_child() {
     c.commit_interval = Duration::from_millis(200);
     // Crash points of the commit protocol, from the FAILPOINTS variable.
     let _failpoints = fail::FailScenario::setup();
-    let running = App::new(c).unwrap().start(topology()).unwrap();
+    let running = App::new(c).unwrap().start(topology(&app)).unwrap();
     println!("CHILD STARTED");
     while !stop.exists() {
         std::thread::sleep(Duration::from_millis(100));
@@ -201,6 +222,16 @@ impl Instance {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Freezes the process (SIGSTOP) for `d`, then resumes it.
+    fn freeze_for(&self, d: Duration) {
+        let pid = self.child.id().to_string();
+        for (sig, wait) in [("-STOP", d), ("-CONT", Duration::ZERO)] {
+            let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+            assert!(status.success(), "kill {sig} {pid}");
+            std::thread::sleep(wait);
+        }
     }
 
     fn kill9(&mut self) {
@@ -338,12 +369,16 @@ fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
             table: name.clone(),
             partition: Partition(p),
         };
+        // Under exactly-once, the records of aborted transactions are
+        // skipped (Tansu delivers them): the task's committed marker
+        // resolves the last transactions.
         let mut reader = KafkaChangelogReader::new(
             &KafkaConfig::new(tansu.bootstrap()),
             format!("{app}-{TABLE}-changelog"),
             loc,
         )
-        .unwrap();
+        .unwrap()
+        .with_tip(tips(tansu, app).get(&p).copied());
         let mut t =
             TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
         t.restore_from(&mut reader, 50_000, &mut |_| {})
@@ -374,6 +409,130 @@ fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
         }
     }
     out
+}
+
+/// Each task's last committed transaction (exactly-once): the group's
+/// committed offsets on `<app>-transactions`.
+fn tips(tansu: &Tansu, app: &str) -> BTreeMap<u32, TxnId> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.bootstrap())
+        .set("group.id", app)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(&format!("{app}-transactions"), p as i32);
+    }
+    let Ok(c) = consumer.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return BTreeMap::new();
+    };
+    c.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            KOffset::Offset(o) => TxnId::from_marker_offset(o).map(|t| (e.partition() as u32, t)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every record of partition `p` of `topic`, read to the fetch path's end
+/// as a `read_committed` consumer: (transaction tag, key, value).
+#[allow(clippy::type_complexity)]
+fn read_tagged(tansu: &Tansu, topic: &str, p: u32) -> Vec<(Option<TxnTag>, Vec<u8>, Vec<u8>)> {
+    use rdkafka::message::{Headers, Message};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.bootstrap())
+        .set("group.id", "faults-check")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p as i32, KOffset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < end, "{topic}[{p}] did not reach its end");
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let tag = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == TXN_HEADER))
+                    .map(|h| TxnTag::decode(h.value.unwrap_or_default()).unwrap());
+                out.push((
+                    tag,
+                    m.key().unwrap_or_default().to_vec(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+}
+
+/// Exactly-once: the table's change stream holds, per key, the changes
+/// `applied = 1, 2, …, count` once each, in order: no gap, no duplicate.
+/// Records of aborted transactions are skipped, as a `read_committed`
+/// consumer on Apache Kafka would (Tansu delivers them): the transactions
+/// that committed are those the task's changelog shows committed
+/// (`TxnFilter` over it, resolved by the task's committed marker).
+/// Returns (changes, aborted records skipped).
+fn check_changes(tansu: &Tansu, app: &str, want: &BTreeMap<String, (u64, i64)>) -> (u64, u64) {
+    let topic = changes_topic(app);
+    let tips = tips(tansu, app);
+    let (mut total, mut skipped) = (0, 0);
+    let mut seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        // Output partition p is written by task p only: keys partition
+        // alike in the input and the output.
+        let mut filter: TxnFilter<TxnId> = TxnFilter::new();
+        let mut committed = Vec::new();
+        for (tag, _, _) in read_tagged(tansu, &format!("{app}-{TABLE}-changelog"), p) {
+            let id = match tag {
+                Some(TxnTag::Data(id)) => Some(id),
+                _ => None,
+            };
+            filter.push(id, tag, &mut committed);
+        }
+        filter.finish(tips.get(&p).copied(), &mut committed);
+        let committed: std::collections::BTreeSet<TxnId> = committed.into_iter().collect();
+        for (tag, key, value) in read_tagged(tansu, &topic, p) {
+            let Some(TxnTag::Data(id)) = tag else {
+                panic!("{topic}[{p}]: an output written outside a transaction");
+            };
+            if !committed.contains(&id) {
+                skipped += 1;
+                continue;
+            }
+            let agg: Option<Agg> = serde_json::from_slice(&value).unwrap();
+            total += 1;
+            seen.entry(String::from_utf8(key).unwrap())
+                .or_default()
+                .push(agg.map_or(0, |a| a.applied));
+        }
+    }
+    for (k, (count, _)) in want {
+        let got = seen.remove(k).unwrap_or_default();
+        let expect: Vec<u64> = (1..=*count).collect();
+        assert!(
+            got == expect,
+            "{k}: changes {}..{} ({} of them), expected 1..={count} once each",
+            got.first().unwrap_or(&0),
+            got.last().unwrap_or(&0),
+            got.len()
+        );
+    }
+    assert!(
+        seen.is_empty(),
+        "changes of unknown keys: {:?}",
+        seen.keys()
+    );
+    (total, skipped)
 }
 
 /// Checks the table against the oracle; returns the records re-applied.
@@ -435,7 +594,20 @@ fn run(
     for i in instances {
         i.stop();
     }
-    let reapplied = check(&table_from_changelog(&tansu, app), &oracle(n, poison_every));
+    let want = oracle(n, poison_every);
+    let reapplied = check(&table_from_changelog(&tansu, app), &want);
+    if app.starts_with("eos-") {
+        assert_eq!(
+            reapplied, 0,
+            "exactly-once: a record's effect applied twice"
+        );
+        let (changes, skipped) = check_changes(&tansu, app, &want);
+        println!(
+            "{app}: {changes} changes in {}, each once and in order; {skipped} records of aborted \
+             transactions skipped (Tansu delivers them to read_committed consumers)",
+            changes_topic(app)
+        );
+    }
     if poison_every.is_some() {
         let want: std::collections::BTreeSet<u64> =
             (0..n).filter(|i| poisoned(*i, poison_every)).collect();
@@ -645,4 +817,84 @@ fn dead_letters(tansu: &Tansu, topic: &str) -> std::collections::BTreeSet<u64> {
         }
     }
     out
+}
+
+#[test]
+fn exactly_once_through_kill_9() {
+    let (n, times) = if full() { (1_000_000, 20) } else { (40_000, 3) };
+    let (reapplied, secs) = run(
+        "eos-kill9",
+        n,
+        times,
+        None,
+        |tansu, inst, dir, i, app, _| {
+            inst.kill9();
+            *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
+        },
+    );
+    println!(
+        "exactly-once, kill -9 x{times} over {n} records on 3 instances: nothing lost, {reapplied} re-applied; \
+         {secs:.0} s"
+    );
+}
+
+#[test]
+fn exactly_once_crashes_at_each_point() {
+    const POINTS: [&str; 3] = [
+        // The changelog records are in the open transaction.
+        "commit-after-changelog",
+        // Changelogs, outputs and offsets are in it; the commit is not sent.
+        "txn-before-commit",
+        // The transaction committed; local state was not written.
+        "commit-before-state",
+    ];
+    let (n, per_point) = if full() { (300_000, 10) } else { (40_000, 1) };
+    let times = per_point * POINTS.len() as u32;
+    let crashed = std::sync::atomic::AtomicU32::new(0);
+    let (reapplied, secs) = run(
+        "eos-crash-points",
+        n,
+        times,
+        None,
+        |tansu, inst, dir, i, app, t| {
+            let point = POINTS[t as usize % POINTS.len()];
+            inst.kill9();
+            let armed = format!("{point}=2*off->return");
+            *inst = Instance::start_with(tansu, app, &inst.state.clone(), dir, i, Some(&armed));
+            if inst.wait_exit(Duration::from_secs(60)) {
+                crashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
+        },
+    );
+    let crashed = crashed.into_inner();
+    assert!(
+        crashed * 2 >= times,
+        "only {crashed} of {times} armed instances crashed at their point"
+    );
+    println!(
+        "exactly-once, crashes at the commit's points: {crashed} of {times} armed instances crashed, over {n} \
+         records: nothing lost, {reapplied} re-applied; {secs:.0} s"
+    );
+}
+
+#[test]
+fn exactly_once_fences_a_frozen_instance() {
+    let (n, times) = if full() { (300_000, 6) } else { (40_000, 2) };
+    let (reapplied, secs) = run(
+        "eos-zombie",
+        n,
+        times,
+        None,
+        |_tansu, inst, _dir, _i, _app, _| {
+            // Past the session timeout (6 s): the group moves its partitions
+            // to the others, which fence its producers; when it wakes up, its
+            // open transactions must fail and it must commit nothing more.
+            inst.freeze_for(Duration::from_secs(15));
+        },
+    );
+    println!(
+        "exactly-once, an instance frozen 15 s x{times} over {n} records: nothing lost, {reapplied} re-applied; \
+         {secs:.0} s"
+    );
 }
