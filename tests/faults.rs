@@ -146,6 +146,11 @@ fn fault_child() {
     // Tansu does not run the second round of an incremental rebalance.
     c.kafka.rebalance = RebalanceProtocol::Eager;
     c.commit_interval = Duration::from_millis(200);
+    if app == "eos-zombie" {
+        // Work is pending whenever the instance is frozen, so on waking it
+        // tries to commit it.
+        c.commit_interval = Duration::from_secs(2);
+    }
     // Crash points of the commit protocol, from the FAILPOINTS variable.
     let _failpoints = fail::FailScenario::setup();
     let running = App::new(c).unwrap().start(topology(&app)).unwrap();
@@ -881,20 +886,38 @@ fn exactly_once_crashes_at_each_point() {
 #[test]
 fn exactly_once_fences_a_frozen_instance() {
     let (n, times) = if full() { (300_000, 6) } else { (40_000, 2) };
+    let logs = std::sync::Mutex::new(None);
     let (reapplied, secs) = run(
         "eos-zombie",
         n,
         times,
         None,
-        |_tansu, inst, _dir, _i, _app, _| {
+        |_tansu, inst, dir, _i, _app, _| {
             // Past the session timeout (6 s): the group moves its partitions
             // to the others, which fence its producers; when it wakes up, its
             // open transactions must fail and it must commit nothing more.
             inst.freeze_for(Duration::from_secs(15));
+            *logs.lock().unwrap() = Some(dir.to_path_buf());
         },
     );
+    // The zombies' attempts to commit, refused by the fencing.
+    let dir = logs.into_inner().unwrap().unwrap();
+    let fenced: usize = (0..3)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("instance-{i}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("runtime::worker") && l.contains("fenced"))
+                .count()
+        })
+        .sum();
+    assert!(
+        fenced >= 1,
+        "no frozen instance tried to commit on waking (see the logs in {})",
+        dir.display()
+    );
     println!(
-        "exactly-once, an instance frozen 15 s x{times} over {n} records: nothing lost, {reapplied} re-applied; \
-         {secs:.0} s"
+        "exactly-once, an instance frozen 15 s x{times} over {n} records: {fenced} commits of woken zombies refused \
+         (fenced); nothing lost, {reapplied} re-applied; {secs:.0} s"
     );
 }

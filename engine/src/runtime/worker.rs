@@ -592,14 +592,23 @@ impl Worker {
             }
             if let Some(o) = self.tasks.get_mut(&p.0) {
                 if let Err(e) = commit_for_release(&self.env, o) {
-                    // The partition goes anyway. What reached the changelog
-                    // is restored by the next owner, which processes again
-                    // from the last committed offsets (at-least-once): a
-                    // failure here (typically a member the group already
-                    // dropped, after a session timeout) must not stop the
-                    // worker's other tasks.
-                    tracing::warn!(partition = %p, error = %e,
-                        "commit on release failed; the next owner processes again from the last committed offsets");
+                    if o.txn.as_ref().is_some_and(|t| t.producer.fenced()) {
+                        // Exactly-once: this instance was frozen or cut off
+                        // while the group moved the partition, and the new
+                        // owner fenced its producer: nothing of the open
+                        // transaction commits.
+                        tracing::warn!(partition = %p, error = %e,
+                            "producer fenced by the partition's new owner; the open transaction is aborted");
+                    } else {
+                        // The partition goes anyway. What reached the
+                        // changelog is restored by the next owner, which
+                        // processes again from the last committed offsets:
+                        // a failure here (typically a member the group
+                        // already dropped, after a session timeout) must
+                        // not stop the worker's other tasks.
+                        tracing::warn!(partition = %p, error = %e,
+                            "commit on release failed; the next owner processes again from the last committed offsets");
+                    }
                 }
                 o.queues.retain(|(t, _)| **t != *topic);
                 if o.queues.is_empty()
