@@ -39,6 +39,8 @@ use crate::task::{CommitIo, RawRecord, SourceMap, Task};
 use crate::topology::TableOptions;
 use crate::{Error, Result};
 
+mod replay;
+
 /// Most records buffered for partitions whose task does not exist yet.
 const MAX_STRAYS: usize = 100_000;
 
@@ -69,6 +71,23 @@ pub(crate) enum Command {
         expect: Option<strata_state::Version>,
         reply: mpsc::Sender<Result<RewindPlan>>,
     },
+    /// Rewind every table of a partition's task to the commit time of
+    /// `at` in `table` and replay its inputs from there (or plan it, with
+    /// `dry_run`); with `expect`, only if `table`'s latest version (after
+    /// committing pending work) is that one.
+    Replay {
+        table: usize,
+        partition: Partition,
+        at: At,
+        dry_run: bool,
+        expect: Option<strata_state::Version>,
+        reply: mpsc::Sender<Result<crate::replay::ReplayOutcome>>,
+    },
+    /// Cancel the partition's running replay; `None` when none runs.
+    CancelReplay {
+        partition: Partition,
+        reply: mpsc::Sender<Result<Option<crate::replay::ReplayProgress>>>,
+    },
     /// Commit everything and stop.
     Shutdown { ack: mpsc::Sender<()> },
 }
@@ -87,6 +106,8 @@ pub(crate) struct WorkerEnv {
     pub timers: Vec<crate::topology::TimerSpec>,
     /// Per table: how to send a change made by a rewind downstream.
     pub emitters: Vec<crate::topology::ChangeFn>,
+    /// The physical repartition topics (a task reading one cannot replay).
+    pub repartition: std::collections::BTreeSet<String>,
 }
 
 /// A task being opened on a thread of its own.
@@ -157,6 +178,7 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
         tasks: BTreeMap::new(),
         opening: BTreeMap::new(),
         strays: BTreeMap::new(),
+        replays: BTreeMap::new(),
     };
     let mut last_commit = Instant::now();
     let span = tracing::info_span!("worker", id);
@@ -221,6 +243,8 @@ struct Worker {
     opening: BTreeMap<u32, Opening>,
     /// Records that arrived before their partition's task existed.
     strays: BTreeMap<u32, Vec<OwnedMessage>>,
+    /// Replays of tasks owned here (running, or the last one ended).
+    replays: BTreeMap<u32, replay::Replay>,
 }
 
 impl Worker {
@@ -306,8 +330,36 @@ impl Worker {
                 );
                 let _ = reply.send(r);
             }
+            Command::Replay {
+                table,
+                partition,
+                at,
+                dry_run,
+                expect,
+                reply,
+            } => {
+                let r = self.replay(table, partition, at, dry_run, expect);
+                let _ = reply.send(r);
+            }
+            Command::CancelReplay { partition, reply } => {
+                let r = match (
+                    self.tasks.get_mut(&partition.0),
+                    self.replays.get_mut(&partition.0),
+                ) {
+                    (None, _) => Err(Error::Stopped(format!(
+                        "partition {partition} is not owned by this instance"
+                    ))),
+                    (Some(_), None) => Ok(None),
+                    (Some(o), Some(r)) if r.running() => replay::cancel(env, o, r).map(Some),
+                    (Some(_), Some(_)) => Ok(None),
+                };
+                let _ = reply.send(r);
+            }
             Command::Shutdown { ack } => {
                 self.cancel_opening();
+                for r in std::mem::take(&mut self.replays).values() {
+                    r.interrupted();
+                }
                 let mut r = Ok(());
                 for o in self.tasks.values_mut() {
                     if let Err(e) = commit_for_release(env, o) {
@@ -408,6 +460,9 @@ impl Worker {
                 if o.queues.is_empty()
                     && let Some(o) = self.tasks.remove(&p.0)
                 {
+                    if let Some(r) = self.replays.remove(&p.0) {
+                        r.interrupted();
+                    }
                     close_task(&self.env, o);
                 }
             }
@@ -420,8 +475,9 @@ impl Worker {
         let env = &*self.env;
         let mut any = false;
         let now = Timestamp::now();
-        for o in self.tasks.values_mut() {
+        for (p, o) in self.tasks.iter_mut() {
             o.task.fire_timers(now);
+            let mut replay = self.replays.get_mut(p).filter(|r| r.running());
             for (topic, queue) in &o.queues {
                 for _ in 0..env.config.poll_batch {
                     match queue.poll(Duration::ZERO) {
@@ -435,7 +491,13 @@ impl Worker {
                                 key: m.key(),
                                 value: m.payload(),
                             };
+                            let replayed =
+                                replay.as_ref().is_some_and(|r| r.covers(topic, raw.offset));
+                            o.task.replay = replayed;
                             o.task.process(&raw)?;
+                            if replayed && let Some(r) = replay.as_mut() {
+                                r.count();
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, %topic, "partition queue error");
@@ -444,6 +506,10 @@ impl Worker {
                         None => break,
                     }
                 }
+            }
+            o.task.replay = false;
+            if let Some(r) = replay {
+                r.update(env, o.task.positions());
             }
             if o.task.is_full(env.config.max_buffered_outputs) {
                 commit_task(env, o)?;
@@ -454,6 +520,54 @@ impl Worker {
 
     fn commit_all(&mut self) -> Result<()> {
         commit_all(&self.env, &mut self.tasks)
+    }
+
+    /// Plans or starts a replay of a partition's task (see `replay.rs`).
+    fn replay(
+        &mut self,
+        table: usize,
+        p: Partition,
+        at: At,
+        dry_run: bool,
+        expect: Option<strata_state::Version>,
+    ) -> Result<crate::replay::ReplayOutcome> {
+        let env = &*self.env;
+        let o = self.tasks.get_mut(&p.0).ok_or_else(|| {
+            Error::Stopped(format!("partition {p} is not owned by this instance"))
+        })?;
+        if self.replays.get(&p.0).is_some_and(|r| r.running()) {
+            return Err(Error::Precondition(format!(
+                "partition {p} is already replaying; wait for it to finish (DescribeTable shows its progress) \
+                 or cancel it first"
+            )));
+        }
+        commit_task(env, o)?;
+        let t = o
+            .task
+            .tables
+            .tables
+            .get(table)
+            .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+        if let Some(want) = expect {
+            // As for a rewind: checked after the commit above, on the
+            // partition's own thread.
+            let latest = t.latest_version();
+            if latest != want {
+                return Err(strata_state::Error::Protocol {
+                    location: Box::new(Location { table: t.config().name.clone(), partition: p }),
+                    reason: format!(
+                        "its latest version is {latest}, not the expected {want}: it changed since the replay was \
+                         reviewed; plan again (dry run) and expect the new latest version"
+                    ),
+                }
+                .into());
+            }
+        }
+        let (outcome, started) = replay::start(env, o, table, at, dry_run)?;
+        if let Some(r) = started {
+            self.replays.insert(p.0, r);
+        }
+        Ok(outcome)
     }
 }
 
