@@ -509,7 +509,8 @@ impl Worker {
             }
             o.task.replay = false;
             if let Some(r) = replay {
-                r.update(env, o.task.positions());
+                let pending = o.task.has_pending();
+                r.update(env, o.task.positions(), pending);
             }
             if o.task.is_full(env.config.max_buffered_outputs) {
                 commit_task(env, o)?;

@@ -71,8 +71,15 @@ impl Replay {
 
     /// Refreshes the progress from the task's positions; publishes it
     /// (every `PUBLISH_EVERY`, and at once when it ends), logs it, and
-    /// returns true when the replay just ended.
-    pub fn update(&mut self, env: &WorkerEnv, at: &BTreeMap<Arc<str>, Offset>) -> bool {
+    /// returns true when the replay just ended: every topic reached its
+    /// `until` and the task has committed what it replayed (`pending`
+    /// false), so what a reader sees once it is done includes the replay.
+    pub fn update(
+        &mut self,
+        env: &WorkerEnv,
+        at: &BTreeMap<Arc<str>, Offset>,
+        pending: bool,
+    ) -> bool {
         if self.progress.state != ReplayState::Running {
             return false;
         }
@@ -81,7 +88,7 @@ impl Replay {
             .iter()
             .map(|(t, u)| u.0.saturating_sub(at.get(t).map_or(0, |o| o.0)))
             .sum();
-        let done = remaining == 0;
+        let done = remaining == 0 && !pending;
         let now = Instant::now();
         if !done && now.duration_since(self.last_publish) < PUBLISH_EVERY {
             return false;
@@ -188,7 +195,7 @@ pub(super) fn start(
         last_publish: Instant::now(),
         last_log: Instant::now(),
     };
-    replay.update(env, &plan.seek);
+    replay.update(env, &plan.seek, false);
     env.registry.set_replay(replay.progress.clone());
     Ok((outcome(progress), Some(replay)))
 }
