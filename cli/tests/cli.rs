@@ -505,13 +505,29 @@ fn rewind_with_replay_shows_the_seek_offsets_and_cancel_reports_each_partition()
         let r = &p["replay"];
         assert_eq!(r["state"], "planned", "{p}");
         assert_eq!(r["seek"][0]["topic"], "events");
-        behind += r["until"][0]["offset"].as_u64().unwrap() - r["seek"][0]["offset"].as_u64().unwrap();
+        behind +=
+            r["until"][0]["offset"].as_u64().unwrap() - r["seek"][0]["offset"].as_u64().unwrap();
     }
     assert_eq!(behind, 4, "phase 2 is 4 records: {plan}");
     let human = ok(ep, &dry);
-    assert!(human.contains("SEEK") && human.contains("events@"), "{human}");
+    assert!(
+        human.contains("SEEK") && human.contains("events@"),
+        "{human}"
+    );
     // A replay reprocesses whole partitions: no key filter.
-    let (c, e) = fails(ep, &["rewind", "sums", "--to-time", &mid, "--replay", "--key", "k01", "--yes"]);
+    let (c, e) = fails(
+        ep,
+        &[
+            "rewind",
+            "sums",
+            "--to-time",
+            &mid,
+            "--replay",
+            "--key",
+            "k01",
+            "--yes",
+        ],
+    );
     assert_eq!(c, 2, "{e}");
     // Apply: the same code recomputes phase 2.
     let mut apply = rw.to_vec();
@@ -524,12 +540,22 @@ fn rewind_with_replay_shows_the_seek_offsets_and_cancel_reports_each_partition()
     wait_table(ep, &f.phase2);
     // Cancel every partition: each reports what it stopped, or nothing.
     let c = json_one(ep, &["rewind", "sums", "--cancel"]);
-    assert_eq!(c["partitions"].as_array().unwrap().len(), PARTITIONS as usize, "{c}");
+    assert_eq!(
+        c["partitions"].as_array().unwrap().len(),
+        PARTITIONS as usize,
+        "{c}"
+    );
     let human = ok(ep, &["rewind", "sums", "--cancel"]);
-    assert!(human.contains("REPLAY") && human.contains("not replaying"), "{human}");
+    assert!(
+        human.contains("REPLAY") && human.contains("not replaying"),
+        "{human}"
+    );
     let (c, e) = fails(ep, &["rewind", "sums", "--cancel", "--partition", "0"]);
     assert_eq!(c, 7, "{e}");
-    assert!(e.contains("FAILED_PRECONDITION") && e.contains("not replaying"), "{e}");
+    assert!(
+        e.contains("FAILED_PRECONDITION") && e.contains("not replaying"),
+        "{e}"
+    );
 }
 
 #[test]

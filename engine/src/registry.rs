@@ -300,21 +300,33 @@ impl Registry {
         );
         for r in &replays {
             let v = (r.state == ReplayState::Running) as u8;
-            let _ = writeln!(out, "strata_replay_active{{partition=\"{}\"}} {v}", r.partition.0);
+            let _ = writeln!(
+                out,
+                "strata_replay_active{{partition=\"{}\"}} {v}",
+                r.partition.0
+            );
         }
         let _ = writeln!(
             out,
             "# HELP strata_replay_records Input records processed by the task's last replay\n# TYPE strata_replay_records gauge"
         );
         for r in &replays {
-            let _ = writeln!(out, "strata_replay_records{{partition=\"{}\"}} {}", r.partition.0, r.records);
+            let _ = writeln!(
+                out,
+                "strata_replay_records{{partition=\"{}\"}} {}",
+                r.partition.0, r.records
+            );
         }
         let _ = writeln!(
             out,
             "# HELP strata_replay_remaining Input records the task's replay has still to process\n# TYPE strata_replay_remaining gauge"
         );
         for r in &replays {
-            let _ = writeln!(out, "strata_replay_remaining{{partition=\"{}\"}} {}", r.partition.0, r.remaining);
+            let _ = writeln!(
+                out,
+                "strata_replay_remaining{{partition=\"{}\"}} {}",
+                r.partition.0, r.remaining
+            );
         }
         let _ = writeln!(
             out,

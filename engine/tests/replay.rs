@@ -197,7 +197,11 @@ fn outputs(kafka: &EmbeddedKafka, n: usize) -> Vec<(u64, bool, u64)> {
     let mut got = Vec::new();
     let end = Instant::now() + Duration::from_secs(60);
     while got.len() < n {
-        assert!(Instant::now() < end, "{} of {n} outputs: {got:?}", got.len());
+        assert!(
+            Instant::now() < end,
+            "{} of {n} outputs: {got:?}",
+            got.len()
+        );
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             let h = m.headers().unwrap();
             let header = |name: &str| {
@@ -505,7 +509,11 @@ async fn replay_through_the_admin_service() {
             .await,
     );
     assert_eq!(c, Code::FailedPrecondition, "nothing to cancel: {m}");
-    assert_eq!(read(&app, "sums"), sums(0..50, u64::MAX), "errors change nothing");
+    assert_eq!(
+        read(&app, "sums"),
+        sums(0..50, u64::MAX),
+        "errors change nothing"
+    );
 
     // Apply.
     sw.fixed.store(true, Ordering::SeqCst);

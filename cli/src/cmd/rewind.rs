@@ -195,7 +195,12 @@ async fn cancel(conn: &Conn, out: Output, a: &RewindArgs) -> Result<(), CliError
                 ],
                 None => vec![
                     p.partition.to_string(),
-                    if p.error.is_some() { "failed" } else { "not replaying" }.into(),
+                    if p.error.is_some() {
+                        "failed"
+                    } else {
+                        "not replaying"
+                    }
+                    .into(),
                     "-".into(),
                     "-".into(),
                 ],
