@@ -265,18 +265,13 @@ impl Drop for Instance {
     }
 }
 
-/// Produces records `from..from + n` (round robin over keys), paced in
-/// chunks, counting records per partition.
-fn produce(bootstrap: &str, from: u64, n: u64, counts: &mut BTreeMap<u32, u64>) {
-    produce_with(bootstrap, from, n, counts, None)
-}
-
 /// Whether record `i` is undecodable (one in `every`).
 fn poisoned(i: u64, every: Option<u64>) -> bool {
     every.is_some_and(|m| i % m == m - 1)
 }
 
-/// Like `produce`, with one record in `poison_every` undecodable (its
+/// Produces records `from..from + n` (round robin over keys), counting
+/// records per partition, with one record in `poison_every` undecodable (its
 /// value names its index, so the dead-letter topic can be checked).
 fn produce_with(
     bootstrap: &str,

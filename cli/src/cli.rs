@@ -216,7 +216,7 @@ pub struct RewindArgs {
     /// The table.
     pub table: String,
     /// Go back to this version (needs --partition or --key).
-    #[arg(long, required_unless_present = "to_time", conflicts_with = "to_time")]
+    #[arg(long, required_unless_present_any = ["to_time", "cancel"], conflicts_with = "to_time")]
     pub to_version: Option<u64>,
     /// Go back to this TIME (every partition concerned).
     #[arg(long, value_parser = time_arg, allow_hyphen_values = true)]
@@ -242,6 +242,17 @@ pub struct RewindArgs {
     /// Most changes listed per partition (0: the server's default).
     #[arg(long, default_value_t = 0)]
     pub max_listed: u32,
+    /// Also replay: rewind every table of each partition's task to the
+    /// target's commit time, seek the inputs back to where they stood then
+    /// and reprocess them with the code now running (whole partitions: no
+    /// key filter). Shows the seek offsets.
+    #[arg(long, conflicts_with_all = ["key", "prefix", "from", "to"])]
+    pub replay: bool,
+    /// Cancel the replays running in the table's partitions (or
+    /// --partition): their inputs are sought forward to where they stood
+    /// before the replay.
+    #[arg(long, conflicts_with_all = ["to_version", "to_time", "replay", "key", "prefix", "from", "to", "dry_run", "expect_latest"])]
+    pub cancel: bool,
 }
 
 fn key_arg(s: &str) -> Result<String, String> {

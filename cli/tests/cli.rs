@@ -488,6 +488,77 @@ fn every_command_against_a_running_app() {
 }
 
 #[test]
+fn rewind_with_replay_shows_the_seek_offsets_and_cancel_reports_each_partition() {
+    let f = fixture();
+    let ep = &f.endpoint;
+    let mid = f.t_mid.to_string();
+    let rw = ["rewind", "sums", "--to-time", &mid, "--replay"];
+    // A dry run: every partition planned, sought back over phase 2 only.
+    let mut dry = rw.to_vec();
+    dry.push("--dry-run");
+    let plan = json_one(ep, &dry);
+    let parts = plan["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), PARTITIONS as usize, "{plan}");
+    let mut behind = 0;
+    for p in parts {
+        assert_eq!(p["status"], "planned", "{p}");
+        let r = &p["replay"];
+        assert_eq!(r["state"], "planned", "{p}");
+        assert_eq!(r["seek"][0]["topic"], "events");
+        behind +=
+            r["until"][0]["offset"].as_u64().unwrap() - r["seek"][0]["offset"].as_u64().unwrap();
+    }
+    assert_eq!(behind, 4, "phase 2 is 4 records: {plan}");
+    let human = ok(ep, &dry);
+    assert!(
+        human.contains("SEEK") && human.contains("events@"),
+        "{human}"
+    );
+    // A replay reprocesses whole partitions: no key filter.
+    let (c, e) = fails(
+        ep,
+        &[
+            "rewind",
+            "sums",
+            "--to-time",
+            &mid,
+            "--replay",
+            "--key",
+            "k01",
+            "--yes",
+        ],
+    );
+    assert_eq!(c, 2, "{e}");
+    // Apply: the same code recomputes phase 2.
+    let mut apply = rw.to_vec();
+    apply.push("--yes");
+    let done = json_one(ep, &apply);
+    for p in done["partitions"].as_array().unwrap() {
+        assert_eq!(p["status"], "applied", "{p}");
+        assert!(p["replay"]["seek"][0]["offset"].is_u64(), "{p}");
+    }
+    wait_table(ep, &f.phase2);
+    // Cancel every partition: each reports what it stopped, or nothing.
+    let c = json_one(ep, &["rewind", "sums", "--cancel"]);
+    assert_eq!(
+        c["partitions"].as_array().unwrap().len(),
+        PARTITIONS as usize,
+        "{c}"
+    );
+    let human = ok(ep, &["rewind", "sums", "--cancel"]);
+    assert!(
+        human.contains("REPLAY") && human.contains("not replaying"),
+        "{human}"
+    );
+    let (c, e) = fails(ep, &["rewind", "sums", "--cancel", "--partition", "0"]);
+    assert_eq!(c, 7, "{e}");
+    assert!(
+        e.contains("FAILED_PRECONDITION") && e.contains("not replaying"),
+        "{e}"
+    );
+}
+
+#[test]
 fn an_unreachable_endpoint_says_where_and_what_to_check() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

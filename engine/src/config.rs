@@ -68,6 +68,11 @@ pub struct AppConfig {
     pub rocks: RocksConfig,
     /// Changelog records applied per restore batch.
     pub restore_batch: usize,
+    /// Most versions, per table partition, that a replay reads backwards
+    /// from its target to find where each input topic stood (the lineage
+    /// of the last input record of every topic). A replay whose topics are
+    /// not all found within it is refused. Default 100,000.
+    pub replay_lineage_scan: usize,
     /// How long a rebalance may wait for workers to commit and release
     /// revoked partitions.
     pub revoke_timeout: Duration,
@@ -233,6 +238,7 @@ impl AppConfig {
             start_position: StartPosition::Earliest,
             rocks: RocksConfig::default(),
             restore_batch: 10_000,
+            replay_lineage_scan: 100_000,
             revoke_timeout: Duration::from_secs(60),
             manage_topics: true,
             instance_id: None,
@@ -311,6 +317,9 @@ impl AppConfig {
         }
         if self.restore_batch == 0 {
             return Err(Error::config("restore_batch", "must be at least 1"));
+        }
+        if self.replay_lineage_scan == 0 {
+            return Err(Error::config("replay_lineage_scan", "must be at least 1"));
         }
         for (l, p) in &self.topics {
             if p.is_empty() {

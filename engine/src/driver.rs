@@ -5,6 +5,10 @@
 //!
 //! It runs the same task code as the engine, over in-memory stores and
 //! changelogs. Time is an input: nothing reads the wall clock.
+//!
+//! It has no replay (`RunningApp::replay`): it has no consumer to seek. To
+//! test a fix, drive the same input through a driver built with the fixed
+//! topology.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

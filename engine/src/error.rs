@@ -58,6 +58,29 @@ pub enum Error {
         reason: String,
     },
 
+    /// An operation cannot run in the current state (a replay whose input
+    /// positions cannot be placed, a second replay while one runs); the
+    /// message says why and what to do. Nothing was changed.
+    #[error("{0}")]
+    Precondition(String),
+
+    /// An input offset an operation needs is no longer in the input topic
+    /// (deleted by retention). Nothing was changed.
+    #[error(
+        "input topic {topic:?} partition {partition} no longer holds offset {offset} (the earliest retained is \
+         {earliest}): the replay cannot start there; pick a later target"
+    )]
+    InputNotRetained {
+        /// The input topic.
+        topic: String,
+        /// Its partition.
+        partition: u32,
+        /// The offset needed.
+        offset: u64,
+        /// The earliest offset the topic still holds.
+        earliest: u64,
+    },
+
     /// The engine is shutting down or a component has stopped.
     #[error("engine stopped: {0}")]
     Stopped(String),

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use strata_state::store::RocksStore;
 use strata_state::{Partition, PartitionReader};
 
+use crate::replay::{ReplayProgress, ReplayState};
 use crate::task::TaskStats;
 
 /// A table partition's state on this instance.
@@ -57,6 +58,9 @@ struct Inner {
     /// Exactly-once: changelog records a restore skipped because their
     /// transaction aborted.
     aborted_skipped: u64,
+    /// Each task's last replay (running, done or cancelled), until the
+    /// task closes or replays again.
+    replays: BTreeMap<u32, ReplayProgress>,
 }
 
 impl Registry {
@@ -125,7 +129,22 @@ impl Registry {
             g.tables.retain(|(_, q), _| *q != p.0);
             g.tasks.remove(&p.0);
             g.assigned.remove(&p.0);
+            g.replays.remove(&p.0);
         }
+    }
+
+    /// Publishes a task's replay progress.
+    pub(crate) fn set_replay(&self, progress: ReplayProgress) {
+        if let Ok(mut g) = self.inner.write() {
+            g.replays.insert(progress.partition.0, progress);
+        }
+    }
+
+    /// The last replay of the task of partition `p` on this instance
+    /// (running, done or cancelled), if any since the task opened here.
+    pub fn replay(&self, p: Partition) -> Option<ReplayProgress> {
+        let g = self.inner.read().ok()?;
+        g.replays.get(&p.0).cloned()
     }
 
     /// Marks a partition's task open (its tables restored); undone by
@@ -317,6 +336,45 @@ impl Registry {
                     q(f)
                 );
             }
+        }
+        let replays: Vec<ReplayProgress> = self
+            .inner
+            .read()
+            .map(|g| g.replays.values().cloned().collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "# HELP strata_replay_active Tasks replaying their input (1) or not (0)\n# TYPE strata_replay_active gauge"
+        );
+        for r in &replays {
+            let v = (r.state == ReplayState::Running) as u8;
+            let _ = writeln!(
+                out,
+                "strata_replay_active{{partition=\"{}\"}} {v}",
+                r.partition.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP strata_replay_records Input records processed by the task's last replay\n# TYPE strata_replay_records gauge"
+        );
+        for r in &replays {
+            let _ = writeln!(
+                out,
+                "strata_replay_records{{partition=\"{}\"}} {}",
+                r.partition.0, r.records
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP strata_replay_remaining Input records the task's replay has still to process\n# TYPE strata_replay_remaining gauge"
+        );
+        for r in &replays {
+            let _ = writeln!(
+                out,
+                "strata_replay_remaining{{partition=\"{}\"}} {}",
+                r.partition.0, r.remaining
+            );
         }
         let _ = writeln!(
             out,

@@ -205,6 +205,67 @@ impl<S: KvStore> Task<S> {
         Ok(plan)
     }
 
+    /// Stages the rewinds of a replay: every plan's changes are sent
+    /// downstream of its table, flagged as a rewind (so outputs carry
+    /// `strata-rewind: 1`), then whatever that staged in the task's tables
+    /// is dropped and each plan is staged as planned. A table fed by
+    /// another's changes is rewound to the same point itself, so it must not
+    /// also apply the rewound changes flowing into it. On an error nothing
+    /// stays staged or buffered. Commit to make it durable.
+    pub fn rewind_for_replay(
+        &mut self,
+        plans: &[(usize, strata_state::RewindPlan)],
+        emitters: &[ChangeFn],
+    ) -> Result<()> {
+        let buffered = self.outputs.len();
+        let r = self.stage_replay_rewinds(plans, emitters);
+        if r.is_err() {
+            self.outputs.truncate(buffered);
+            for t in &mut self.tables.tables {
+                t.discard_staged();
+            }
+        }
+        r
+    }
+
+    fn stage_replay_rewinds(
+        &mut self,
+        plans: &[(usize, strata_state::RewindPlan)],
+        emitters: &[ChangeFn],
+    ) -> Result<()> {
+        for (table, plan) in plans {
+            let (Some(t), Some(emit)) = (self.tables.tables.get(*table), emitters.get(*table))
+            else {
+                return Err(Error::Topology(format!("no table #{table}")));
+            };
+            let meta = RecordMeta {
+                topic: Arc::from(format!("rewind:{}", t.config().name)),
+                partition: self.partition,
+                offset: Offset(plan.target.0),
+                timestamp: None,
+                replay: false,
+                rewind: true,
+                from_input: false,
+            };
+            for change in &plan.changes {
+                self.trace.clear();
+                let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
+                let value = change.before.as_ref().map(|v| v.value.as_slice());
+                emit(&mut ctx, &change.key, value).map_err(|e| {
+                    Error::Topology(format!("sending a rewound change downstream: {e}"))
+                })?;
+            }
+        }
+        for t in &mut self.tables.tables {
+            t.discard_staged();
+        }
+        for (table, plan) in plans {
+            self.tables.tables[*table].stage_plan(plan)?;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
     /// Arms the topology's timers, first firing after `now`.
     pub fn set_timers(&mut self, timers: &[TimerSpec], now: Timestamp) {
         self.timers = timers
@@ -341,6 +402,26 @@ impl<S: KvStore> Task<S> {
                 next: *o,
             })
             .collect()
+    }
+
+    /// The physical input topics of the task.
+    pub fn input_topics(&self) -> Vec<Arc<str>> {
+        self.sources.keys().map(|t| Arc::from(t.as_str())).collect()
+    }
+
+    /// The next offset to read of each input topic processed so far.
+    pub fn positions(&self) -> &BTreeMap<Arc<str>, Offset> {
+        &self.positions
+    }
+
+    /// Moves the task's positions (a replay seeking its inputs back, or a
+    /// cancelled one forward): the next commit records and commits them.
+    /// The caller seeks the consumer after that commit.
+    pub fn set_positions(&mut self, positions: &BTreeMap<Arc<str>, Offset>) {
+        for (t, o) in positions {
+            self.positions.insert(t.clone(), *o);
+        }
+        self.dirty = true;
     }
 
     /// Commits everything processed so far (at-least-once).

@@ -582,11 +582,11 @@ async fn every_rpc_served_locally_with_the_error_contract() {
         .unwrap()
         .into_inner();
     assert!(h.entries[0].flags.unwrap().rewind);
-    // Replay is not supported yet; a version target needs one partition;
-    // latest is no target.
+    // A replay rewinds whole partitions (no key filter); a version target
+    // needs one partition; latest is no target.
     let mut req = rw(true, vec![]);
     req.replay = true;
-    assert_eq!(code(admin.rewind(req).await).0, Code::Unimplemented);
+    assert_eq!(code(admin.rewind(req).await).0, Code::InvalidArgument);
     let (c, m) = code(
         admin
             .rewind(pb::RewindRequest {

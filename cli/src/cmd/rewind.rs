@@ -4,6 +4,11 @@
 //! expectations, so what is applied is what was reviewed (the server
 //! refuses with FAILED_PRECONDITION if a partition moved on). Without a
 //! terminal, `--yes` is required.
+//!
+//! `--replay` makes it a rewind and replay (whole partitions): the output
+//! adds the seek offsets, where the replay ends, and the rewinds of the
+//! task's other tables. `--cancel` cancels running replays
+//! (Admin/CancelReplay) and shows where each stopped.
 
 use std::io::IsTerminal;
 
@@ -20,6 +25,9 @@ use crate::positions::format_partition_versions;
 
 /// `strata rewind TABLE (--to-version N | --to-time T) [...] [--dry-run] [--yes]`.
 pub async fn rewind(conn: &Conn, out: Output, a: RewindArgs) -> Result<(), CliError> {
+    if a.cancel {
+        return cancel(conn, out, &a).await;
+    }
     let to = match (a.to_version, a.to_time) {
         (Some(v), _) => Point::Version(v),
         (None, Some(t)) => Point::TimeMs(t),
@@ -38,7 +46,7 @@ pub async fn rewind(conn: &Conn, out: Output, a: RewindArgs) -> Result<(), CliEr
         to: Some(at(to)),
         dry_run,
         expect_latest,
-        replay: false,
+        replay: a.replay,
         max_listed_changes: a.max_listed,
         options: conn.options(),
     };
@@ -76,7 +84,7 @@ pub async fn rewind(conn: &Conn, out: Output, a: RewindArgs) -> Result<(), CliEr
         let plan = call(request(true, expect.clone())).await?;
         show(out, &plan);
         failures(&plan)?;
-        if plan.partitions.iter().all(|p| p.change_count == 0) {
+        if !a.replay && plan.partitions.iter().all(|p| p.change_count == 0) {
             eprintln!("nothing to rewind: the keys are already in the target state");
             return Ok(());
         }
@@ -149,6 +157,108 @@ fn failures(r: &pb::RewindResponse) -> Result<(), CliError> {
     )))
 }
 
+/// `strata rewind TABLE --cancel [--partition N]`.
+async fn cancel(conn: &Conn, out: Output, a: &RewindArgs) -> Result<(), CliError> {
+    let r = conn
+        .admin()
+        .cancel_replay(conn.request(pb::CancelReplayRequest {
+            table: a.table.clone(),
+            partition: a.partition,
+            options: conn.options(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| conn.fail(s))?;
+    if out == Output::Json {
+        let parts: Vec<Value> = r
+            .partitions
+            .iter()
+            .map(|p| {
+                json!({
+                    "partition": p.partition,
+                    "replay": p.replay.as_ref().map(replay_json),
+                    "error": p.error.as_ref().map(crate::output::unavailable_json),
+                })
+            })
+            .collect();
+        print_json(&json!({ "partitions": parts }));
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .partitions
+            .iter()
+            .map(|p| match &p.replay {
+                Some(rp) => vec![
+                    p.partition.to_string(),
+                    replay_state_name(rp.state).into(),
+                    rp.records.to_string(),
+                    offsets(&rp.position),
+                ],
+                None => vec![
+                    p.partition.to_string(),
+                    if p.error.is_some() {
+                        "failed"
+                    } else {
+                        "not replaying"
+                    }
+                    .into(),
+                    "-".into(),
+                    "-".into(),
+                ],
+            })
+            .collect();
+        Columns::new(&["PARTITION", "REPLAY", "REPLAYED", "POSITION"]).print(&rows);
+    }
+    let failed: Vec<String> = r
+        .partitions
+        .iter()
+        .filter(|p| p.error.is_some())
+        .map(|p| p.partition.to_string())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::Incomplete(format!(
+        "the cancel did not reach partition(s) {}",
+        failed.join(", ")
+    )))
+}
+
+fn replay_state_name(s: i32) -> &'static str {
+    match pb::ReplayState::try_from(s) {
+        Ok(pb::ReplayState::Planned) => "planned",
+        Ok(pb::ReplayState::Running) => "running",
+        Ok(pb::ReplayState::Done) => "done",
+        Ok(pb::ReplayState::Cancelled) => "cancelled",
+        _ => "unspecified",
+    }
+}
+
+/// `topic@offset,...`.
+fn offsets(v: &[pb::TopicOffset]) -> String {
+    v.iter()
+        .map(|t| format!("{}@{}", t.topic, t.offset))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn replay_json(r: &pb::ReplayProgress) -> Value {
+    let offsets = |v: &[pb::TopicOffset]| -> Vec<Value> {
+        v.iter()
+            .map(|t| json!({"topic": t.topic, "offset": t.offset}))
+            .collect()
+    };
+    json!({
+        "state": replay_state_name(r.state),
+        "cut_time": format_time(r.cut_time_ms),
+        "cut_time_ms": r.cut_time_ms,
+        "seek": offsets(&r.seek),
+        "until": offsets(&r.until),
+        "position": offsets(&r.position),
+        "records": r.records,
+        "remaining": r.remaining,
+    })
+}
+
 fn status_name(s: i32) -> &'static str {
     match pb::RewindStatus::try_from(s) {
         Ok(pb::RewindStatus::Planned) => "planned",
@@ -180,6 +290,14 @@ fn show(out: Output, r: &pb::RewindResponse) {
                     }))).collect::<Vec<_>>(),
                     "changes_truncated": p.changes_truncated,
                     "error": p.error.as_ref().map(crate::output::unavailable_json),
+                    "replay": p.replay.as_ref().map(replay_json),
+                    "other_tables": p.other_tables.iter().map(|t| json!({
+                        "table": t.table,
+                        "target_version": t.target_version,
+                        "from_version": t.from_version,
+                        "new_versions": t.new_versions.map(|v| json!({"first": v.first, "last": v.last})),
+                        "change_count": t.change_count,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -237,6 +355,38 @@ fn show(out: Output, r: &pb::RewindResponse) {
             })
         })
         .collect();
+    let replays: Vec<Vec<String>> = r
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            p.replay.as_ref().map(|rp| {
+                vec![
+                    p.partition.to_string(),
+                    replay_state_name(rp.state).into(),
+                    format_time(rp.cut_time_ms),
+                    offsets(&rp.seek),
+                    offsets(&rp.until),
+                    p.other_tables
+                        .iter()
+                        .map(|t| format!("{}:{}", t.table, t.change_count))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]
+            })
+        })
+        .collect();
+    if !replays.is_empty() {
+        println!();
+        Columns::new(&[
+            "PARTITION",
+            "REPLAY",
+            "CUT",
+            "SEEK",
+            "UNTIL",
+            "OTHER_TABLES",
+        ])
+        .print(&replays);
+    }
     if !changes.is_empty() {
         println!();
         Columns::new(&["PARTITION", "KEY", "CURRENT", "RESTORED"]).print(&changes);

@@ -1,4 +1,5 @@
-//! Admin.Rewind: brings partitions back to an earlier state. Each
+//! Admin.Rewind and Admin.CancelReplay: bring partitions back to an
+//! earlier state, optionally replaying their inputs from there. Each
 //! partition concerned is rewound by its owner (here, or the request is
 //! forwarded to it with `partition` set), through the worker that owns it (the same path as
 //! `RunningApp::rewind`), so a rewind is staged and committed between two
@@ -7,6 +8,12 @@
 //! The worker commits pending work first, then checks `expect_latest` and
 //! plans (dry run) or applies; the check and the rewind happen on the
 //! partition's own thread, so nothing commits in between.
+//!
+//! With `replay`, each owner's worker rewinds every table of the task to
+//! the target's commit time and seeks the inputs back
+//! (`runtime/worker/replay.rs`); the reply reports the chosen table's
+//! rewind, the other tables' rewinds and the seek offsets. CancelReplay is
+//! routed the same way.
 
 use std::sync::Arc;
 
@@ -27,9 +34,10 @@ pub(crate) async fn rewind(
     req: pb::RewindRequest,
 ) -> Result<pb::RewindResponse, QueryError> {
     let meta = ctx.table(&req.table)?;
-    if req.replay {
-        return Err(QueryError::Unimplemented(
-            "rewind with replay (seeking the inputs back) is not supported by this server yet; rewind without replay".into(),
+    if req.replay && req.keys.as_ref().is_some_and(|k| k.filter.is_some()) {
+        return Err(QueryError::invalid(
+            "a replay reprocesses the whole input of each partition, so it rewinds whole partitions: drop `keys` \
+             (or rewind the keys without replay)",
         ));
     }
     let at = match req.to.and_then(|a| a.point) {
@@ -73,7 +81,7 @@ pub(crate) async fn rewind(
             ..req.clone()
         };
         let (ctx, call, range, render) = (&ctx, &call, range.clone(), render.clone());
-        let (table, dry_run) = (sub.table.clone(), sub.dry_run);
+        let (table, dry_run, replay) = (sub.table.clone(), sub.dry_run, sub.replay);
         async move {
             routed(
                 ctx,
@@ -82,6 +90,13 @@ pub(crate) async fn rewind(
                 p,
                 |_local| async move {
                     let app = ctx.app.clone();
+                    if replay {
+                        let name = table.clone();
+                        let outcome =
+                            blocking(move || Ok(app.replay(&name, p, at, dry_run, expect)?))
+                                .await?;
+                        return Ok(replay_result(ctx, &render, p, outcome, dry_run, listed));
+                    }
                     let plan =
                         blocking(move || Ok(app.rewind(&table, p, at, range, dry_run, expect)?))
                             .await?;
@@ -146,6 +161,127 @@ pub(crate) async fn rewind(
         dry_run: req.dry_run,
         partitions,
     })
+}
+
+/// A replay's outcome in one partition: the chosen table's rewind as for
+/// a plain rewind (but PLANNED or APPLIED even when no key changes: the
+/// replay itself was planned or started), the other tables' rewinds and
+/// the replay's positions.
+fn replay_result(
+    ctx: &QueryContext,
+    render: &Render<'_>,
+    p: Partition,
+    outcome: crate::replay::ReplayOutcome,
+    dry_run: bool,
+    listed: usize,
+) -> pb::PartitionRewind {
+    let chosen = &render.meta.name;
+    let plan = outcome
+        .rewind_of(chosen)
+        .cloned()
+        .unwrap_or(strata_state::RewindPlan {
+            target: Version::ZERO,
+            from: Version::ZERO,
+            changes: Vec::new(),
+        });
+    let mut out = result(ctx, render, p, plan, dry_run, listed);
+    out.status = if dry_run {
+        pb::RewindStatus::Planned
+    } else {
+        pb::RewindStatus::Applied
+    } as i32;
+    out.replay = Some(convert::replay_progress(&outcome.progress));
+    for (table, plan) in outcome.rewinds.iter().filter(|(t, _)| t != chosen) {
+        let count = plan.changes.len() as u64;
+        out.other_tables.push(pb::TableRewind {
+            table: table.clone(),
+            target_version: plan.target.0,
+            from_version: plan.from.0,
+            new_versions: (!dry_run && count > 0).then(|| pb::VersionRange {
+                first: plan.from.0 + 1,
+                last: plan.from.0 + count,
+            }),
+            change_count: count,
+        });
+    }
+    out
+}
+
+/// CancelReplay: cancels the running replay of every partition concerned.
+pub(crate) async fn cancel_replay(
+    ctx: Arc<QueryContext>,
+    call: Call,
+    req: pb::CancelReplayRequest,
+) -> Result<pb::CancelReplayResponse, QueryError> {
+    let meta = ctx.table(&req.table)?;
+    let targets = targets(&ctx, meta, req.partition, None)?;
+    let one = |p: Partition| {
+        let sub = pb::CancelReplayRequest {
+            partition: Some(p.0),
+            ..req.clone()
+        };
+        let (ctx, call) = (&ctx, &call);
+        async move {
+            routed(
+                ctx,
+                call,
+                &sub.table,
+                p,
+                |_local| async move {
+                    let app = ctx.app.clone();
+                    let r = blocking(move || Ok(app.cancel_replay(p)?)).await?;
+                    Ok(pb::PartitionReplay {
+                        partition: p.0,
+                        replay: r.as_ref().map(convert::replay_progress),
+                        error: None,
+                    })
+                },
+                |mut remote| {
+                    let r = call.request(pb::CancelReplayRequest {
+                        options: Some(call.forwarded_options(sub.options)),
+                        ..sub.clone()
+                    });
+                    async move {
+                        let resp = remote
+                            .admin
+                            .cancel_replay(r.map_err(|e| to_status(&e))?)
+                            .await?
+                            .into_inner();
+                        resp.partitions
+                            .into_iter()
+                            .find(|r| r.partition == p.0)
+                            .ok_or_else(|| {
+                                tonic::Status::internal(format!(
+                                    "the owner's cancel reply has no partition {p}"
+                                ))
+                            })
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let outcomes = futures_util::future::join_all(targets.iter().map(|&p| one(p))).await;
+    let mut partitions = Vec::with_capacity(targets.len());
+    for (p, outcome) in targets.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(r) if r.replay.is_none() && req.partition.is_some() => {
+                return Err(crate::Error::Precondition(format!(
+                    "partition {p} of table {:?} is not replaying: nothing to cancel",
+                    req.table
+                ))
+                .into());
+            }
+            Ok(r) => partitions.push(r),
+            Err(e) if req.partition.is_some() => return Err(e),
+            Err(e) => partitions.push(pb::PartitionReplay {
+                partition: p.0,
+                replay: None,
+                error: Some(ctx.unavailable(p, &e)),
+            }),
+        }
+    }
+    Ok(pb::CancelReplayResponse { partitions })
 }
 
 fn result(

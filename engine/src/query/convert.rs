@@ -254,3 +254,34 @@ fn lineage(l: strata_state::Lineage) -> pb::Lineage {
         offset: l.offset.0,
     }
 }
+
+/// A replay's progress on the wire.
+pub(crate) fn replay_progress(r: &crate::replay::ReplayProgress) -> pb::ReplayProgress {
+    use crate::replay::ReplayState as S;
+    let offsets = |v: &[crate::replay::TopicPosition]| {
+        v.iter()
+            .map(|t| pb::TopicOffset {
+                topic: t.topic.clone(),
+                offset: t.offset.0,
+            })
+            .collect()
+    };
+    pb::ReplayProgress {
+        table: r.table.clone(),
+        state: match r.state {
+            S::Planned => pb::ReplayState::Planned,
+            S::Running => pb::ReplayState::Running,
+            S::Done => pb::ReplayState::Done,
+            S::Cancelled => pb::ReplayState::Cancelled,
+        } as i32,
+        cut_time_ms: r.cut.0,
+        seek: offsets(&r.seek),
+        until: offsets(&r.until),
+        position: offsets(&r.position),
+        records: r.records,
+        remaining: r.remaining,
+        rate: r.rate,
+        started_ms: r.started.0,
+        ended_ms: r.ended.map_or(0, |t| t.0),
+    }
+}

@@ -4,17 +4,16 @@
 //! | failure | status |
 //! | --- | --- |
 //! | unknown table | NOT_FOUND |
-//! | malformed key, JSON, range, point or page token; a version past the partition's latest; a version read over several partitions | INVALID_ARGUMENT |
-//! | a point older than retention keeps | OUT_OF_RANGE |
+//! | malformed key, JSON, range, point or page token; a version past the partition's latest; a version read over several partitions; a replay with a key filter | INVALID_ARGUMENT |
+//! | a point older than retention keeps; a replay whose input offsets the input topic no longer holds | OUT_OF_RANGE |
 //! | a partition restoring (with progress); no owner known for it; its owner unreachable; out of hops; the engine stopping | UNAVAILABLE |
 //! | too little of the caller's deadline left to forward the request | DEADLINE_EXCEEDED |
 //! | the owner a request was forwarded to answered with an error | that status, unchanged (code, message, detail) |
 //! | a request or reply over the message size bound; a diff or single value too large for one page | RESOURCE_EXHAUSTED |
-//! | a Rewind whose `expect_latest` no longer holds | FAILED_PRECONDITION |
+//! | a Rewind whose `expect_latest` no longer holds; a replay whose input positions cannot be placed (no input record's lineage within `replay_lineage_scan` versions), of a task that reads or writes a repartition topic, or while a replay runs; CancelReplay of a partition not replaying | FAILED_PRECONDITION |
 //! | no bearer token, a malformed one, or one the server does not know (when tokens are configured) | UNAUTHENTICATED |
 //! | a read token on `strata.v1.Admin` (Rewind) | PERMISSION_DENIED |
 //! | corrupt local state | DATA_LOSS |
-//! | not built yet (rewind with replay) | UNIMPLEMENTED |
 //!
 //! Statuses carry an encoded `ErrorDetail` in the `strata-error-detail-bin`
 //! trailer when there is something machine-readable to say (partition,
@@ -88,9 +87,6 @@ pub(crate) enum QueryError {
     /// A reply or one of its items would exceed the bounds.
     #[error("{0}")]
     TooLarge(String),
-    /// Not built yet.
-    #[error("{0}")]
-    Unimplemented(String),
     /// The call carries no acceptable bearer token; the message says what
     /// to send (never the token itself).
     #[error("{0}")]
@@ -212,13 +208,14 @@ pub(crate) fn to_status(e: &QueryError) -> Status {
             Code::Unavailable
         }
         QueryError::TooLarge(_) => Code::ResourceExhausted,
-        QueryError::Unimplemented(_) => Code::Unimplemented,
         QueryError::Unauthenticated(_) => Code::Unauthenticated,
         QueryError::PermissionDenied(_) => Code::PermissionDenied,
         QueryError::Internal(_) => Code::Internal,
         QueryError::State(s) | QueryError::Engine(crate::Error::State(s)) => {
             state_code(s, &mut detail)
         }
+        QueryError::Engine(crate::Error::Precondition(_)) => Code::FailedPrecondition,
+        QueryError::Engine(crate::Error::InputNotRetained { .. }) => Code::OutOfRange,
         QueryError::Engine(
             crate::Error::Stopped(_)
             | crate::Error::Kafka { .. }
@@ -409,8 +406,17 @@ mod tests {
                 Code::DataLoss,
             ),
             (
-                QueryError::Unimplemented("later".into()),
-                Code::Unimplemented,
+                QueryError::Engine(crate::Error::Precondition("already replaying".into())),
+                Code::FailedPrecondition,
+            ),
+            (
+                QueryError::Engine(crate::Error::InputNotRetained {
+                    topic: "events".into(),
+                    partition: 2,
+                    offset: 5,
+                    earliest: 9,
+                }),
+                Code::OutOfRange,
             ),
             (
                 QueryError::Unauthenticated("send a token".into()),

@@ -181,4 +181,20 @@ impl Admin for QueryService {
             "Rewind",
         )
     }
+
+    async fn cancel_replay(
+        &self,
+        request: Request<pb::CancelReplayRequest>,
+    ) -> Result<Response<pb::CancelReplayResponse>, Status> {
+        let mut call = self.call(&request, request.get_ref().options.as_ref());
+        call.allow_stale = false;
+        reply(
+            within(
+                call.deadline,
+                admin::cancel_replay(self.ctx.clone(), call, request.into_inner()),
+            )
+            .await,
+            "CancelReplay",
+        )
+    }
 }

@@ -203,6 +203,11 @@ fn describe_here(ctx: &QueryContext, meta: &TableMeta) -> Vec<pb::PartitionInfo>
                     info.latest_time_ms = r.last_commit_time().0;
                     info.oldest_version = oldest_readable(&r).0;
                 }
+                info.replay = ctx
+                    .app
+                    .registry
+                    .replay(p)
+                    .map(|r| super::convert::replay_progress(&r));
             }
             Some(PartitionState::Restoring { records, rate }) => {
                 info.owner = Some(ctx.instance.clone());

@@ -22,6 +22,7 @@ use crate::kafka::group::{GroupConsumer, GroupContext, run_poll_loop};
 use crate::kafka::output::OutputProducer;
 use crate::partitioner::partition_for;
 use crate::registry::{PartitionState, Registry};
+use crate::replay::{ReplayOutcome, ReplayProgress};
 use crate::task::{SourceMap, TaskSource};
 use crate::topology::Topology;
 use crate::{Error, Result};
@@ -220,6 +221,16 @@ impl App {
             dlq: Arc::from(config.dlq_topic().as_str()),
             timers,
             emitters,
+            repartition: internal.iter().map(|t| config.physical(t)).collect(),
+            // Under at-least-once, changelogs written under exactly-once
+            // before a switch still need their last transactions resolved
+            // by the committed markers, if the app ever ran exactly-once.
+            read_markers: config.guarantee == crate::Guarantee::ExactlyOnce
+                || admin
+                    .partition_count(&config.transactions_topic())
+                    .ok()
+                    .flatten()
+                    .is_some(),
         });
         let mut workers = Vec::new();
         let failed = Arc::new(AtomicBool::new(false));
@@ -394,6 +405,66 @@ impl AppHandle {
         rx.recv_timeout(self.config.revoke_timeout)
             .map_err(|_| Error::Stopped("the worker did not answer the rewind".into()))?
     }
+
+    /// Asks the worker owning `partition` to rewind every table of its task
+    /// to the commit time of `at` in `table` and replay its inputs from
+    /// there (or plan it, with `dry_run`), only if `table`'s latest version
+    /// is `expect` when given. Blocks until the worker answers (at most
+    /// the revoke timeout); the replay itself goes on in the background.
+    pub fn replay(
+        &self,
+        table: &str,
+        partition: Partition,
+        at: At,
+        dry_run: bool,
+        expect: Option<Version>,
+    ) -> Result<ReplayOutcome> {
+        let idx = self.table_index(table)?;
+        let (tx, rx) = mpsc::channel();
+        self.send(
+            partition,
+            Command::Replay {
+                table: idx,
+                partition,
+                at,
+                dry_run,
+                expect,
+                reply: tx,
+            },
+        )?;
+        rx.recv_timeout(self.config.revoke_timeout)
+            .map_err(|_| Error::Stopped("the worker did not answer the replay".into()))?
+    }
+
+    /// Cancels the replay running in `partition`'s task: its inputs are
+    /// sought forward to where they were before it started. `None` when no
+    /// replay runs there.
+    pub fn cancel_replay(&self, partition: Partition) -> Result<Option<ReplayProgress>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(
+            partition,
+            Command::CancelReplay {
+                partition,
+                reply: tx,
+            },
+        )?;
+        rx.recv_timeout(self.config.revoke_timeout)
+            .map_err(|_| Error::Stopped("the worker did not answer the cancel".into()))?
+    }
+
+    fn table_index(&self, table: &str) -> Result<usize> {
+        self.tables
+            .iter()
+            .position(|t| t.name == table)
+            .ok_or_else(|| Error::Topology(format!("no table named {table:?}")))
+    }
+
+    fn send(&self, partition: Partition, cmd: Command) -> Result<()> {
+        let w = partition.0 as usize % self.senders.len();
+        self.senders[w]
+            .send(cmd)
+            .map_err(|_| Error::Stopped("the worker has exited".into()))
+    }
 }
 
 impl RunningApp {
@@ -503,6 +574,28 @@ impl RunningApp {
     ) -> Result<RewindPlan> {
         self.handle
             .rewind(table, partition, at, range, dry_run, None)
+    }
+
+    /// Rewinds every table of `partition`'s task to the commit time of `at`
+    /// in `table`, seeks its inputs back to where they stood then, and
+    /// reprocesses from there with the code now running, flagging what it
+    /// produces as replayed (or, with `dry_run`, plans it). Returns once the
+    /// replay has started; its progress is in [`Registry::replay`]. See
+    /// `docs/commit-protocol.md` §7.
+    pub fn replay(
+        &self,
+        table: &str,
+        partition: Partition,
+        at: At,
+        dry_run: bool,
+    ) -> Result<ReplayOutcome> {
+        self.handle.replay(table, partition, at, dry_run, None)
+    }
+
+    /// Cancels the replay running in `partition`'s task (see
+    /// [`RunningApp::replay`]); `None` when none runs.
+    pub fn cancel_replay(&self, partition: Partition) -> Result<Option<ReplayProgress>> {
+        self.handle.cancel_replay(partition)
     }
 
     /// Commits everything, leaves the group and stops the threads.

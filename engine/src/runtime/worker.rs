@@ -42,6 +42,8 @@ use crate::task::{CommitIo, RawRecord, SourceMap, Task};
 use crate::topology::TableOptions;
 use crate::{Error, Result};
 
+mod replay;
+
 /// Most records buffered for partitions whose task does not exist yet.
 const MAX_STRAYS: usize = 100_000;
 
@@ -72,6 +74,23 @@ pub(crate) enum Command {
         expect: Option<strata_state::Version>,
         reply: mpsc::Sender<Result<RewindPlan>>,
     },
+    /// Rewind every table of a partition's task to the commit time of
+    /// `at` in `table` and replay its inputs from there (or plan it, with
+    /// `dry_run`); with `expect`, only if `table`'s latest version (after
+    /// committing pending work) is that one.
+    Replay {
+        table: usize,
+        partition: Partition,
+        at: At,
+        dry_run: bool,
+        expect: Option<strata_state::Version>,
+        reply: mpsc::Sender<Result<crate::replay::ReplayOutcome>>,
+    },
+    /// Cancel the partition's running replay; `None` when none runs.
+    CancelReplay {
+        partition: Partition,
+        reply: mpsc::Sender<Result<Option<crate::replay::ReplayProgress>>>,
+    },
     /// Commit everything and stop.
     Shutdown { ack: mpsc::Sender<()> },
 }
@@ -90,6 +109,11 @@ pub(crate) struct WorkerEnv {
     pub timers: Vec<crate::topology::TimerSpec>,
     /// Per table: how to send a change made by a rewind downstream.
     pub emitters: Vec<crate::topology::ChangeFn>,
+    /// The physical repartition topics (a task reading one cannot replay).
+    pub repartition: std::collections::BTreeSet<String>,
+    /// Whether tasks read their committed transaction marker on opening
+    /// (exactly-once, or a transactions topic left by it).
+    pub read_markers: bool,
 }
 
 /// A task being opened on a thread of its own.
@@ -261,6 +285,7 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
         opening: BTreeMap::new(),
         strays: BTreeMap::new(),
         parked: BTreeMap::new(),
+        replays: BTreeMap::new(),
     };
     let mut last_commit = Instant::now();
     let span = tracing::info_span!("worker", id);
@@ -330,6 +355,8 @@ struct Worker {
     /// queues and when that happened. Reopened after a session timeout if
     /// the group has not revoked them meanwhile.
     parked: BTreeMap<u32, (Instant, Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>)>,
+    /// Replays of tasks owned here (running, or the last one ended).
+    replays: BTreeMap<u32, replay::Replay>,
 }
 
 impl Worker {
@@ -408,8 +435,43 @@ impl Worker {
                     let _ = reply.send(r);
                 }
             }
+            Command::Replay {
+                table,
+                partition,
+                at,
+                dry_run,
+                expect,
+                reply,
+            } => {
+                let r = self.replay(table, partition, at, dry_run, expect);
+                let failed_commit = self.tasks.get(&partition.0).is_some_and(broken);
+                if let (Err(e), true) = (&r, failed_commit) {
+                    let e = Error::Stopped(e.to_string());
+                    let _ = reply.send(r);
+                    self.reopen(partition.0, e)?;
+                } else {
+                    let _ = reply.send(r);
+                }
+            }
+            Command::CancelReplay { partition, reply } => {
+                let r = match (
+                    self.tasks.get_mut(&partition.0),
+                    self.replays.get_mut(&partition.0),
+                ) {
+                    (None, _) => Err(Error::Stopped(format!(
+                        "partition {partition} is not owned by this instance"
+                    ))),
+                    (Some(_), None) => Ok(None),
+                    (Some(o), Some(r)) if r.running() => replay::cancel(env, o, r).map(Some),
+                    (Some(_), Some(_)) => Ok(None),
+                };
+                let _ = reply.send(r);
+            }
             Command::Shutdown { ack } => {
                 self.cancel_opening();
+                for r in std::mem::take(&mut self.replays).values() {
+                    r.interrupted();
+                }
                 let mut r = Ok(());
                 for o in self.tasks.values_mut() {
                     if let Err(e) = commit_for_release(env, o) {
@@ -470,6 +532,9 @@ impl Worker {
             return Ok(());
         };
         let fenced = o.txn.as_ref().is_some_and(|t| t.producer.fenced());
+        if let Some(r) = self.replays.remove(&p) {
+            r.interrupted();
+        }
         let queues = std::mem::take(&mut o.queues);
         self.strays.remove(&p);
         self.env.registry.count_restart(Partition(p));
@@ -614,6 +679,9 @@ impl Worker {
                 if o.queues.is_empty()
                     && let Some(o) = self.tasks.remove(&p.0)
                 {
+                    if let Some(r) = self.replays.remove(&p.0) {
+                        r.interrupted();
+                    }
                     close_task(&self.env, o);
                 }
             }
@@ -626,8 +694,9 @@ impl Worker {
         let env = &*self.env;
         let mut any = false;
         let now = Timestamp::now();
-        for o in self.tasks.values_mut() {
+        for (p, o) in self.tasks.iter_mut() {
             o.task.fire_timers(now);
+            let mut replay = self.replays.get_mut(p).filter(|r| r.running());
             for (topic, queue) in &o.queues {
                 for _ in 0..env.config.poll_batch {
                     match queue.poll(Duration::ZERO) {
@@ -641,7 +710,13 @@ impl Worker {
                                 key: m.key(),
                                 value: m.payload(),
                             };
+                            let replayed =
+                                replay.as_ref().is_some_and(|r| r.covers(topic, raw.offset));
+                            o.task.replay = replayed;
                             o.task.process(&raw)?;
+                            if replayed && let Some(r) = replay.as_mut() {
+                                r.count();
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, %topic, "partition queue error");
@@ -650,6 +725,11 @@ impl Worker {
                         None => break,
                     }
                 }
+            }
+            o.task.replay = false;
+            if let Some(r) = replay {
+                let pending = o.task.has_pending();
+                r.update(env, o.task.positions(), pending);
             }
         }
         let full: Vec<u32> = self
@@ -683,6 +763,54 @@ impl Worker {
             self.commit_one(p)?;
         }
         Ok(())
+    }
+
+    /// Plans or starts a replay of a partition's task (see `replay.rs`).
+    fn replay(
+        &mut self,
+        table: usize,
+        p: Partition,
+        at: At,
+        dry_run: bool,
+        expect: Option<strata_state::Version>,
+    ) -> Result<crate::replay::ReplayOutcome> {
+        let env = &*self.env;
+        let o = self.tasks.get_mut(&p.0).ok_or_else(|| {
+            Error::Stopped(format!("partition {p} is not owned by this instance"))
+        })?;
+        if self.replays.get(&p.0).is_some_and(|r| r.running()) {
+            return Err(Error::Precondition(format!(
+                "partition {p} is already replaying; wait for it to finish (DescribeTable shows its progress) \
+                 or cancel it first"
+            )));
+        }
+        commit_task(env, o)?;
+        let t = o
+            .task
+            .tables
+            .tables
+            .get(table)
+            .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
+        if let Some(want) = expect {
+            // As for a rewind: checked after the commit above, on the
+            // partition's own thread.
+            let latest = t.latest_version();
+            if latest != want {
+                return Err(strata_state::Error::Protocol {
+                    location: Box::new(Location { table: t.config().name.clone(), partition: p }),
+                    reason: format!(
+                        "its latest version is {latest}, not the expected {want}: it changed since the replay was \
+                         reviewed; plan again (dry run) and expect the new latest version"
+                    ),
+                }
+                .into());
+            }
+        }
+        let (outcome, started) = replay::start(env, o, table, at, dry_run)?;
+        if let Some(r) = started {
+            self.replays.insert(p.0, r);
+        }
+        Ok(outcome)
     }
 }
 
@@ -893,6 +1021,9 @@ fn committed(
         for topic in env.sources.keys() {
             tpl.add_partition(topic, at);
         }
+    }
+    if !env.read_markers {
+        return Ok((None, Vec::new()));
     }
     // Read under at-least-once too: a changelog written under exactly-once
     // before the switch still needs its last transaction resolved.

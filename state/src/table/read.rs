@@ -221,6 +221,30 @@ impl<S: KvStore> PartitionReader<S> {
         }
     }
 
+    /// The metadata of a committed version with the lineage its entry
+    /// carries (the input record that caused it). `None` when the version
+    /// is not in the version log (pruned, or not committed); the lineage is
+    /// `None` for a rewind, or when the key's history entry was pruned.
+    pub fn version_lineage(&self, v: Version) -> Result<Option<(VersionRecord, Option<Lineage>)>> {
+        let Some(rec) = self.version_record(v)? else {
+            return Ok(None);
+        };
+        let s = &self.shared;
+        let lineage = match s
+            .store
+            .get(Cf::History, &layout::history_key(&rec.key, v))
+            .map_err(|e| s.store_err(e, Some(&rec.key)))?
+        {
+            Some(b) => {
+                Entry::decode(&b)
+                    .map_err(|d| s.corrupt(Some(&rec.key), d))?
+                    .lineage
+            }
+            None => None,
+        };
+        Ok(Some((rec, lineage)))
+    }
+
     /// Turns `at` into a version, checking it is committed and retained at
     /// the partition level.
     pub fn resolve(&self, at: At) -> Result<Version> {
