@@ -23,6 +23,10 @@
 //!    group join, about 3 s on Tansu). CPU per record from `/proc`, for this
 //!    process (the engine runs in it) and for the broker, with a per-thread
 //!    breakdown.
+//!    Then both again under `Guarantee::ExactlyOnce` (one Kafka
+//!    transaction per task commit), each with its own application id: the
+//!    ratio exactly-once / at-least-once on the same workload and broker,
+//!    and the commit latency distribution of each (`--eos 0` skips them).
 //! 4. Restore, per variant: every table partition rebuilt from its
 //!    changelog into a fresh RocksDB-backed `TablePartition`, timing the
 //!    changelog reads separately from the whole; ceiling: blind puts of as
@@ -58,7 +62,7 @@ use strata_engine::kafka::client::KafkaConfig;
 use strata_engine::kafka::output::OutputProducer;
 use strata_engine::partitioner::partition_for;
 use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, OutRecord, TableOptions, Topology};
+use strata_engine::{App, AppConfig, Guarantee, OutRecord, TableOptions, Topology};
 use strata_state::changelog::ChangelogBatch;
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 use strata_state::store::RocksEnv;
@@ -104,6 +108,8 @@ struct Sizes {
     restore_batch: usize,
     /// `AppConfig::commit_interval`, in milliseconds.
     commit_interval_ms: usize,
+    /// Also run the engine under exactly-once.
+    eos: bool,
     quick: bool,
 }
 
@@ -145,6 +151,11 @@ const KNOBS: &[knobs::Knob] = &[
         "the app's commit_interval in ms (100, the AppConfig default)",
     ),
     (
+        "--eos",
+        "STRATA_BENCH_EOS",
+        "1: also run the engine under exactly-once and compare (the default), 0: skip",
+    ),
+    (
         "--wal",
         "STRATA_BENCH_WAL",
         "1: RocksDB write-ahead log on (the default), 0: off",
@@ -165,6 +176,7 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--wal" => s.wal = n != 0,
         "--restore-batch" => s.restore_batch = n,
         "--commit-interval-ms" => s.commit_interval_ms = n,
+        "--eos" => s.eos = n != 0,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -186,6 +198,7 @@ fn parse_sizes() -> Result<Sizes> {
                     restore_batch: RESTORE_BATCH,
                     commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis()
                         as usize,
+                    eos: true,
                     quick,
                 }
             } else {
@@ -199,6 +212,7 @@ fn parse_sizes() -> Result<Sizes> {
                     restore_batch: RESTORE_BATCH,
                     commit_interval_ms: AppConfig::new("x", "x").commit_interval.as_millis()
                         as usize,
+                    eos: true,
                     quick,
                 }
             }
@@ -823,17 +837,23 @@ fn run_engine(
     s: &Sizes,
     input: &Input,
     granularity: Granularity,
+    guarantee: Guarantee,
     state: &Path,
     meter: CpuMeter,
 ) -> Result<EngineRun> {
     let app = format!(
-        "bench-{}",
+        "bench-{}{}",
         match granularity {
             Granularity::PerCommit => "per-commit",
             Granularity::PerMutation => "per-mutation",
+        },
+        match guarantee {
+            Guarantee::AtLeastOnce => "",
+            Guarantee::ExactlyOnce => "-eos",
         }
     );
     let mut config = AppConfig::new(app.clone(), tansu.bootstrap());
+    config.guarantee = guarantee;
     config.state_dir = state.to_path_buf();
     config.kafka.session_timeout = Duration::from_secs(6);
     config.worker_threads = s.workers;
@@ -1170,7 +1190,15 @@ fn main() -> Result<()> {
     {
         println!("[{}/5] (c) engine, {g:?} ...", 3 + i);
         let dir = root.path().join(format!("state-{i}"));
-        let r = run_engine(&tansu, &s, &input, g, &dir, CpuMeter::start(tck, broker))?;
+        let r = run_engine(
+            &tansu,
+            &s,
+            &input,
+            g,
+            Guarantee::AtLeastOnce,
+            &dir,
+            CpuMeter::start(tck, broker),
+        )?;
         println!(
             "      steady {} rec/s ({} records in {:.2} s), end to end {} rec/s ({:.2} s)",
             thousands(rate(r.steady_records, r.steady)),
@@ -1193,6 +1221,40 @@ fn main() -> Result<()> {
             cpu_line(&r.cpu, s.records as u64)
         );
         runs.push((g, r));
+    }
+
+    let mut eos_runs = Vec::new();
+    if s.eos {
+        for (i, g) in [Granularity::PerCommit, Granularity::PerMutation]
+            .into_iter()
+            .enumerate()
+        {
+            println!("[{}/5] (e) engine, {g:?}, exactly-once ...", 3 + i);
+            let dir = root.path().join(format!("state-eos-{i}"));
+            let r = run_engine(
+                &tansu,
+                &s,
+                &input,
+                g,
+                Guarantee::ExactlyOnce,
+                &dir,
+                CpuMeter::start(tck, broker),
+            )?;
+            println!(
+                "      steady {} rec/s ({} records in {:.2} s), end to end {} rec/s ({:.2} s), {} commits",
+                thousands(rate(r.steady_records, r.steady)),
+                r.steady_records,
+                r.steady.as_secs_f64(),
+                thousands(rate(s.records as u64, r.total)),
+                r.total.as_secs_f64(),
+                r.commits
+            );
+            println!(
+                "      cpu (start to all committed): {}",
+                cpu_line(&r.cpu, s.records as u64)
+            );
+            eos_runs.push((g, r));
+        }
     }
 
     println!("[5/5] (d) restore from the changelogs, and the blind WriteBatch ceiling ...");
@@ -1339,6 +1401,39 @@ fn main() -> Result<()> {
         "| (d) blind WriteBatch | {p:.2} | | | {:.2} |",
         blind.cpu.others
     );
+    if !eos_runs.is_empty() {
+        println!(
+            "\n| guarantee | granularity | steady records/s | end to end records/s | ratio to at-least-once (steady) | commits | commit latency p50 / p90 / p99 / max (ms) |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---|");
+        let ms = |v: &[u64], q: f64| -> String {
+            if v.is_empty() {
+                return "-".into();
+            }
+            let mut v = v.to_vec();
+            v.sort_unstable();
+            format!("{:.1}", v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0)
+        };
+        for (g, alo) in &runs {
+            let base = rate(alo.steady_records, alo.steady);
+            let eos = eos_runs.iter().find(|(h, _)| h == g).map(|(_, r)| r);
+            for (name, r) in [("at-least-once", Some(alo)), ("exactly-once", eos)] {
+                let Some(r) = r else { continue };
+                let steady = rate(r.steady_records, r.steady);
+                println!(
+                    "| {name} | {g:?} | {} | {} | {} | {} | {} / {} / {} / {} |",
+                    thousands(steady),
+                    thousands(rate(s.records as u64, r.total)),
+                    pct(steady, base),
+                    r.commits,
+                    ms(&r.commit_us, 0.5),
+                    ms(&r.commit_us, 0.9),
+                    ms(&r.commit_us, 0.99),
+                    ms(&r.commit_us, 1.0)
+                );
+            }
+        }
+    }
     if s.quick {
         println!("\n(--quick: sizes too small for the numbers to mean much)");
     }
