@@ -638,6 +638,20 @@ async fn h2_unary(
     Ok(msg.freeze().slice(5..))
 }
 
+/// [`h2_unary`], given up at the request's deadline on this side too (as a
+/// tonic client does, and reported the same way: CANCELLED), so a reply
+/// stuck behind a backlog counts as an error, not as a latency over it.
+async fn h2_unary_within(
+    send: &h2::client::SendRequest<Bytes>,
+    authority: &http::uri::Authority,
+    path: &'static str,
+    frame: Bytes,
+) -> std::result::Result<Bytes, String> {
+    tokio::time::timeout(REQUEST_TIMEOUT, h2_unary(send, authority, path, frame))
+        .await
+        .unwrap_or_else(|_| Err("Cancelled".into()))
+}
+
 /// The name of a gRPC status code, as tonic's `Code` prints it.
 fn grpc_code(code: &str) -> String {
     code.parse::<i32>()
@@ -708,13 +722,13 @@ async fn one_call(
             }
         }
         (Client::H2(send, authority), Call::Health) => {
-            h2_unary(&send, &authority, HEALTH_CHECK_PATH, health_frame)
+            h2_unary_within(&send, &authority, HEALTH_CHECK_PATH, health_frame)
                 .await
                 .map(drop)
         }
         (Client::H2(send, authority), Call::Get { frames, hops, .. }) => {
             let k = (mix(i) % frames.len() as u64) as usize;
-            let reply = h2_unary(&send, &authority, GET_PATH, frames[k].clone()).await?;
+            let reply = h2_unary_within(&send, &authority, GET_PATH, frames[k].clone()).await?;
             let r = pb::GetResponse::decode(reply).map_err(|_| "undecodable".to_string())?;
             check(r, hops)
         }
