@@ -48,7 +48,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
+use prost::Message;
 use strata_engine::kafka::client::{KafkaConfig, RebalanceProtocol};
 use strata_engine::kafka::output::OutputProducer;
 use strata_engine::partitioner::partition_for;
@@ -77,6 +79,10 @@ const MAX_BACKLOG: u64 = 1_000_000;
 const MAX_IN_FLIGHT: u64 = 4_096;
 /// Deadline of each request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same as a `grpc-timeout` header.
+const REQUEST_TIMEOUT_HEADER: &str = "2S";
+const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+const GET_PATH: &str = "/strata.v1.Query/Get";
 /// Ingest runs this long before its rate is measured.
 const INGEST_WARMUP: Duration = Duration::from_secs(3);
 /// Items per scan page.
@@ -94,7 +100,16 @@ struct Sizes {
     workers: usize,
     server_threads: usize,
     gen_threads: usize,
+    generator: Generator,
+    worker_nice: u8,
     quick: bool,
+}
+
+/// The load generator's client stack.
+#[derive(Clone, Copy, Debug)]
+enum Generator {
+    H2,
+    Tonic,
 }
 
 /// (flag, environment variable, help).
@@ -134,6 +149,16 @@ const KNOBS: &[knobs::Knob] = &[
         "STRATA_BENCH_GEN_THREADS",
         "load generator runtime threads (1)",
     ),
+    (
+        "--generator",
+        "STRATA_BENCH_GENERATOR",
+        "load generator client: h2 (bare HTTP/2, pre-encoded requests) or tonic (h2)",
+    ),
+    (
+        "--worker-nice",
+        "STRATA_BENCH_WORKER_NICE",
+        "AppConfig::worker_nice of both instances (10)",
+    ),
 ];
 
 fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
@@ -154,6 +179,14 @@ fn set(s: &mut Sizes, flag: &str, raw: &str) -> Result<()> {
         "--workers" => s.workers = n()?,
         "--server-threads" => s.server_threads = n()?,
         "--gen-threads" => s.gen_threads = n()?,
+        "--generator" => {
+            s.generator = match raw {
+                "h2" => Generator::H2,
+                "tonic" => Generator::Tonic,
+                _ => bail!("{flag}: {raw:?} is not h2 or tonic"),
+            }
+        }
+        "--worker-nice" => s.worker_nice = u8::try_from(n()?).context("--worker-nice")?,
         _ => bail!("unknown option {flag}"),
     }
     Ok(())
@@ -171,6 +204,8 @@ fn parse_sizes() -> Result<Sizes> {
             workers: 1,
             server_threads: 1,
             gen_threads: 1,
+            generator: Generator::H2,
+            worker_nice: 10,
             quick,
         },
         set,
@@ -387,6 +422,7 @@ fn instance(tansu: &Tansu, s: &Sizes, id: &str, dir: &Path) -> Result<RunningApp
     c.instance_id = Some(id.to_string());
     c.directory_interval = Duration::from_millis(200);
     c.worker_threads = s.workers;
+    c.worker_nice = s.worker_nice;
     c.query.threads = s.server_threads;
     App::new(c)?
         .start(topology())
@@ -452,12 +488,175 @@ async fn settled(addrs: &[String], ids: &BTreeSet<String>) -> Result<BTreeMap<u3
 #[derive(Clone)]
 enum Call {
     Health,
-    /// Gets over these requests (round robin by a hash), expecting replies
-    /// served after `hops` forwards.
+    /// Gets over these requests (picked by a hash of the request's
+    /// number), expecting replies served after `hops` forwards. `frames`
+    /// are the same requests encoded once as gRPC messages, for the h2
+    /// generator.
     Get {
         requests: Arc<Vec<pb::GetRequest>>,
+        frames: Arc<Vec<Bytes>>,
         hops: u32,
     },
+}
+
+impl Call {
+    fn get(requests: Vec<pb::GetRequest>, hops: u32) -> Call {
+        let frames = requests.iter().map(grpc_frame).collect();
+        Call::Get {
+            requests: Arc::new(requests),
+            frames: Arc::new(frames),
+            hops,
+        }
+    }
+}
+
+/// A gRPC length-prefixed message: uncompressed flag, length, protobuf.
+fn grpc_frame(m: &impl Message) -> Bytes {
+    let body = m.encode_to_vec();
+    let mut b = BytesMut::with_capacity(5 + body.len());
+    b.put_u8(0);
+    b.put_u32(body.len() as u32);
+    b.put_slice(&body);
+    b.freeze()
+}
+
+/// The load generator's connections to the instance called.
+#[derive(Clone)]
+enum Conns {
+    /// tonic clients (`--generator tonic`): the client stack an
+    /// application would use.
+    Tonic(Vec<Channel>),
+    /// Bare HTTP/2 (`--generator h2`, the default): requests encoded once
+    /// up front and sent as one DATA frame each on an h2 client connection,
+    /// replies checked the same way; no tower buffer task, no per-call
+    /// codec. Cheaper per request, so more of the 2 CPUs is left to what
+    /// is measured.
+    H2 {
+        conns: Vec<h2::client::SendRequest<Bytes>>,
+        authority: http::uri::Authority,
+    },
+}
+
+impl Conns {
+    fn len(&self) -> usize {
+        match self {
+            Conns::Tonic(c) => c.len(),
+            Conns::H2 { conns, .. } => conns.len(),
+        }
+    }
+}
+
+/// Opens `n` HTTP/2 connections to `addr` (TCP_NODELAY) on `rt`, each
+/// driven by a task of its own.
+async fn h2_conns(addr: &str, n: usize) -> Result<Conns> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(1 << 24)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .context("HTTP/2 handshake")?;
+        // Ends when the bench drops the connection's `SendRequest`s, or
+        // the server closes it (calls on it then fail, and count as
+        // errors).
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        conns.push(send);
+    }
+    Ok(Conns::H2 {
+        conns,
+        authority: addr.parse()?,
+    })
+}
+
+/// One unary call over bare HTTP/2: `frame` to `path`; the reply's
+/// message, or the gRPC status code (as text) it failed with.
+async fn h2_unary(
+    send: &h2::client::SendRequest<Bytes>,
+    authority: &http::uri::Authority,
+    path: &'static str,
+    frame: Bytes,
+) -> std::result::Result<Bytes, String> {
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("uri: {e}"))?;
+    let req = http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", REQUEST_TIMEOUT_HEADER)
+        .body(())
+        .map_err(|e| format!("request: {e}"))?;
+    let mut send = send
+        .clone()
+        .ready()
+        .await
+        .map_err(|_| "Unavailable".to_string())?;
+    let (reply, mut body) = send
+        .send_request(req, false)
+        .map_err(|_| "Unavailable".to_string())?;
+    body.send_data(frame, true)
+        .map_err(|_| "Unavailable".to_string())?;
+    let reply = reply.await.map_err(|_| "Unavailable".to_string())?;
+    let status_of = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .map(|v| v.to_str().unwrap_or("?").to_string())
+    };
+    // A trailers-only reply (an error) carries its status in the headers.
+    if let Some(code) = status_of(reply.headers())
+        && code != "0"
+    {
+        return Err(grpc_code(&code));
+    }
+    let mut body = reply.into_body();
+    let mut msg = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| "Unavailable".to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        msg.extend_from_slice(&chunk);
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .map_err(|_| "Unavailable".to_string())?;
+    match trailers.as_ref().and_then(status_of).as_deref() {
+        Some("0") => {}
+        Some(code) => return Err(grpc_code(code)),
+        None => return Err("no grpc-status".into()),
+    }
+    if msg.len() < 5 {
+        return Err("short reply".into());
+    }
+    Ok(msg.freeze().slice(5..))
+}
+
+/// [`h2_unary`], given up at the request's deadline on this side too (as a
+/// tonic client does, and reported the same way: CANCELLED), so a reply
+/// stuck behind a backlog counts as an error, not as a latency over it.
+async fn h2_unary_within(
+    send: &h2::client::SendRequest<Bytes>,
+    authority: &http::uri::Authority,
+    path: &'static str,
+    frame: Bytes,
+) -> std::result::Result<Bytes, String> {
+    tokio::time::timeout(REQUEST_TIMEOUT, h2_unary(send, authority, path, frame))
+        .await
+        .unwrap_or_else(|_| Err("Cancelled".into()))
+}
+
+/// The name of a gRPC status code, as tonic's `Code` prints it.
+fn grpc_code(code: &str) -> String {
+    code.parse::<i32>()
+        .map(|c| format!("{:?}", tonic::Code::from_i32(c)))
+        .unwrap_or_else(|_| format!("status {code:?}"))
 }
 
 #[derive(Default)]
@@ -478,17 +677,69 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// One generator's client of one connection.
+enum Client {
+    Tonic(Box<(HealthClient<Channel>, QueryClient<Channel>)>),
+    H2(h2::client::SendRequest<Bytes>, http::uri::Authority),
+}
+
+/// Sends request `i` of `call` and checks the reply: Ok, or the kind of
+/// failure (status code, or "wrong" for a reply that failed the check).
+async fn one_call(
+    client: Client,
+    call: Call,
+    i: u64,
+    health_frame: Bytes,
+) -> std::result::Result<(), String> {
+    let check = |r: pb::GetResponse, hops: u32| {
+        let found = matches!(r.outcome, Some(pb::get_response::Outcome::Found(_)));
+        if found && r.served.is_some_and(|s| s.hops == hops) {
+            Ok(())
+        } else {
+            Err("wrong".to_string())
+        }
+    };
+    match (client, call) {
+        (Client::Tonic(c), Call::Health) => {
+            let mut h = c.0;
+            let mut r = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            r.set_timeout(REQUEST_TIMEOUT);
+            h.check(r)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{:?}", e.code()))
+        }
+        (Client::Tonic(c), Call::Get { requests, hops, .. }) => {
+            let mut q = c.1;
+            let k = (mix(i) % requests.len() as u64) as usize;
+            let mut r = tonic::Request::new(requests[k].clone());
+            r.set_timeout(REQUEST_TIMEOUT);
+            match q.get(r).await {
+                Ok(r) => check(r.into_inner(), hops),
+                Err(e) => Err(format!("{:?}", e.code())),
+            }
+        }
+        (Client::H2(send, authority), Call::Health) => {
+            h2_unary_within(&send, &authority, HEALTH_CHECK_PATH, health_frame)
+                .await
+                .map(drop)
+        }
+        (Client::H2(send, authority), Call::Get { frames, hops, .. }) => {
+            let k = (mix(i) % frames.len() as u64) as usize;
+            let reply = h2_unary_within(&send, &authority, GET_PATH, frames[k].clone()).await?;
+            let r = pb::GetResponse::decode(reply).map_err(|_| "undecodable".to_string())?;
+            check(r, hops)
+        }
+    }
+}
+
 /// Sends `rate` requests per second for `secs` over `conns`, open-loop:
 /// this thread paces the sends (a thread sleep, finer than tokio's 1 ms
 /// timer, so requests go out one or two at a time rather than in bursts)
 /// and spawns each call on `rt`.
-fn load(
-    rt: &tokio::runtime::Runtime,
-    conns: &[Channel],
-    call: Call,
-    rate: u64,
-    secs: f64,
-) -> Outcome {
+fn load(rt: &tokio::runtime::Runtime, conns: &Conns, call: Call, rate: u64, secs: f64) -> Outcome {
     let total = (rate as f64 * secs).round() as u64;
     let latency = Arc::new(Mutex::new(new_hist()));
     let kinds: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -497,8 +748,16 @@ fn load(
     let last_done = Arc::new(Mutex::new(Instant::now()));
     let mut lateness = new_hist();
     let mut tasks = tokio::task::JoinSet::new();
-    let health: Vec<HealthClient<Channel>> = conns.iter().cloned().map(HealthClient::new).collect();
-    let query: Vec<QueryClient<Channel>> = conns.iter().cloned().map(QueryClient::new).collect();
+    let (health, query): (Vec<HealthClient<Channel>>, Vec<QueryClient<Channel>>) = match conns {
+        Conns::Tonic(c) => (
+            c.iter().cloned().map(HealthClient::new).collect(),
+            c.iter().cloned().map(QueryClient::new).collect(),
+        ),
+        Conns::H2 { .. } => (Vec::new(), Vec::new()),
+    };
+    let health_frame = grpc_frame(&HealthCheckRequest {
+        service: String::new(),
+    });
     let t0 = Instant::now();
     let mut sent = 0u64;
     while sent < total {
@@ -524,43 +783,19 @@ fn load(
                 last_done.clone(),
             );
             let call = call.clone();
-            let mut h = health[conn].clone();
-            let mut q = query[conn].clone();
+            let client = match conns {
+                Conns::Tonic(_) => {
+                    Client::Tonic(Box::new((health[conn].clone(), query[conn].clone())))
+                }
+                Conns::H2 { conns, authority } => {
+                    Client::H2(conns[conn].clone(), authority.clone())
+                }
+            };
+            let health_frame = health_frame.clone();
             tasks.spawn_on(
                 async move {
                     let start = Instant::now();
-                    let result: std::result::Result<(), String> = match call {
-                        Call::Health => {
-                            let mut r = tonic::Request::new(HealthCheckRequest {
-                                service: String::new(),
-                            });
-                            r.set_timeout(REQUEST_TIMEOUT);
-                            h.check(r)
-                                .await
-                                .map(drop)
-                                .map_err(|e| format!("{:?}", e.code()))
-                        }
-                        Call::Get { requests, hops } => {
-                            let k = (mix(i) % requests.len() as u64) as usize;
-                            let mut r = tonic::Request::new(requests[k].clone());
-                            r.set_timeout(REQUEST_TIMEOUT);
-                            match q.get(r).await {
-                                Ok(r) => {
-                                    let r = r.into_inner();
-                                    let found = matches!(
-                                        r.outcome,
-                                        Some(pb::get_response::Outcome::Found(_))
-                                    );
-                                    if found && r.served.is_some_and(|s| s.hops == hops) {
-                                        Ok(())
-                                    } else {
-                                        Err("wrong".into())
-                                    }
-                                }
-                                Err(e) => Err(format!("{:?}", e.code())),
-                            }
-                        }
-                    };
+                    let result = one_call(client, call, i, health_frame).await;
                     let done = Instant::now();
                     match result {
                         Ok(()) => {
@@ -706,7 +941,7 @@ fn thousands(x: f64) -> String {
 
 fn run_case(
     rt: &tokio::runtime::Runtime,
-    conns: &[Channel],
+    conns: &Conns,
     s: &Sizes,
     name: &str,
     engine: &'static str,
@@ -822,8 +1057,17 @@ fn main() -> Result<()> {
     print_command();
     println!("machine: {}", machine());
     println!(
-        "sizes:   {} keys (2 versions each), {} partitions, 2 instances ({} worker / {} gRPC server thread(s) each), load {} req/s for {} s per case over {} connections, generator {} thread(s)",
-        s.keys, PARTITIONS, s.workers, s.server_threads, s.rate, s.secs, s.clients, s.gen_threads
+        "sizes:   {} keys (2 versions each), {} partitions, 2 instances ({} worker(s) at nice +{} / {} gRPC server thread(s) each), load {} req/s for {} s per case over {} connections, generator {:?} on {} thread(s)",
+        s.keys,
+        PARTITIONS,
+        s.workers,
+        s.worker_nice,
+        s.server_threads,
+        s.rate,
+        s.secs,
+        s.clients,
+        s.generator,
+        s.gen_threads
     );
     let run_load_start = loadavg();
     println!("load average at start: {run_load_start}");
@@ -898,62 +1142,40 @@ fn main() -> Result<()> {
             remote.push(req);
         }
     }
-    let with_at = |v: &[pb::GetRequest]| -> Arc<Vec<pb::GetRequest>> {
-        Arc::new(
-            v.iter()
-                .cloned()
-                .map(|mut r| {
-                    r.at = Some(pb::At {
-                        point: Some(pb::at::Point::TimeMs(as_of)),
-                    });
-                    r
-                })
-                .collect(),
-        )
+    let with_at = |v: &[pb::GetRequest]| -> Vec<pb::GetRequest> {
+        v.iter()
+            .cloned()
+            .map(|mut r| {
+                r.at = Some(pb::At {
+                    point: Some(pb::at::Point::TimeMs(as_of)),
+                });
+                r
+            })
+            .collect()
     };
     let cases: Vec<(&str, Call)> = vec![
         ("baseline: health Check", Call::Health),
-        (
-            "Get latest, local",
-            Call::Get {
-                requests: Arc::new(local.clone()),
-                hops: 0,
-            },
-        ),
-        (
-            "Get latest, forwarded",
-            Call::Get {
-                requests: Arc::new(remote.clone()),
-                hops: 1,
-            },
-        ),
-        (
-            "as-of Get, local",
-            Call::Get {
-                requests: with_at(&local),
-                hops: 0,
-            },
-        ),
-        (
-            "as-of Get, forwarded",
-            Call::Get {
-                requests: with_at(&remote),
-                hops: 1,
-            },
-        ),
+        ("Get latest, local", Call::get(local.clone(), 0)),
+        ("Get latest, forwarded", Call::get(remote.clone(), 1)),
+        ("as-of Get, local", Call::get(with_at(&local), 0)),
+        ("as-of Get, forwarded", Call::get(with_at(&remote), 1)),
     ];
     println!(
         "      {} local keys, {} forwarded keys; as-of time {as_of} ms",
         local.len(),
         remote.len()
     );
-    let conns: Vec<Channel> = rt.block_on(async {
+    let tonic_conns: Vec<Channel> = rt.block_on(async {
         let mut v = Vec::new();
         for _ in 0..s.clients {
             v.push(channel(&addr_a).await?);
         }
         Ok::<_, anyhow::Error>(v)
     })?;
+    let conns = match s.generator {
+        Generator::Tonic => Conns::Tonic(tonic_conns.clone()),
+        Generator::H2 => rt.block_on(h2_conns(&addr_a, s.clients))?,
+    };
     // Warm the connections and the forwarding path.
     for (_, call) in &cases {
         load(&rt, &conns, call.clone(), 2_000, 0.25);
@@ -968,8 +1190,8 @@ fn main() -> Result<()> {
         .0;
     let mut scans = Vec::new();
     for _ in 0..if s.quick { 1 } else { 3 } {
-        let all = rt.block_on(scan(&conns[0], None))?;
-        let one = rt.block_on(scan(&conns[0], Some(local_p)))?;
+        let all = rt.block_on(scan(&tonic_conns[0], None))?;
+        let one = rt.block_on(scan(&tonic_conns[0], Some(local_p)))?;
         if all.0 != s.keys as u64 {
             bail!("a full scan returned {} keys, want {}", all.0, s.keys);
         }
@@ -1142,6 +1364,7 @@ fn main() -> Result<()> {
         println!("(--quick: short cases, small table; the numbers mean little)");
     }
     drop(conns);
+    drop(tonic_conns);
     b.shutdown()?;
     a.shutdown()?;
     Ok(())

@@ -56,6 +56,14 @@ pub struct AppConfig {
     pub commit_interval: Duration,
     /// Threads running tasks.
     pub worker_threads: usize,
+    /// How far below the rest of the process the worker threads run, as a
+    /// Linux nice increment (0-19; ignored elsewhere). When the CPUs are
+    /// busy, the scheduler then gives them to the gRPC server's threads
+    /// first, so queries keep a bounded latency while processing absorbs
+    /// the cost; when they are idle it changes nothing. 0: processing and
+    /// queries share the CPUs equally. Default 0. See docs/query.md,
+    /// "Queries and processing on the same CPUs".
+    pub worker_nice: u8,
     /// Outputs buffered by a task before it commits early.
     pub max_buffered_outputs: usize,
     /// Records a worker takes from one partition before moving to the next.
@@ -232,6 +240,7 @@ impl AppConfig {
             guarantee: Guarantee::AtLeastOnce,
             commit_interval: Duration::from_millis(100),
             worker_threads: 2,
+            worker_nice: 0,
             max_buffered_outputs: 10_000,
             poll_batch: 500,
             topics: BTreeMap::new(),
@@ -307,6 +316,15 @@ impl AppConfig {
             return Err(Error::config(
                 "worker_threads",
                 "must be between 1 and 1024",
+            ));
+        }
+        if self.worker_nice > MAX_NICE {
+            return Err(Error::config(
+                "worker_nice",
+                format!(
+                    "{} is not a nice increment: use 0 to {MAX_NICE}",
+                    self.worker_nice
+                ),
             ));
         }
         if self.max_buffered_outputs == 0 {
@@ -508,6 +526,9 @@ impl std::fmt::Debug for GrpcSecurity {
             .finish()
     }
 }
+
+/// Largest `worker_nice`: Linux's lowest priority.
+pub const MAX_NICE: u8 = 19;
 
 /// Shortest bearer token accepted: a guessable token protects nothing.
 pub const MIN_TOKEN_LEN: usize = 16;

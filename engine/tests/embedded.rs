@@ -169,6 +169,7 @@ fn configuration_errors_name_the_key() {
     assert!(bad(&|c| c.application_id = "bad id".into()).contains("application_id"));
     assert!(bad(&|c| c.commit_interval = Duration::ZERO).contains("commit_interval"));
     assert!(bad(&|c| c.worker_threads = 0).contains("worker_threads"));
+    assert!(bad(&|c| c.worker_nice = 20).contains("worker_nice"));
     assert!(bad(&|c| c.kafka.bootstrap_servers = String::new()).contains("bootstrap_servers"));
     assert!(bad(&|c| c.rocks.block_cache_bytes = 10).contains("block_cache_bytes"));
 }

@@ -1,6 +1,7 @@
 //! Running a topology against Kafka: startup checks and topic creation,
 //! the consumer-group thread, the worker threads, and graceful shutdown.
 
+mod priority;
 pub(crate) mod worker;
 
 use std::collections::BTreeMap;
@@ -237,9 +238,11 @@ impl App {
         for (i, rx) in receivers.into_iter().enumerate() {
             let env = env.clone();
             let failed = failed.clone();
+            let nice = config.worker_nice;
             let h = std::thread::Builder::new()
                 .name(format!("strata-worker-{i}"))
                 .spawn(move || {
+                    priority::lower_this_thread(nice);
                     let r = worker::run(i, env, rx);
                     if let Err(e) = &r {
                         tracing::error!(worker = i, error = %e, "worker stopped on an error; the instance leaves its group");
