@@ -175,3 +175,70 @@ fn commits_are_transactions_and_a_restart_restores_only_the_tail() {
         .collect();
     assert_eq!(second_fences.len(), 2, "{second_fences:?}");
 }
+
+/// A replay under exactly-once: the rewind, the seek and the reprocessing
+/// all commit through the task's transactions. Replaying with the same code
+/// recomputes the same table (nothing counted twice), the replayed versions
+/// are flagged, and a restart restores the result.
+#[test]
+fn a_replay_under_exactly_once_recomputes_the_same_table() {
+    use strata_engine::ReplayState;
+    use strata_state::VersionFlags;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let kafka = Tansu::start().unwrap();
+    kafka.create_topic("words", 2).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(&kafka, state.path());
+    // Two phases, so the first one's last version ends a commit with
+    // input after it.
+    produce(&kafka, 0, 1_000);
+    let app = App::new(cfg.clone()).unwrap().start(counts()).unwrap();
+    wait_total(&app, 1_000);
+    let p = strata_state::Partition(0);
+    let target = app.registry().reader("counts", p).unwrap().latest_version();
+    produce(&kafka, 1_000, 1_000);
+    wait_total(&app, 2_000);
+    let latest = app.registry().reader("counts", p).unwrap().latest_version();
+    assert!(latest > target);
+    let outcome = app
+        .replay("counts", p, strata_state::At::Version(target), false)
+        .unwrap();
+    assert!(!outcome.progress.seek.is_empty(), "{outcome:?}");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = app.registry().replay(p).unwrap();
+        if r.state == ReplayState::Done {
+            assert!(r.records > 0, "{r:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "replay not done: {r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = wait_total(&app, 2_000);
+    assert!(after.values().all(|&n| n == 100), "{after:?}");
+    // The reprocessed versions are flagged.
+    let reader = app.registry().reader("counts", p).unwrap();
+    let flags: Vec<VersionFlags> = (latest.0 + 1..=reader.latest_version().0)
+        .filter_map(|v| reader.version_lineage(strata_state::Version(v)).unwrap())
+        .map(|(rec, _)| rec.flags)
+        .collect();
+    assert!(
+        flags.iter().any(|f| f.contains(VersionFlags::REWIND)),
+        "no rewind version after {latest:?}"
+    );
+    assert!(
+        flags.iter().any(|f| f.contains(VersionFlags::REPLAY)),
+        "no replayed version after {latest:?}"
+    );
+    // (A reader keeps the partition's RocksDB open.)
+    drop(reader);
+    app.shutdown().unwrap();
+    // A restart restores exactly that.
+    let app = App::new(cfg).unwrap().start(counts()).unwrap();
+    let again = wait_total(&app, 2_000);
+    assert_eq!(again, after);
+    app.shutdown().unwrap();
+}
