@@ -243,7 +243,20 @@ impl CommitIo for Io<'_> {
         fail::fail_point!("txn-before-commit", |_| crate::task::crash(
             "txn-before-commit"
         ));
+        // A commit whose outcome is unknown, with the transaction left
+        // open (tests/exactly_once_unknown.rs).
+        fail::fail_point!("txn-commit-unknown-open", |_| Err(Error::OutcomeUnknown {
+            context: "failpoint txn-commit-unknown-open: the commit was never sent".into(),
+            timeout_ms: 0,
+        }));
         t.producer.commit_transaction(timeout)?;
+        // ... or committed, but reported unknown.
+        fail::fail_point!("txn-commit-unknown-committed", |_| Err(
+            Error::OutcomeUnknown {
+                context: "failpoint txn-commit-unknown-committed: the commit went through".into(),
+                timeout_ms: 0,
+            }
+        ));
         t.seq = id.seq;
         t.open = false;
         Ok(())

@@ -1,0 +1,126 @@
+//! Exactly-once when a commit's outcome is unknown (a timeout), in process
+//! against Tansu, with failpoints (the `fail` crate, on in tests) standing
+//! in for the timeout: the task must never begin another transaction on
+//! that producer; it is reopened with a new producer (which resolves the
+//! transaction by fencing the old one), its local state rolled back to the
+//! checkpoint and restored to what committed, its input read again from
+//! the committed offsets. Either way nothing is lost and nothing counted
+//! twice:
+//! - the transaction was left open (never committed): its records are
+//!   aborted by the fencing, skipped by the restore, and processed again;
+//! - the transaction did commit: the restore applies it, and its input is
+//!   not processed again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use strata::kafka::client::KafkaConfig;
+use strata::kafka::output::OutputProducer;
+use strata::serde::{Utf8, json};
+use strata::state::codec::{Bincode, OrderedKey, ValueCodec};
+use strata::{App, AppConfig, Guarantee, OutRecord, RunningApp, TableOptions, Topology};
+use strata_testkit::Tansu;
+
+const WORDS: u64 = 20;
+
+fn counts(topic: &str) -> Topology {
+    let t = Topology::new();
+    t.stream(topic, Utf8, json::<u64>()).aggregate(
+        "counts",
+        TableOptions::default(),
+        |_w, n: u64, old: Option<u64>| Some(old.unwrap_or(0) + n),
+    );
+    t
+}
+
+fn produce(tansu: &Tansu, topic: &str, from: u64, n: u64) {
+    let p = OutputProducer::new(&KafkaConfig::new(tansu.bootstrap()), BTreeMap::new()).unwrap();
+    let recs: Vec<OutRecord> = (from..from + n)
+        .map(|i| OutRecord {
+            topic: topic.into(),
+            key: Some(format!("w{}", i % WORDS).into_bytes()),
+            value: Some(b"1".to_vec()),
+            headers: vec![],
+        })
+        .collect();
+    p.produce(&recs).unwrap();
+}
+
+fn table(app: &RunningApp) -> BTreeMap<String, u64> {
+    let mut got = BTreeMap::new();
+    for i in 0..WORDS {
+        let w = format!("w{i}");
+        if let Some(r) = app.reader_for_key("counts", w.as_bytes())
+            && let Some(v) = r.get(&w.clone().to_key_bytes()).unwrap()
+        {
+            got.insert(w, ValueCodec::<u64>::decode(&Bincode, &v.value).unwrap());
+        }
+    }
+    got
+}
+
+/// Waits until every word counts `each`; fails on any other settled state.
+fn wait_each(app: &RunningApp, each: u64) {
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = table(app);
+        if got.len() == WORDS as usize && got.values().all(|&n| n == each) {
+            return;
+        }
+        assert!(
+            got.values().all(|&n| n <= each),
+            "a record counted twice: {got:?}"
+        );
+        assert!(
+            Instant::now() < end,
+            "not converged to {each} each: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(tansu: &Tansu, app_id: &str, failpoint: &str) -> (u64, u64) {
+    // Each run its own input topic and group.
+    let topic = format!("{app_id}-words");
+    tansu.create_topic(&topic, 2).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = AppConfig::new(app_id, tansu.bootstrap());
+    c.state_dir = state.path().to_path_buf();
+    c.kafka.session_timeout = Duration::from_secs(6);
+    c.guarantee = Guarantee::ExactlyOnce;
+    let app = App::new(c).unwrap().start(counts(&topic)).unwrap();
+    produce(tansu, &topic, 0, 1_000);
+    wait_each(&app, 50);
+    // The next commit's outcome is unknown.
+    fail::cfg(failpoint, "1*return").unwrap();
+    produce(tansu, &topic, 1_000, 1_000);
+    let end = Instant::now() + Duration::from_secs(60);
+    while app.registry().reopens().is_empty() {
+        assert!(Instant::now() < end, "no task was reopened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fail::remove(failpoint);
+    produce(tansu, &topic, 2_000, 1_000);
+    wait_each(&app, 150);
+    let reopens = app.registry().reopens().values().sum();
+    let skipped = app.registry().aborted_records_skipped();
+    app.shutdown().unwrap();
+    (reopens, skipped)
+}
+
+#[test]
+fn an_unknown_commit_outcome_reopens_the_task_and_counts_everything_once() {
+    let _scenario = fail::FailScenario::setup();
+    let tansu = Tansu::start().unwrap();
+    let (reopens, skipped) = run(&tansu, "unknown-open", "txn-commit-unknown-open");
+    assert_eq!(reopens, 1);
+    assert!(
+        skipped > 0,
+        "the abandoned transaction's changelog records must be skipped by the restore"
+    );
+    println!("left open: 1 task reopened, {skipped} aborted changelog records skipped");
+    let (reopens, skipped) = run(&tansu, "unknown-committed", "txn-commit-unknown-committed");
+    assert_eq!(reopens, 1);
+    assert_eq!(skipped, 0, "a committed transaction has nothing to skip");
+    println!("committed: 1 task reopened, nothing skipped, nothing counted twice");
+}
