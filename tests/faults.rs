@@ -693,34 +693,22 @@ fn damage_one_file(dir: &Path) {
     std::fs::write(&path, bytes).unwrap();
 }
 
-#[test]
-fn crashes_at_each_point_of_the_commit_protocol() {
-    const POINTS: [&str; 3] = [
-        "commit-after-changelog",
-        "commit-before-state",
-        "commit-before-offsets",
-    ];
-    let (n, per_point) = if full() { (300_000, 10) } else { (60_000, 1) };
-    let times = per_point * POINTS.len() as u32;
+/// Restarts a random instance armed with one of `points` (in turn), which
+/// aborts it at that point on its third commit reaching it, then restarts
+/// it clean; `per_point` times each. Returns the figures line.
+fn crash_points(app: &str, points: &[&str], n: u64, per_point: u32) -> String {
+    let times = per_point * points.len() as u32;
     let crashed = std::sync::atomic::AtomicU32::new(0);
-    let (reapplied, secs) = run(
-        "crash-points",
-        n,
-        times,
-        None,
-        |tansu, inst, dir, i, app, t| {
-            let point = POINTS[t as usize % POINTS.len()];
-            // Restart it armed: it aborts at the point on its third commit
-            // that reaches it.
-            inst.kill9();
-            let armed = format!("{point}=2*off->return");
-            *inst = Instance::start_with(tansu, app, &inst.state.clone(), dir, i, Some(&armed));
-            if inst.wait_exit(Duration::from_secs(60)) {
-                crashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
-        },
-    );
+    let (reapplied, secs) = run(app, n, times, None, |tansu, inst, dir, i, app, t| {
+        let point = points[t as usize % points.len()];
+        inst.kill9();
+        let armed = format!("{point}=2*off->return");
+        *inst = Instance::start_with(tansu, app, &inst.state.clone(), dir, i, Some(&armed));
+        if inst.wait_exit(Duration::from_secs(60)) {
+            crashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
+    });
     let crashed = crashed.into_inner();
     // An armed instance may own no partition for a while (a rebalance) and
     // reach no commit: most, not all, must have crashed.
@@ -728,10 +716,26 @@ fn crashes_at_each_point_of_the_commit_protocol() {
         crashed * 2 >= times,
         "only {crashed} of {times} armed instances crashed at their point"
     );
-    println!(
-        "crashes at the commit protocol's points: {crashed} of {times} armed instances crashed, over {n} records: \
-         nothing lost; {reapplied} re-applied; {secs:.0} s"
+    format!(
+        "{crashed} of {times} armed instances crashed at their point, over {n} records: nothing lost; \
+         {reapplied} re-applied; {secs:.0} s"
+    )
+}
+
+#[test]
+fn crashes_at_each_point_of_the_commit_protocol() {
+    let (n, per_point) = if full() { (300_000, 10) } else { (60_000, 1) };
+    let figures = crash_points(
+        "crash-points",
+        &[
+            "commit-after-changelog",
+            "commit-before-state",
+            "commit-before-offsets",
+        ],
+        n,
+        per_point,
     );
+    println!("crashes at the commit protocol's points: {figures}");
 }
 
 #[test]
@@ -840,42 +844,22 @@ fn exactly_once_through_kill_9() {
 
 #[test]
 fn exactly_once_crashes_at_each_point() {
-    const POINTS: [&str; 3] = [
-        // The changelog records are in the open transaction.
-        "commit-after-changelog",
-        // Changelogs, outputs and offsets are in it; the commit is not sent.
-        "txn-before-commit",
-        // The transaction committed; local state was not written.
-        "commit-before-state",
-    ];
     let (n, per_point) = if full() { (300_000, 10) } else { (40_000, 1) };
-    let times = per_point * POINTS.len() as u32;
-    let crashed = std::sync::atomic::AtomicU32::new(0);
-    let (reapplied, secs) = run(
+    let figures = crash_points(
         "eos-crash-points",
+        &[
+            // The changelog records are in the open transaction.
+            "commit-after-changelog",
+            // Changelogs, outputs and offsets are in it; the commit is not
+            // sent.
+            "txn-before-commit",
+            // The transaction committed; local state was not written.
+            "commit-before-state",
+        ],
         n,
-        times,
-        None,
-        |tansu, inst, dir, i, app, t| {
-            let point = POINTS[t as usize % POINTS.len()];
-            inst.kill9();
-            let armed = format!("{point}=2*off->return");
-            *inst = Instance::start_with(tansu, app, &inst.state.clone(), dir, i, Some(&armed));
-            if inst.wait_exit(Duration::from_secs(60)) {
-                crashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            *inst = Instance::start(tansu, app, &inst.state.clone(), dir, i);
-        },
+        per_point,
     );
-    let crashed = crashed.into_inner();
-    assert!(
-        crashed * 2 >= times,
-        "only {crashed} of {times} armed instances crashed at their point"
-    );
-    println!(
-        "exactly-once, crashes at the commit's points: {crashed} of {times} armed instances crashed, over {n} \
-         records: nothing lost, {reapplied} re-applied; {secs:.0} s"
-    );
+    println!("exactly-once, crashes at the commit's points: {figures}");
 }
 
 #[test]

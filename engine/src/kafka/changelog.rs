@@ -306,28 +306,8 @@ impl ChangelogProducer {
             timeout_ms: self.delivery_timeout.as_millis() as u64,
         };
         for (index, r) in records.iter().enumerate() {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
-            if let Some((k, v)) = extra {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
             let topic = physical(&r.topic);
-            let mut rec: BaseRecord<'_, [u8], [u8], Arc<AppendAcks>> =
-                BaseRecord::with_opaque_to(&topic, acks.clone()).headers(headers);
-            if let Some(k) = &r.key {
-                rec = rec.key(k);
-            }
-            if let Some(v) = &r.value {
-                rec = rec.payload(v);
-            }
+            let mut rec = super::output::record(r, &topic, extra, acks.clone());
             loop {
                 match self.inner.send(rec) {
                     Ok(()) => break,

@@ -40,6 +40,36 @@ impl ProducerContext for OutputContext {
     }
 }
 
+/// `r` as a record for `topic` (physical), with its headers and `extra`.
+pub(crate) fn record<'a, O: rdkafka::util::IntoOpaque>(
+    r: &'a OutRecord,
+    topic: &'a str,
+    extra: Option<(&'a str, &'a [u8])>,
+    opaque: O,
+) -> BaseRecord<'a, [u8], [u8], O> {
+    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 1);
+    for (k, v) in r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .chain(extra)
+    {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    let mut rec: BaseRecord<'a, [u8], [u8], O> =
+        BaseRecord::with_opaque_to(topic, opaque).headers(headers);
+    if let Some(k) = &r.key {
+        rec = rec.key(k.as_slice());
+    }
+    if let Some(v) = &r.value {
+        rec = rec.payload(v.as_slice());
+    }
+    rec
+}
+
 /// Produces output records and waits for their acknowledgements.
 pub struct OutputProducer {
     inner: ThreadedProducer<OutputContext>,
@@ -89,22 +119,8 @@ impl OutputProducer {
             timeout_ms: self.delivery_timeout.as_millis() as u64,
         };
         for r in records {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
             let topic = self.physical(&r.topic);
-            let mut rec: BaseRecord<'_, [u8], [u8], Box<mpsc::Sender<Report>>> =
-                BaseRecord::with_opaque_to(topic, Box::new(tx.clone())).headers(headers);
-            if let Some(k) = &r.key {
-                rec = rec.key(k);
-            }
-            if let Some(v) = &r.value {
-                rec = rec.payload(v);
-            }
+            let mut rec = record(r, topic, None, Box::new(tx.clone()));
             loop {
                 match self.inner.send(rec) {
                     Ok(()) => break,

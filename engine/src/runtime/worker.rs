@@ -44,6 +44,9 @@ use crate::{Error, Result};
 
 mod replay;
 
+/// A task's input queues, by physical topic.
+type Queues = Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>;
+
 /// Most records buffered for partitions whose task does not exist yet.
 const MAX_STRAYS: usize = 100_000;
 
@@ -367,7 +370,7 @@ struct Worker {
     /// Exactly-once: tasks whose producer another owner fenced, with their
     /// queues and when that happened. Reopened after a session timeout if
     /// the group has not revoked them meanwhile.
-    parked: BTreeMap<u32, (Instant, Vec<(Arc<str>, Box<PartitionQueue<GroupContext>>)>)>,
+    parked: BTreeMap<u32, (Instant, Queues)>,
     /// Replays of tasks owned here (running, or the last one ended).
     replays: BTreeMap<u32, replay::Replay>,
 }
@@ -804,21 +807,9 @@ impl Worker {
             .tables
             .get(table)
             .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
-        if let Some(want) = expect {
-            // As for a rewind: checked after the commit above, on the
-            // partition's own thread.
-            let latest = t.latest_version();
-            if latest != want {
-                return Err(strata_state::Error::Protocol {
-                    location: Box::new(Location { table: t.config().name.clone(), partition: p }),
-                    reason: format!(
-                        "its latest version is {latest}, not the expected {want}: it changed since the replay was \
-                         reviewed; plan again (dry run) and expect the new latest version"
-                    ),
-                }
-                .into());
-            }
-        }
+        // As for a rewind: checked after the commit above, on the
+        // partition's own thread.
+        check_latest(t, p, expect, "replay")?;
         let (outcome, started) = replay::start(env, o, table, at, dry_run)?;
         if let Some(r) = started {
             self.replays.insert(p.0, r);
@@ -1127,6 +1118,34 @@ fn close_task(env: &WorkerEnv, o: Owned) {
     tracing::info!(partition = %p, "task closed");
 }
 
+/// Fails unless table partition `t`'s latest version is `expect` (when
+/// given): a rewind or replay applies only what was reviewed.
+fn check_latest(
+    t: &TablePartition<RocksStore>,
+    p: Partition,
+    expect: Option<strata_state::Version>,
+    what: &str,
+) -> Result<()> {
+    let Some(want) = expect else {
+        return Ok(());
+    };
+    let latest = t.latest_version();
+    if latest == want {
+        return Ok(());
+    }
+    Err(strata_state::Error::Protocol {
+        location: Box::new(Location {
+            table: t.config().name.clone(),
+            partition: p,
+        }),
+        reason: format!(
+            "its latest version is {latest}, not the expected {want}: it changed since the {what} was reviewed; \
+             plan again (dry run) and expect the new latest version"
+        ),
+    }
+    .into())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn rewind(
     env: &WorkerEnv,
@@ -1148,21 +1167,9 @@ fn rewind(
         .tables
         .get_mut(table)
         .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
-    if let Some(want) = expect {
-        // Checked after the commit above, on the thread that owns the
-        // partition: nothing can commit between this check and the rewind.
-        let latest = t.latest_version();
-        if latest != want {
-            return Err(strata_state::Error::Protocol {
-                location: Box::new(Location { table: t.config().name.clone(), partition: p }),
-                reason: format!(
-                    "its latest version is {latest}, not the expected {want}: it changed since the rewind was reviewed; \
-                     plan again (dry run) and expect the new latest version"
-                ),
-            }
-            .into());
-        }
-    }
+    // Checked after the commit above, on the thread that owns the
+    // partition: nothing can commit between this check and the rewind.
+    check_latest(t, p, expect, "rewind")?;
     if dry_run {
         return Ok(t.plan_rewind(at, &range)?);
     }
