@@ -23,8 +23,8 @@
 //! - TLS and bearer tokens are optional (`AppConfig::grpc_security`); the
 //!   token check sits in front of Query and Admin, not health and
 //!   reflection (see `security`).
-//!
-//! Not yet: rewind with replay (UNIMPLEMENTED).
+//! - Admin.Rewind with `replay` and Admin.CancelReplay run on the
+//!   partition's worker, like rewinds (docs/commit-protocol.md §7).
 
 mod admin;
 mod context;
