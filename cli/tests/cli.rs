@@ -538,6 +538,16 @@ fn rewind_with_replay_shows_the_seek_offsets_and_cancel_reports_each_partition()
         assert!(p["replay"]["seek"][0]["offset"].is_u64(), "{p}");
     }
     wait_table(ep, &f.phase2);
+    // `describe` shows each partition's last replay.
+    let d = json_one(ep, &["describe", "sums"]);
+    for p in d["partitions"].as_array().unwrap() {
+        assert_eq!(p["replay"]["table"], "sums", "{p}");
+        assert!(
+            ["running", "done"].contains(&p["replay"]["state"].as_str().unwrap()),
+            "{p}"
+        );
+    }
+    assert!(ok(ep, &["describe", "sums"]).contains("REPLAY"));
     // Cancel every partition: each reports what it stopped, or nothing.
     let c = json_one(ep, &["rewind", "sums", "--cancel"]);
     assert_eq!(

@@ -112,6 +112,38 @@ fn state(p: &pb::PartitionInfo) -> (String, Value) {
     }
 }
 
+/// The partition's last replay, as a cell and as JSON.
+fn replay(p: &pb::PartitionInfo) -> (String, Value) {
+    let Some(r) = &p.replay else {
+        return ("-".into(), Value::Null);
+    };
+    let state = match pb::ReplayState::try_from(r.state) {
+        Ok(pb::ReplayState::Planned) => "planned",
+        Ok(pb::ReplayState::Running) => "running",
+        Ok(pb::ReplayState::Done) => "done",
+        Ok(pb::ReplayState::Cancelled) => "cancelled",
+        _ => "unknown",
+    };
+    let cell = match state {
+        "running" => format!(
+            "running: {} replayed, {} to go ({:.0}/s)",
+            r.records, r.remaining, r.rate
+        ),
+        _ => format!("{state}: {} replayed", r.records),
+    };
+    (
+        cell,
+        json!({
+            "table": r.table,
+            "state": state,
+            "cut_time": format_time(r.cut_time_ms),
+            "records": r.records,
+            "remaining": r.remaining,
+            "rate": r.rate,
+        }),
+    )
+}
+
 /// `strata describe TABLE`.
 pub async fn describe(conn: &Conn, out: Output, table: String) -> Result<(), CliError> {
     let r = conn
@@ -139,6 +171,7 @@ pub async fn describe(conn: &Conn, out: Output, table: String) -> Result<(), Cli
                     "latest_time_ms": p.latest_time_ms,
                     "oldest_version": p.oldest_version,
                     "input_lag": p.input_lag,
+                    "replay": replay(p).1,
                 })
             })
             .collect();
@@ -164,6 +197,7 @@ pub async fn describe(conn: &Conn, out: Output, table: String) -> Result<(), Cli
         "INPUT_LAG",
         "OWNER",
         "STATE",
+        "REPLAY",
     ]);
     let rows: Vec<Vec<String>> = r
         .partitions
@@ -184,6 +218,7 @@ pub async fn describe(conn: &Conn, out: Output, table: String) -> Result<(), Cli
                     .map(|o| format!("{} ({})", o.id, o.endpoint))
                     .unwrap_or_else(|| "-".into()),
                 state(p).0,
+                replay(p).0,
             ]
         })
         .collect();
