@@ -567,21 +567,34 @@ fn run(
         .map(|i| Instance::start(&tansu, app, &dir.join(format!("state-{i}")), &dir, i))
         .collect();
     let bootstrap = tansu.bootstrap();
-    // The input keeps arriving while the faults happen (about 3.5 s
-    // apart): 40 chunks spread over that time.
+    // The input keeps arriving while the faults happen: `n` records in 40
+    // chunks spread over the time the faults are expected to take (about
+    // 3.5 s each), then, if they take longer (a crash point waits for its
+    // instance to reach it, which takes input), smaller chunks until they
+    // are done. The oracle is computed over what was produced.
     let pause = Duration::from_millis((u64::from(times) * 3_500 / 40).max(250));
-    let producer = std::thread::spawn(move || {
-        let mut counts = BTreeMap::new();
-        let chunk = (n / 40).max(1);
-        let mut from = 0;
-        while from < n {
-            let k = chunk.min(n - from);
-            produce_with(&bootstrap, from, k, &mut counts, poison_every);
-            from += k;
-            std::thread::sleep(pause);
-        }
-        counts
-    });
+    let faults_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let faults_done = faults_done.clone();
+        std::thread::spawn(move || {
+            let mut counts = BTreeMap::new();
+            let chunk = (n / 40).max(1);
+            let mut from = 0;
+            loop {
+                let k = if from < n {
+                    chunk.min(n - from)
+                } else {
+                    (n / 400).max(100)
+                };
+                produce_with(&bootstrap, from, k, &mut counts, poison_every);
+                from += k;
+                if from >= n && faults_done.load(std::sync::atomic::Ordering::Acquire) {
+                    return (counts, from);
+                }
+                std::thread::sleep(pause);
+            }
+        })
+    };
     let mut rng = rand::rng();
     for t in 0..times {
         std::thread::sleep(Duration::from_millis(rng.random_range(2_000..5_000)));
@@ -589,7 +602,9 @@ fn run(
         fault(&tansu, &mut instances[i], &dir, i as u32, app, t);
         println!("{app}: fault {} of {times} on instance {i}", t + 1);
     }
-    let counts = producer.join().unwrap();
+    faults_done.store(true, std::sync::atomic::Ordering::Release);
+    let (counts, n) = producer.join().unwrap();
+    println!("{app}: {n} records produced");
     wait_committed(&tansu, app, &counts, Duration::from_secs(600));
     for i in instances {
         i.stop();
