@@ -9,7 +9,10 @@
 //! - the transaction was left open (never committed): its records are
 //!   aborted by the fencing, skipped by the restore, and processed again;
 //! - the transaction did commit: the restore applies it, and its input is
-//!   not processed again.
+//!   not processed again;
+//! - the task's very first transaction was left open: with no committed
+//!   offset to go back to, the reopened task starts where its first
+//!   incarnation did.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -79,7 +82,10 @@ fn wait_each(app: &RunningApp, each: u64) {
     }
 }
 
-fn run(tansu: &Tansu, app_id: &str, failpoint: &str) -> (u64, u64) {
+/// Runs 3,000 records through an app whose commit fails once at
+/// `failpoint`: the very first commit if `first`, else one after the first
+/// 1,000 records were committed.
+fn run(tansu: &Tansu, app_id: &str, failpoint: &str, first: bool) -> (u64, u64) {
     // Each run its own input topic and group.
     let topic = format!("{app_id}-words");
     tansu.create_topic(&topic, 2).unwrap();
@@ -88,11 +94,16 @@ fn run(tansu: &Tansu, app_id: &str, failpoint: &str) -> (u64, u64) {
     c.state_dir = state.path().to_path_buf();
     c.kafka.session_timeout = Duration::from_secs(6);
     c.guarantee = Guarantee::ExactlyOnce;
+    if first {
+        fail::cfg(failpoint, "1*return").unwrap();
+    }
     let app = App::new(c).unwrap().start(counts(&topic)).unwrap();
     produce(tansu, &topic, 0, 1_000);
-    wait_each(&app, 50);
-    // The next commit's outcome is unknown.
-    fail::cfg(failpoint, "1*return").unwrap();
+    if !first {
+        wait_each(&app, 50);
+        // The next commit's outcome is unknown.
+        fail::cfg(failpoint, "1*return").unwrap();
+    }
     produce(tansu, &topic, 1_000, 1_000);
     let end = Instant::now() + Duration::from_secs(60);
     while app.registry().reopens().is_empty() {
@@ -112,15 +123,26 @@ fn run(tansu: &Tansu, app_id: &str, failpoint: &str) -> (u64, u64) {
 fn an_unknown_commit_outcome_reopens_the_task_and_counts_everything_once() {
     let _scenario = fail::FailScenario::setup();
     let tansu = Tansu::start().unwrap();
-    let (reopens, skipped) = run(&tansu, "unknown-open", "txn-commit-unknown-open");
+    let (reopens, skipped) = run(&tansu, "unknown-open", "txn-commit-unknown-open", false);
     assert_eq!(reopens, 1);
     assert!(
         skipped > 0,
         "the abandoned transaction's changelog records must be skipped by the restore"
     );
     println!("left open: 1 task reopened, {skipped} aborted changelog records skipped");
-    let (reopens, skipped) = run(&tansu, "unknown-committed", "txn-commit-unknown-committed");
+    let (reopens, skipped) = run(
+        &tansu,
+        "unknown-committed",
+        "txn-commit-unknown-committed",
+        false,
+    );
     assert_eq!(reopens, 1);
     assert_eq!(skipped, 0, "a committed transaction has nothing to skip");
     println!("committed: 1 task reopened, nothing skipped, nothing counted twice");
+    // The task's very first commit: nothing committed yet, so the reopened
+    // task must start from where its first incarnation started, not where
+    // the consumer stands.
+    let (reopens, _) = run(&tansu, "unknown-first", "txn-commit-unknown-open", true);
+    assert_eq!(reopens, 1);
+    println!("first commit left open: 1 task reopened, nothing lost, nothing counted twice");
 }

@@ -136,6 +136,8 @@ pub(crate) struct Task<S: KvStore> {
     trace: Vec<Arc<str>>,
     /// Next offset to read, per physical input topic.
     positions: BTreeMap<Arc<str>, Offset>,
+    /// The first offset processed, per physical input topic.
+    first: BTreeMap<Arc<str>, Offset>,
     /// Positions not yet committed.
     dirty: bool,
     dlq_topic: Arc<str>,
@@ -160,6 +162,7 @@ impl<S: KvStore> Task<S> {
             outputs: Vec::new(),
             trace: Vec::new(),
             positions: BTreeMap::new(),
+            first: BTreeMap::new(),
             dirty: false,
             dlq_topic,
             stats: TaskStats::default(),
@@ -331,6 +334,7 @@ impl<S: KvStore> Task<S> {
         };
         self.positions
             .insert(rec.topic.clone(), Offset(rec.offset.0 + 1));
+        self.first.entry(rec.topic.clone()).or_insert(rec.offset);
         self.dirty = true;
         self.stats.records_in += 1;
         let sources = self.sources.clone();
@@ -389,6 +393,15 @@ impl<S: KvStore> Task<S> {
                 Ok(())
             }
         }
+    }
+
+    /// The first offset this task processed, per input topic: where a
+    /// reopened task must start reading a topic nothing was committed for.
+    pub fn first_offsets(&self) -> Vec<(String, i64)> {
+        self.first
+            .iter()
+            .map(|(t, o)| (t.to_string(), o.0 as i64))
+            .collect()
     }
 
     /// The input positions (next offsets to read) of everything processed

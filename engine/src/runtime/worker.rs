@@ -301,6 +301,7 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
         opening: BTreeMap::new(),
         strays: BTreeMap::new(),
         parked: BTreeMap::new(),
+        restart_at: BTreeMap::new(),
         replays: BTreeMap::new(),
     };
     let mut last_commit = Instant::now();
@@ -371,6 +372,10 @@ struct Worker {
     /// queues and when that happened. Reopened after a session timeout if
     /// the group has not revoked them meanwhile.
     parked: BTreeMap<u32, (Instant, Queues)>,
+    /// Exactly-once: where a reopened task must start reading the topics
+    /// nothing was committed for yet (the first offsets its previous
+    /// incarnation processed).
+    restart_at: BTreeMap<u32, Vec<(String, i64)>>,
     /// Replays of tasks owned here (running, or the last one ended).
     replays: BTreeMap<u32, replay::Replay>,
 }
@@ -553,6 +558,7 @@ impl Worker {
         }
         let queues = std::mem::take(&mut o.queues);
         self.strays.remove(&p);
+        self.restart_at.insert(p, o.task.first_offsets());
         self.env.registry.count_restart(Partition(p));
         // Dropping the producer purges whatever it still holds.
         close_task(&self.env, o);
@@ -602,12 +608,13 @@ impl Worker {
             let mut o = join_opening(op.thread, Partition(*p))?;
             o.queues = op.queues;
             let strays = self.strays.remove(p).unwrap_or_default();
+            let restart_at = self.restart_at.remove(p).unwrap_or_default();
             if o.txn.is_some() {
                 // Start exactly at the committed offsets, read after the
                 // previous owner was fenced: what the consumer fetched
                 // before (strays included) may predate that owner's last
                 // commit, or skip records if nothing was committed yet.
-                seek(&self.env, &o, &strays)?;
+                seek(&self.env, &o, &restart_at, &strays)?;
             } else {
                 for m in strays {
                     process_owned(&mut o.task, &m)?;
@@ -639,6 +646,7 @@ impl Worker {
     fn revoke(&mut self, parts: Vec<(String, Partition)>) -> Result<()> {
         for (topic, p) in parts {
             self.strays.remove(&p.0);
+            self.restart_at.remove(&p.0);
             if let Some((since, mut queues)) = self.parked.remove(&p.0) {
                 queues.retain(|(t, _)| **t != *topic);
                 if !queues.is_empty() {
@@ -826,12 +834,23 @@ fn broken(o: &Owned) -> bool {
 
 /// Exactly-once: points each input queue of a task just opened at its
 /// committed offset, or, for a topic nothing was committed for, at the
-/// first record the consumer fetched (`strays`, which are dropped: the
-/// queue delivers them again).
-fn seek(env: &WorkerEnv, o: &Owned, strays: &[OwnedMessage]) -> Result<()> {
+/// first offset the task's previous incarnation processed (`restart_at`,
+/// after a reopen) or the first record the consumer fetched (`strays`,
+/// which are dropped: the queue delivers them again).
+fn seek(
+    env: &WorkerEnv,
+    o: &Owned,
+    restart_at: &[(String, i64)],
+    strays: &[OwnedMessage],
+) -> Result<()> {
     let p = o.task.partition.0 as i32;
     for (topic, _) in &o.queues {
-        let committed = o.seek.iter().find(|(t, _)| **t == **topic).map(|(_, n)| *n);
+        let committed = o
+            .seek
+            .iter()
+            .chain(restart_at)
+            .find(|(t, _)| **t == **topic)
+            .map(|(_, n)| *n);
         let first_stray = strays
             .iter()
             .filter(|m| m.topic() == &**topic)
