@@ -669,6 +669,10 @@ pub struct KafkaChangelogReader {
     raw_next: Option<u64>,
     /// The committed record the read resumes after: read for its tag only.
     resume_at: Option<u64>,
+    /// The `from` the next read continues with; another starts afresh.
+    expected: Option<u64>,
+    /// Epochs seen and records dropped by earlier filters of this reader.
+    seen_before: (u32, u64),
 }
 
 impl std::fmt::Debug for KafkaChangelogReader {
@@ -711,6 +715,8 @@ impl KafkaChangelogReader {
             tip: None,
             raw_next: None,
             resume_at: None,
+            expected: None,
+            seen_before: (0, 0),
         })
     }
 
@@ -726,7 +732,10 @@ impl KafkaChangelogReader {
     /// The newest transaction epoch seen, and the records dropped as
     /// aborted so far.
     pub fn txn_seen(&self) -> (u32, u64) {
-        (self.filter.max_epoch(), self.filter.dropped())
+        (
+            self.seen_before.0.max(self.filter.max_epoch()),
+            self.seen_before.1 + self.filter.dropped(),
+        )
     }
 
     /// The changelog topic.
@@ -790,12 +799,35 @@ impl KafkaChangelogReader {
     /// records of committed transactions ([`TxnFilter`]); returns once it
     /// has some, or at the end of the log.
     fn try_read(&mut self, from: Offset, max: usize) -> crate::Result<ChangelogBatch> {
-        if self.raw_next.is_none() {
-            // The record before `from` (the checkpoint's) committed; its
-            // tag tells the filter which epoch is current.
+        if self.expected != Some(from.0) {
+            // A new read (the first, or one the caller moved, or after the
+            // end or an error): the record before `from` (the checkpoint's)
+            // committed, and its tag tells a fresh filter which epoch is
+            // current.
+            self.seen_before = self.txn_seen();
+            self.filter = TxnFilter::new();
             self.raw_next = Some(from.0.saturating_sub(1));
             self.resume_at = from.0.checked_sub(1);
         }
+        let r = self.read_filtered(from, max);
+        self.expected = match &r {
+            Ok(b) if !b.end => Some(b.records.last().map_or(from.0, |(o, _)| o.0 + 1)),
+            _ => None,
+        };
+        r.map_err(|e| match (e, self.resume_at) {
+            // The record before `from` could not be read.
+            (Error::Kafka { context, source }, Some(_)) => Error::Kafka {
+                context: format!(
+                    "{context} (the record before offset {}, read first)",
+                    from.0
+                ),
+                source,
+            },
+            (e, _) => e,
+        })
+    }
+
+    fn read_filtered(&mut self, from: Offset, max: usize) -> crate::Result<ChangelogBatch> {
         let mut out = Vec::new();
         loop {
             let start = Offset(self.raw_next.unwrap_or(from.0));
