@@ -1412,7 +1412,10 @@ fn main() -> Result<()> {
             }
             let mut v = v.to_vec();
             v.sort_unstable();
-            format!("{:.1}", v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0)
+            format!(
+                "{:.1}",
+                v[((v.len() - 1) as f64 * q) as usize] as f64 / 1000.0
+            )
         };
         for (g, alo) in &runs {
             let base = rate(alo.steady_records, alo.steady);
