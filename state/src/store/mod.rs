@@ -152,4 +152,10 @@ pub trait KvStore: Send + Sync + 'static {
     fn cursor(&self, cf: Cf) -> StoreResult<Self::Cursor<'_>>;
     /// Makes everything written so far durable on disk.
     fn flush(&self) -> StoreResult<()>;
+    /// Starts making unlogged writes durable without waiting for it (a
+    /// background flush). The next logged write, or [`KvStore::flush`],
+    /// still waits until they are.
+    fn start_flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

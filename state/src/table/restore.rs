@@ -14,12 +14,13 @@
 //! time and in order.
 //!
 //! Those batches are written without the store's write-ahead log
-//! ([`KvStore::write_unlogged`]) and flushed once at the end, whatever the
-//! outcome: each batch carries its own checkpoint, so a crash before the
-//! flush leaves the partition at an earlier whole batch (or where the
-//! restore started), and the next restore reads the rest again. The store
-//! also flushes them before any later logged write, so a commit can never
-//! be recovered on top of restored batches a crash lost.
+//! ([`KvStore::write_unlogged`]), and a flush of them starts once at the
+//! end, whatever the outcome: each batch carries its own checkpoint, so a
+//! crash before the flush completes leaves the partition at an earlier
+//! whole batch (or where the restore started), and the next restore reads
+//! the rest again. The store waits for that flush before its next logged
+//! write (the partition's first commit), so a commit can never be recovered
+//! on top of restored batches a crash lost.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -145,13 +146,14 @@ impl<S: KvStore> TablePartition<S> {
             let wrote = w.wrote;
             // Closing the channel ends the thread; the scope joins it.
             drop(w);
-            // The batches were not logged: make them durable before anything
-            // else is written, even after a failure (earlier batches stay
-            // published).
+            // The batches were not logged: start flushing them now, even
+            // after a failure (earlier batches stay published). The store
+            // waits for this flush before its next logged write, so a
+            // commit is never recovered on top of batches a crash lost.
             let flushed = if wrote {
                 self.shared
                     .store
-                    .flush()
+                    .start_flush()
                     .map_err(|e| self.shared.store_err(e, None))
             } else {
                 Ok(())

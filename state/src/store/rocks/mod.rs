@@ -108,14 +108,16 @@ impl RocksStore {
         })
     }
 
-    /// Flushes every column family's memtables together and waits.
-    fn flush_all(&self) -> StoreResult<()> {
+    /// Flushes every column family's memtables together; with `wait`,
+    /// returns once they are on disk (and so is every flush started
+    /// before, since flushes complete in order).
+    fn flush_all(&self, wait: bool) -> StoreResult<()> {
         let handles: Vec<&rocksdb::ColumnFamily> = Cf::ALL
             .iter()
             .map(|cf| self.cf(*cf))
             .collect::<StoreResult<_>>()?;
         let mut opts = rocksdb::FlushOptions::default();
-        opts.set_wait(true);
+        opts.set_wait(wait);
         self.db.flush_cfs_opt(&handles, &opts).map_err(err)
     }
 
@@ -123,7 +125,7 @@ impl RocksStore {
     /// still are.
     fn settle_unlogged(&self) -> StoreResult<()> {
         if self.unflushed.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.flush_all()
+            && let Err(e) = self.flush_all(true)
         {
             self.unflushed.store(true, Ordering::Release);
             return Err(e);
@@ -265,11 +267,16 @@ impl KvStore for RocksStore {
 
     fn flush(&self) -> StoreResult<()> {
         let had = self.unflushed.swap(false, Ordering::AcqRel);
-        self.flush_all().inspect_err(|_| {
+        self.flush_all(true).inspect_err(|_| {
             if had {
                 self.unflushed.store(true, Ordering::Release);
             }
         })
+    }
+
+    fn start_flush(&self) -> StoreResult<()> {
+        // The flag stays set: the next logged write waits for this flush.
+        self.flush_all(false)
     }
 }
 
