@@ -13,6 +13,7 @@ pub fn run_all<S: KvStore>(make: &mut dyn FnMut() -> S) {
     cursor_walks_in_order(&make());
     cursor_seeks(&make());
     empty_store_cursor(&make());
+    unlogged_writes_mix_with_logged_ones(&make());
 }
 
 /// One write of a batch: column family, key, value (`None`: delete).
@@ -163,4 +164,27 @@ fn empty_store_cursor<S: KvStore>(s: &S) {
     c.seek(b"x");
     assert!(!c.valid());
     c.status().unwrap();
+}
+
+fn unlogged_writes_mix_with_logged_ones<S: KvStore>(s: &S) {
+    write(s, &[(Cf::Latest, b"a", Some(b"1"))]);
+    let mut b = s.batch();
+    b.put(Cf::Latest, b"a", b"2");
+    b.put(Cf::History, b"h", b"x");
+    s.write_unlogged(b).expect("unlogged write");
+    // Visible at once, like a logged write.
+    assert_eq!(s.get(Cf::Latest, b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        s.get(Cf::History, b"h").unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
+    // A logged write after it (which flushes it first, where that matters).
+    write(s, &[(Cf::Latest, b"b", Some(b"3"))]);
+    assert_eq!(s.get(Cf::Latest, b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.get(Cf::Latest, b"b").unwrap().as_deref(), Some(&b"3"[..]));
+    s.flush().expect("flush");
+    assert_eq!(
+        s.get(Cf::History, b"h").unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
 }

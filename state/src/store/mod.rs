@@ -6,7 +6,9 @@
 //! contract in memory, and `conformance` runs one suite against both.
 //! Contract: a [`KvStore::write`] is atomic (all of a batch or none of it is
 //! visible, before and after a crash), and cursors see keys of one column
-//! family in bytewise order.
+//! family in bytewise order. A [`KvStore::write_unlogged`] is atomic too, but
+//! survives a crash only once flushed, and never lets a later logged write
+//! reach the disk before it (see its documentation).
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -135,8 +137,25 @@ pub trait KvStore: Send + Sync + 'static {
     }
     /// Applies a batch atomically.
     fn write(&self, batch: Self::Batch) -> StoreResult<()>;
+    /// Applies a batch atomically without logging it: cheaper, but after a
+    /// crash it is there only if a [`KvStore::flush`] completed after it.
+    /// Stores MUST keep whole batches across a crash (a crash loses a suffix
+    /// of the unlogged batches, never part of one), and MUST make unlogged
+    /// batches durable before a later [`KvStore::write`] can be: a logged
+    /// write never survives a crash that loses an unlogged write made before
+    /// it. Restores use it, since their batches can be read again from the
+    /// changelog.
+    fn write_unlogged(&self, batch: Self::Batch) -> StoreResult<()> {
+        self.write(batch)
+    }
     /// A cursor over one column family, seeing a consistent snapshot.
     fn cursor(&self, cf: Cf) -> StoreResult<Self::Cursor<'_>>;
     /// Makes everything written so far durable on disk.
     fn flush(&self) -> StoreResult<()>;
+    /// Starts making unlogged writes durable without waiting for it (a
+    /// background flush). The next logged write, or [`KvStore::flush`],
+    /// still waits until they are.
+    fn start_flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }

@@ -12,6 +12,15 @@
 //! batch with the store write of the previous one, which runs on a helper
 //! thread that lives as long as the restore. Batches still land one at a
 //! time and in order.
+//!
+//! Those batches are written without the store's write-ahead log
+//! ([`KvStore::write_unlogged`]), and a flush of them starts once at the
+//! end, whatever the outcome: each batch carries its own checkpoint, so a
+//! crash before the flush completes leaves the partition at an earlier
+//! whole batch (or where the restore started), and the next restore reads
+//! the rest again. The store waits for that flush before its next logged
+//! write (the partition's first commit), so a commit can never be recovered
+//! on top of restored batches a crash lost.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -42,6 +51,8 @@ struct Writer<B> {
     made: Option<StoreResult<()>>,
     /// The write not yet landed: the checkpoint it leaves, its records.
     inflight: Option<(Checkpoint, usize)>,
+    /// Whether any unlogged write was made (so a flush is due).
+    wrote: bool,
 }
 
 impl<B> Writer<B> {
@@ -104,7 +115,7 @@ impl<S: KvStore> TablePartition<S> {
                 .name("strata-restore".into())
                 .spawn_scoped(scope, move || {
                     for b in rx {
-                        if tx.send(shared.store.write(b)).is_err() {
+                        if tx.send(shared.store.write_unlogged(b)).is_err() {
                             break;
                         }
                     }
@@ -115,6 +126,7 @@ impl<S: KvStore> TablePartition<S> {
                     results: Some(results),
                     made: None,
                     inflight: None,
+                    wrote: false,
                 },
                 Err(e) => {
                     tracing::debug!(error = %e, "no restore write thread; writing on this one");
@@ -123,6 +135,7 @@ impl<S: KvStore> TablePartition<S> {
                         results: None,
                         made: None,
                         inflight: None,
+                        wrote: false,
                     }
                 }
             };
@@ -130,10 +143,24 @@ impl<S: KvStore> TablePartition<S> {
             // Whatever happened, the write in flight lands (or fails)
             // before the partition is used again.
             let landed = self.land(&mut w);
+            let wrote = w.wrote;
             // Closing the channel ends the thread; the scope joins it.
             drop(w);
+            // The batches were not logged: start flushing them now, even
+            // after a failure (earlier batches stay published). The store
+            // waits for this flush before its next logged write, so a
+            // commit is never recovered on top of batches a crash lost.
+            let flushed = if wrote {
+                self.shared
+                    .store
+                    .start_flush()
+                    .map_err(|e| self.shared.store_err(e, None))
+            } else {
+                Ok(())
+            };
             let mut p = r?;
             p.applied += landed? as u64;
+            flushed?;
             progress(&p);
             Ok(p)
         })
@@ -174,14 +201,15 @@ impl<S: KvStore> TablePartition<S> {
                 // clears the cache.
                 self.refresh_cache(&planned.fresh);
                 w.inflight = Some((checkpoint, planned.fresh.len()));
+                w.wrote = true;
                 match &w.batches {
                     Some(tx) => {
                         if let Err(mpsc::SendError(write)) = tx.send(write) {
                             // The thread is gone: write here instead.
-                            w.made = Some(self.shared.store.write(write));
+                            w.made = Some(self.shared.store.write_unlogged(write));
                         }
                     }
-                    None => w.made = Some(self.shared.store.write(write)),
+                    None => w.made = Some(self.shared.store.write_unlogged(write)),
                 }
             }
             p.rate = p.read as f64 / started.elapsed().as_secs_f64().max(1e-9);

@@ -6,6 +6,10 @@
 //! version; under [`Granularity::PerCommit`] a later mutation of a key
 //! replaces the earlier one, so each key yields at most one version per
 //! commit.
+//!
+//! The index hashes with foldhash, not the standard library's SipHash: it
+//! is looked up twice per processed record (read, then stage), and keys come
+//! from the owner's own input, whose flooding would cost the owner only.
 
 use std::collections::HashMap;
 
@@ -30,7 +34,7 @@ pub(crate) struct Staging {
     granularity: Granularity,
     log: Vec<Staged>,
     /// Position in `log` of each key's latest mutation.
-    index: HashMap<Vec<u8>, usize>,
+    index: HashMap<Vec<u8>, usize, foldhash::fast::RandomState>,
 }
 
 impl Staging {
@@ -38,7 +42,7 @@ impl Staging {
         Staging {
             granularity,
             log: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 

@@ -6,11 +6,17 @@
 //! This is the only module that names `rocksdb`. Every column family of a
 //! partition is flushed atomically (`atomic_flush`), so even with the WAL
 //! disabled the files on disk always hold the effects of whole batches.
+//!
+//! Unlogged writes ([`KvStore::write_unlogged`], used by restores) skip the
+//! WAL even when it is on. The store remembers that memtables hold such
+//! writes and flushes them before the next logged write, so a WAL record
+//! never outlives, after a crash, an earlier write it depends on.
 
 mod env;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{
     ColumnFamilyDescriptor, DB, DBRawIteratorWithThreadMode, ErrorKind, WriteBatch, WriteOptions,
@@ -37,6 +43,12 @@ pub struct RocksStore {
     db: Arc<DB>,
     path: PathBuf,
     write_opts: WriteOptionsSend,
+    /// Options of an unlogged write (WAL off).
+    unlogged_opts: WriteOptionsSend,
+    /// Whether the WAL is on for ordinary writes.
+    wal: bool,
+    /// Set while memtables may hold unlogged writes not yet flushed.
+    unflushed: AtomicBool,
 }
 
 /// `WriteOptions` is a plain options struct that RocksDB only reads; the
@@ -69,12 +81,18 @@ impl RocksStore {
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), env.cf_options(*cf)));
         let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(err)?;
+        let wal = env.config().wal;
         let mut write_opts = WriteOptions::default();
-        write_opts.disable_wal(!env.config().wal);
+        write_opts.disable_wal(!wal);
+        let mut unlogged_opts = WriteOptions::default();
+        unlogged_opts.disable_wal(true);
         Ok(RocksStore {
             db: Arc::new(db),
             path,
             write_opts: WriteOptionsSend(write_opts),
+            unlogged_opts: WriteOptionsSend(unlogged_opts),
+            wal,
+            unflushed: AtomicBool::new(false),
         })
     }
 
@@ -88,6 +106,31 @@ impl RocksStore {
             kind: StoreErrorKind::Other,
             message: format!("column family {} missing", cf.name()),
         })
+    }
+
+    /// Flushes every column family's memtables together; with `wait`,
+    /// returns once they are on disk (and so is every flush started
+    /// before, since flushes complete in order).
+    fn flush_all(&self, wait: bool) -> StoreResult<()> {
+        let handles: Vec<&rocksdb::ColumnFamily> = Cf::ALL
+            .iter()
+            .map(|cf| self.cf(*cf))
+            .collect::<StoreResult<_>>()?;
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(wait);
+        self.db.flush_cfs_opt(&handles, &opts).map_err(err)
+    }
+
+    /// Flushes if unlogged writes may be in the memtables; on failure they
+    /// still are.
+    fn settle_unlogged(&self) -> StoreResult<()> {
+        if self.unflushed.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.flush_all(true)
+        {
+            self.unflushed.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Deletes a partition store's files. The store must not be open.
@@ -196,8 +239,22 @@ impl KvStore for RocksStore {
     }
 
     fn write(&self, batch: RocksBatch) -> StoreResult<()> {
+        if self.wal {
+            // A logged write must not be recovered from the WAL on top of
+            // unlogged writes that a crash would lose.
+            self.settle_unlogged()?;
+        }
         self.db
             .write_opt(batch.batch, &self.write_opts.0)
+            .map_err(err)
+    }
+
+    fn write_unlogged(&self, batch: RocksBatch) -> StoreResult<()> {
+        if self.wal {
+            self.unflushed.store(true, Ordering::Release);
+        }
+        self.db
+            .write_opt(batch.batch, &self.unlogged_opts.0)
             .map_err(err)
     }
 
@@ -209,13 +266,17 @@ impl KvStore for RocksStore {
     }
 
     fn flush(&self) -> StoreResult<()> {
-        let handles: Vec<&rocksdb::ColumnFamily> = Cf::ALL
-            .iter()
-            .map(|cf| self.cf(*cf))
-            .collect::<StoreResult<_>>()?;
-        let mut opts = rocksdb::FlushOptions::default();
-        opts.set_wait(true);
-        self.db.flush_cfs_opt(&handles, &opts).map_err(err)
+        let had = self.unflushed.swap(false, Ordering::AcqRel);
+        self.flush_all(true).inspect_err(|_| {
+            if had {
+                self.unflushed.store(true, Ordering::Release);
+            }
+        })
+    }
+
+    fn start_flush(&self) -> StoreResult<()> {
+        // The flag stays set: the next logged write waits for this flush.
+        self.flush_all(false)
     }
 }
 
