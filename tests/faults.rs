@@ -877,6 +877,21 @@ fn exactly_once_crashes_at_each_point() {
     println!("exactly-once, crashes at the commit's points: {figures}");
 }
 
+/// Whether the instance logging to `log` owns partitions now: a task
+/// opened since its last revocation.
+fn owns_partitions(log: &Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut owns = false;
+    for line in text.lines() {
+        if line.contains("partitions revoked") {
+            owns = false;
+        } else if line.contains("task opened for exactly-once") {
+            owns = true;
+        }
+    }
+    owns
+}
+
 #[test]
 fn exactly_once_fences_a_frozen_instance() {
     let (n, times) = if full() { (300_000, 6) } else { (40_000, 2) };
@@ -886,7 +901,15 @@ fn exactly_once_fences_a_frozen_instance() {
         n,
         times,
         None,
-        |_tansu, inst, dir, _i, _app, _| {
+        |_tansu, inst, dir, i, _app, _| {
+            // Only an owner can become a zombie: wait until this instance
+            // owns partitions (a task opened since its last revocation).
+            let log = dir.join(format!("instance-{i}.log"));
+            let end = Instant::now() + Duration::from_secs(60);
+            while !owns_partitions(&log) {
+                assert!(Instant::now() < end, "instance {i} owned nothing for 60 s");
+                std::thread::sleep(Duration::from_millis(200));
+            }
             // Past the session timeout (6 s): the group moves its partitions
             // to the others, which fence its producers; when it wakes up, its
             // open transactions must fail and it must commit nothing more.
