@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(
             services,
             vec![
-                ("strata.v1.Admin".to_string(), vec![("Rewind", false)]),
+                (
+                    "strata.v1.Admin".to_string(),
+                    vec![("Rewind", false), ("CancelReplay", false)]
+                ),
                 ("strata.v1.Query".to_string(), query.to_vec()),
             ]
         );
