@@ -225,7 +225,7 @@ impl Registry {
             .collect()
     }
 
-    pub(crate) fn count_restart(&self, p: Partition) {
+    pub(crate) fn count_reopen(&self, p: Partition) {
         if let Ok(mut g) = self.inner.write() {
             *g.reopens.entry(p.0).or_default() += 1;
         }

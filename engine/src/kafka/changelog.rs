@@ -195,6 +195,21 @@ impl ChangelogProducer {
         }))
     }
 
+    /// A producer of output records (`acks=all`, idempotent, keys
+    /// partitioned with Kafka's default murmur2 partitioner).
+    ///
+    /// # Errors
+    /// As [`ChangelogProducer::new`].
+    pub fn for_outputs(config: &KafkaConfig) -> crate::Result<Arc<ChangelogProducer>> {
+        let mut c = config.producer()?;
+        c.set("partitioner", "murmur2_random");
+        let inner = create(&c, DeliveryContext, "output producer")?;
+        Ok(Arc::new(ChangelogProducer {
+            inner,
+            delivery_timeout: config.delivery_timeout,
+        }))
+    }
+
     /// Waits until everything sent has been acknowledged or failed, up to
     /// `timeout`.
     ///
@@ -324,24 +339,41 @@ impl ChangelogProducer {
                 }
             }
         }
-        let (acks, all) = acks.wait(Instant::now() + self.delivery_timeout + DELIVERY_GRACE);
+        self.delivered(&acks, &format!("producing {} outputs", records.len()))
+            .map(drop)
+    }
+
+    /// Waits for every delivery report of `acks` (up to the delivery
+    /// timeout and a grace) and classifies a failure: a wait that expires,
+    /// or a record that timed out in the producer, is an unknown outcome
+    /// (the records may have landed). Returns where the records landed.
+    fn delivered(&self, acks: &AppendAcks, what: &str) -> crate::Result<Vec<(i32, i64)>> {
+        let wait = self.delivery_timeout + DELIVERY_GRACE;
+        let (acks, all) = acks.wait(Instant::now() + wait);
         if !all {
-            return Err(unknown(format!(
-                "producing {} outputs: {} delivery reports received",
-                records.len(),
-                acks.received
-            )));
+            return Err(Error::OutcomeUnknown {
+                context: format!("{what}: {} delivery reports received", acks.received),
+                timeout_ms: wait.as_millis() as u64,
+            });
         }
-        match acks.first_error {
-            None => Ok(()),
-            Some(e) if acks.timed_out => {
-                Err(unknown(format!("producing {} outputs: {e}", records.len())))
-            }
-            Some(e) => Err(Error::kafka(
-                format!("producing {} outputs", records.len()),
-                e,
-            )),
+        if let Some(e) = acks.first_error {
+            let fatal = self
+                .fatal()
+                .map(|f| format!("; the producer failed fatally ({f}) and must be recreated"))
+                .unwrap_or_default();
+            let failed = acks.failed;
+            return Err(if acks.timed_out {
+                Error::OutcomeUnknown {
+                    context: format!(
+                        "{what}: {failed} records failed, some timed out in the producer ({e}){fatal}"
+                    ),
+                    timeout_ms: self.delivery_timeout.as_millis() as u64,
+                }
+            } else {
+                Error::kafka(format!("{what}: {failed} records failed{fatal}"), e)
+            });
         }
+        Ok(acks.landed)
     }
 
     /// Whether another producer with the same transactional id fenced
@@ -442,18 +474,7 @@ impl KafkaChangelogWriter {
             .inner
             .send(record)
             .map_err(|(e, _)| Error::kafka(what.clone(), e))?;
-        let wait = self.producer.delivery_timeout + DELIVERY_GRACE;
-        let (acks, all) = acks.wait(Instant::now() + wait);
-        if !all {
-            return Err(Error::OutcomeUnknown {
-                context: what,
-                timeout_ms: wait.as_millis() as u64,
-            });
-        }
-        match acks.first_error {
-            None => Ok(()),
-            Some(e) => Err(Error::kafka(what, e)),
-        }
+        self.producer.delivered(&acks, &what).map(drop)
     }
 
     /// The changelog topic.
@@ -485,7 +506,6 @@ impl KafkaChangelogWriter {
                 source: KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument),
             });
         }
-        let wait = self.producer.delivery_timeout + DELIVERY_GRACE;
         let acks = Arc::new(AppendAcks::new(records.len()));
         let enqueue_deadline = Instant::now() + self.producer.delivery_timeout;
         for (index, (r, payload)) in records.iter().zip(payloads).enumerate() {
@@ -527,34 +547,8 @@ impl KafkaChangelogWriter {
             }
         }
 
-        let (acks, all) = acks.wait(Instant::now() + wait);
-        if !all {
-            return Err(Error::OutcomeUnknown {
-                context: format!("{}: {} delivery reports received", what(), acks.received),
-                timeout_ms: wait.as_millis() as u64,
-            });
-        }
-        if let Some(e) = acks.first_error {
-            let fatal = self
-                .producer
-                .fatal()
-                .map(|f| format!("; the producer failed fatally ({f}) and must be recreated"))
-                .unwrap_or_default();
-            let failed = acks.failed;
-            return Err(if acks.timed_out {
-                Error::OutcomeUnknown {
-                    context: format!(
-                        "{}: {failed} records failed, some timed out in the producer ({e}){fatal}",
-                        what()
-                    ),
-                    timeout_ms: self.producer.delivery_timeout.as_millis() as u64,
-                }
-            } else {
-                Error::kafka(format!("{}: {failed} records failed{fatal}", what()), e)
-            });
-        }
-        if let Some((p, offset)) = acks
-            .landed
+        let landed = self.producer.delivered(&acks, &what())?;
+        if let Some((p, offset)) = landed
             .iter()
             .copied()
             .find(|&(p, o)| p != partition || o < 0)
@@ -566,11 +560,7 @@ impl KafkaChangelogWriter {
         }
         // The idempotent producer keeps a partition's records in order, so
         // the sorted offsets are the records' offsets, in record order.
-        let mut offsets: Vec<Offset> = acks
-            .landed
-            .into_iter()
-            .map(|(_, o)| Offset(o as u64))
-            .collect();
+        let mut offsets: Vec<Offset> = landed.into_iter().map(|(_, o)| Offset(o as u64)).collect();
         offsets.sort_unstable();
         if offsets.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::Kafka {

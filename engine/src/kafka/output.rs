@@ -6,39 +6,16 @@
 //! partition of a key can be computed by any client.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use rdkafka::ClientContext;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::BaseRecord;
 
-use super::client::{KafkaConfig, log_to_tracing};
+use super::changelog::ChangelogProducer;
+use super::client::KafkaConfig;
+use crate::Result;
 use crate::context::OutRecord;
-use crate::{Error, Result};
-
-type Report = std::result::Result<(), KafkaError>;
-
-/// Routes each delivery report to the commit that sent the record.
-struct OutputContext;
-
-impl ClientContext for OutputContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
-        log_to_tracing(level, fac, msg);
-    }
-}
-
-impl ProducerContext for OutputContext {
-    type DeliveryOpaque = Box<mpsc::Sender<Report>>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Box<mpsc::Sender<Report>>) {
-        // The commit may have stopped waiting (outcome unknown): then the
-        // report has nobody to go to.
-        let _ = tx.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
-    }
-}
 
 /// `r` as a record for `topic` (physical), with its headers and `extra`.
 pub(crate) fn record<'a, O: rdkafka::util::IntoOpaque>(
@@ -70,11 +47,13 @@ pub(crate) fn record<'a, O: rdkafka::util::IntoOpaque>(
     rec
 }
 
-/// Produces output records and waits for their acknowledgements.
+/// Produces output records and waits for their acknowledgements (the
+/// at-least-once path; under exactly-once each task's transactional
+/// producer sends its outputs through the same
+/// [`ChangelogProducer::produce_outputs`]).
 pub struct OutputProducer {
-    inner: ThreadedProducer<OutputContext>,
+    inner: Arc<ChangelogProducer>,
     topics: BTreeMap<String, String>,
-    delivery_timeout: Duration,
 }
 
 impl std::fmt::Debug for OutputProducer {
@@ -88,15 +67,9 @@ impl std::fmt::Debug for OutputProducer {
 impl OutputProducer {
     /// A producer; `topics` maps logical output names to physical ones.
     pub fn new(config: &KafkaConfig, topics: BTreeMap<String, String>) -> Result<OutputProducer> {
-        let mut c = config.producer()?;
-        c.set("partitioner", "murmur2_random");
-        let inner = c
-            .create_with_context(OutputContext)
-            .map_err(|e| Error::kafka("creating the output producer", e))?;
         Ok(OutputProducer {
-            inner,
+            inner: ChangelogProducer::for_outputs(config)?,
             topics,
-            delivery_timeout: config.delivery_timeout,
         })
     }
 
@@ -109,56 +82,12 @@ impl OutputProducer {
 
     /// Sends `records` and waits until all are acknowledged.
     pub fn produce(&self, records: &[OutRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let deadline = Instant::now() + self.delivery_timeout + Duration::from_secs(1);
-        let (tx, rx) = mpsc::channel();
-        let unknown = |what: String| Error::OutcomeUnknown {
-            context: what,
-            timeout_ms: self.delivery_timeout.as_millis() as u64,
-        };
-        for r in records {
-            let topic = self.physical(&r.topic);
-            let mut rec = record(r, topic, None, Box::new(tx.clone()));
-            loop {
-                match self.inner.send(rec) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        if Instant::now() > deadline {
-                            return Err(unknown(format!(
-                                "producing to {topic}: the local queue stayed full"
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                        rec = back;
-                    }
-                    Err((e, _)) => return Err(Error::kafka(format!("producing to {topic}"), e)),
-                }
-            }
-        }
-        drop(tx);
-        for _ in 0..records.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Ok(())) => {}
-                Ok(Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))) => {
-                    return Err(unknown(format!(
-                        "producing {} outputs: a record timed out in the producer",
-                        records.len()
-                    )));
-                }
-                Ok(Err(e)) => return Err(Error::kafka("producing outputs", e)),
-                Err(_) => return Err(unknown(format!("producing {} outputs", records.len()))),
-            }
-        }
-        Ok(())
+        self.inner
+            .produce_outputs(records, &|t| self.physical(t).to_string(), None)
     }
 
     /// Waits for everything in flight, up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.inner
-            .flush(timeout)
-            .map_err(|e| Error::kafka("flushing outputs", e))
+        self.inner.flush(timeout)
     }
 }

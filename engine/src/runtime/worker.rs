@@ -447,14 +447,7 @@ impl Worker {
                     dry_run,
                     expect,
                 );
-                let failed_commit = self.tasks.get(&partition.0).is_some_and(broken);
-                if let (Err(e), true) = (&r, failed_commit) {
-                    let e = Error::Stopped(e.to_string());
-                    let _ = reply.send(r);
-                    self.reopen(partition.0, e)?;
-                } else {
-                    let _ = reply.send(r);
-                }
+                self.answer(partition, r, &reply)?;
             }
             Command::Replay {
                 table,
@@ -465,14 +458,7 @@ impl Worker {
                 reply,
             } => {
                 let r = self.replay(table, partition, at, dry_run, expect);
-                let failed_commit = self.tasks.get(&partition.0).is_some_and(broken);
-                if let (Err(e), true) = (&r, failed_commit) {
-                    let e = Error::Stopped(e.to_string());
-                    let _ = reply.send(r);
-                    self.reopen(partition.0, e)?;
-                } else {
-                    let _ = reply.send(r);
-                }
+                self.answer(partition, r, &reply)?;
             }
             Command::CancelReplay { partition, reply } => {
                 let r = match (
@@ -559,7 +545,7 @@ impl Worker {
         let queues = std::mem::take(&mut o.queues);
         self.strays.remove(&p);
         self.restart_at.insert(p, o.task.first_offsets());
-        self.env.registry.count_restart(Partition(p));
+        self.env.registry.count_reopen(Partition(p));
         // Dropping the producer purges whatever it still holds.
         close_task(&self.env, o);
         if fenced {
@@ -571,6 +557,27 @@ impl Worker {
         tracing::warn!(partition = p, %error,
             "commit failed under exactly-once; reopening the task from its checkpoint (the transaction is aborted by the new producer)");
         self.start_opening(Partition(p), queues)
+    }
+
+    /// Sends an admin command's outcome; if the command's commit failed
+    /// under exactly-once (its transaction left open), reopens the task.
+    fn answer<T>(
+        &mut self,
+        p: Partition,
+        r: Result<T>,
+        reply: &mpsc::Sender<Result<T>>,
+    ) -> Result<()> {
+        let failed = match &r {
+            Err(e) if self.tasks.get(&p.0).is_some_and(broken) => {
+                Some(Error::Stopped(e.to_string()))
+            }
+            _ => None,
+        };
+        let _ = reply.send(r);
+        match failed {
+            Some(e) => self.reopen(p.0, e),
+            None => Ok(()),
+        }
     }
 
     /// Reopens parked tasks the group did not revoke within a session
