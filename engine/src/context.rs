@@ -66,12 +66,12 @@ pub trait TableAccess {
         key: &[u8],
         time: strata_state::Timestamp,
     ) -> strata_state::Result<Option<Vec<u8>>>;
-    /// Stages a write (`None` deletes).
+    /// Stages a write (`None` deletes); the value is handed over.
     fn put(
         &mut self,
         table: TableId,
         key: &[u8],
-        value: Option<&[u8]>,
+        value: Option<Vec<u8>>,
         lineage: Option<Lineage>,
         replay: bool,
     );
@@ -128,6 +128,11 @@ impl<'a> Ctx<'a> {
     /// Stages a write to a table, with this record as its lineage (none
     /// for timers and rewinds).
     pub fn table_put(&mut self, table: TableId, key: &[u8], value: Option<&[u8]>) {
+        self.table_put_owned(table, key, value.map(<[u8]>::to_vec));
+    }
+
+    /// [`Ctx::table_put`] handing the value over (no copy).
+    pub fn table_put_owned(&mut self, table: TableId, key: &[u8], value: Option<Vec<u8>>) {
         let lineage = self.meta.from_input.then(|| Lineage {
             topic: self.meta.topic.to_string(),
             partition: self.meta.partition,

@@ -65,7 +65,7 @@ impl<S: KvStore> TableAccess for TaskTables<S> {
         &mut self,
         table: TableId,
         key: &[u8],
-        value: Option<&[u8]>,
+        value: Option<Vec<u8>>,
         lineage: Option<Lineage>,
         replay: bool,
     ) {
@@ -74,7 +74,7 @@ impl<S: KvStore> TableAccess for TaskTables<S> {
         } else {
             VersionFlags::NONE
         };
-        self.tables[table.0].stage(key, value, lineage, flags);
+        self.tables[table.0].stage_owned(key, value, lineage, flags);
     }
 }
 
@@ -332,9 +332,17 @@ impl<S: KvStore> Task<S> {
             rewind: false,
             from_input: true,
         };
-        self.positions
-            .insert(rec.topic.clone(), Offset(rec.offset.0 + 1));
-        self.first.entry(rec.topic.clone()).or_insert(rec.offset);
+        // Per record: update in place; a topic's first record inserts.
+        let next = Offset(rec.offset.0 + 1);
+        match self.positions.get_mut(&**rec.topic) {
+            Some(o) => *o = next,
+            None => {
+                self.positions.insert(rec.topic.clone(), next);
+            }
+        }
+        if !self.first.contains_key(&**rec.topic) {
+            self.first.insert(rec.topic.clone(), rec.offset);
+        }
         self.dirty = true;
         self.stats.records_in += 1;
         let sources = self.sources.clone();

@@ -667,9 +667,9 @@ where
                 Some(a) => {
                     let bytes =
                         ValueCodec::<A>::encode(&TableBincode, a).map_err(|e| e.to_string())?;
-                    ctx.table_put(id, &kb, Some(&bytes));
+                    ctx.table_put_owned(id, &kb, Some(bytes));
                 }
-                None => ctx.table_put(id, &kb, None),
+                None => ctx.table_put_owned(id, &kb, None),
             }
             ctx.traced(&op, |ctx| downstream.emit(ctx, k, new))
         }));

@@ -218,23 +218,44 @@ pub struct VersionRecord {
     pub key: Vec<u8>,
 }
 
+/// Encodes a [`VersionRecord`] from borrowed fields into `out` (cleared
+/// first), so a commit can reuse one buffer for all its records.
+pub fn encode_version_record(
+    time: Timestamp,
+    flags: VersionFlags,
+    deleted: bool,
+    changelog_offset: Option<u64>,
+    key: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.push(FORMAT_V1);
+    out.extend_from_slice(&time.0.to_be_bytes());
+    out.push(flags.0);
+    out.push(deleted as u8);
+    match changelog_offset {
+        Some(o) => {
+            out.push(1);
+            out.extend_from_slice(&o.to_be_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(key);
+    crc_seal(out);
+}
+
 impl VersionRecord {
     /// Encodes the record, CRC included.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.key.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&self.time.0.to_be_bytes());
-        out.push(self.flags.0);
-        out.push(self.deleted as u8);
-        match self.changelog_offset {
-            Some(o) => {
-                out.push(1);
-                out.extend_from_slice(&o.to_be_bytes());
-            }
-            None => out.push(0),
-        }
-        out.extend_from_slice(&self.key);
-        crc_seal(&mut out);
+        encode_version_record(
+            self.time,
+            self.flags,
+            self.deleted,
+            self.changelog_offset,
+            &self.key,
+            &mut out,
+        );
         out
     }
 
@@ -262,9 +283,15 @@ impl VersionRecord {
 /// The `history` key of `key` at `version`.
 pub fn history_key(key: &[u8], version: Version) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 10);
-    escape_into(key, &mut out);
-    out.extend_from_slice(&(!version.0).to_be_bytes());
+    history_key_into(key, version, &mut out);
     out
+}
+
+/// [`history_key`] into `out` (cleared first).
+pub fn history_key_into(key: &[u8], version: Version, out: &mut Vec<u8>) {
+    out.clear();
+    escape_into(key, out);
+    out.extend_from_slice(&(!version.0).to_be_bytes());
 }
 
 /// The escaped prefix that all of `key`'s history entries share.

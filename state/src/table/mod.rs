@@ -13,6 +13,7 @@
 //! changelog offsets. [`TablePartition::commit`] does both without a
 //! changelog.
 
+mod cache;
 mod read;
 mod restore;
 mod retention;
@@ -132,7 +133,7 @@ pub struct TablePartition<S: KvStore> {
     /// First version of the commit prepared and not yet applied.
     prepared: Option<Version>,
     /// The owner's cache of committed latest values (`None`: absent).
-    cache: Option<lru::LruCache<Vec<u8>, Option<Vec<u8>>>>,
+    cache: Option<cache::LatestCache>,
     /// Set when a changelog append failed with an unknown outcome: its
     /// records may have landed, so versions must not be reused until the
     /// partition has caught up with the changelog.
@@ -279,7 +280,7 @@ impl<S: KvStore> TablePartition<S> {
         shared.last_time.store(checkpoint.time.0, Ordering::Release);
         shared.floor.store(prune.floor, Ordering::Release);
         tracing::debug!(table = %config.name, partition = %config.partition, version = checkpoint.version.0, "opened table partition");
-        let cache = std::num::NonZeroUsize::new(config.cache_entries).map(lru::LruCache::new);
+        let cache = cache::LatestCache::new(config.cache_entries);
         Ok(TablePartition {
             staging: Staging::new(config.granularity),
             shared: Arc::new(shared),

@@ -9,7 +9,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::changelog::ChangeRecord;
-use crate::layout::{self, VersionRecord, meta};
+use crate::layout::{self, meta};
 use crate::store::{Cf, KvBatch, KvStore};
 use crate::types::{
     ChangelogPosition, InputOffset, Lineage, Offset, Timestamp, Version, VersionFlags,
@@ -17,7 +17,6 @@ use crate::types::{
 use crate::{Error, Result};
 
 use super::read::Versioned;
-use super::stage::Staged;
 use super::{Checkpoint, TablePartition};
 
 /// A commit whose versions are fixed, waiting for its changelog records to
@@ -95,12 +94,18 @@ impl<S: KvStore> TablePartition<S> {
         lineage: Option<Lineage>,
         flags: VersionFlags,
     ) {
-        self.staging.stage(Staged {
-            key: key.to_vec(),
-            value: value.map(<[u8]>::to_vec),
-            lineage,
-            flags,
-        });
+        self.stage_owned(key, value.map(<[u8]>::to_vec), lineage, flags);
+    }
+
+    /// Stages a mutation whose value the caller hands over (no copy).
+    pub fn stage_owned(
+        &mut self,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+        lineage: Option<Lineage>,
+        flags: VersionFlags,
+    ) {
+        self.staging.stage(key, value, lineage, flags);
     }
 
     /// Number of staged mutations.
@@ -131,11 +136,11 @@ impl<S: KvStore> TablePartition<S> {
         if let Some(cache) = self.cache.as_mut()
             && let Some(v) = cache.get(key)
         {
-            return Ok(v.clone());
+            return Ok(v.map(<[u8]>::to_vec));
         }
         let v = self.reader().get(key)?.map(|v| v.value);
         if let Some(cache) = self.cache.as_mut() {
-            cache.put(key.to_vec(), v.clone());
+            cache.insert(key, v.as_deref());
         }
         Ok(v)
     }
@@ -344,13 +349,13 @@ impl<S: KvStore> TablePartition<S> {
                 batch.delete(Cf::Latest, key);
             }
         }
+        // One scratch buffer for every history and version-log entry: the
+        // batch copies what it is given.
+        let mut scratch = Vec::with_capacity(64);
         for group in &groups {
             for &(key, i) in group.iter().rev() {
-                batch.put(
-                    Cf::History,
-                    &layout::history_key(key, records[i].version),
-                    &entries[i],
-                );
+                layout::history_key_into(key, records[i].version, &mut scratch);
+                batch.put(Cf::History, &scratch, &entries[i]);
             }
         }
         let mut checkpoint = base.clone();
@@ -359,14 +364,15 @@ impl<S: KvStore> TablePartition<S> {
         for (i, r) in records.iter().enumerate() {
             debug_assert_eq!(r.version, checkpoint.version.next());
             let offset = changelog.get(i).copied();
-            let rec = VersionRecord {
-                time: r.time,
-                flags: r.flags,
-                deleted: r.value.is_none(),
-                changelog_offset: offset.map(|o| o.0),
-                key: r.key.clone(),
-            };
-            batch.put(Cf::Versions, &layout::version_key(r.version), &rec.encode());
+            layout::encode_version_record(
+                r.time,
+                r.flags,
+                r.value.is_none(),
+                offset.map(|o| o.0),
+                &r.key,
+                &mut scratch,
+            );
+            batch.put(Cf::Versions, &layout::version_key(r.version), &scratch);
             // One time-index entry per run of equal commit times.
             match run {
                 Some((t, _)) if t == r.time => run = Some((t, r.version)),
@@ -406,9 +412,7 @@ impl<S: KvStore> TablePartition<S> {
     pub(super) fn refresh_cache(&mut self, records: &[ChangeRecord]) {
         if let Some(cache) = self.cache.as_mut() {
             for r in records {
-                if let Some(slot) = cache.peek_mut(&r.key) {
-                    slot.clone_from(&r.value);
-                }
+                cache.refresh(&r.key, r.value.as_deref());
             }
         }
     }
