@@ -10,71 +10,28 @@
 //! versions fails the rebuild) and compared with the oracle.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use strata_engine::kafka::changelog::KafkaChangelogReader;
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::partitioner::partition_for;
 use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, OutRecord, TableOptions, Topology};
+use strata_engine::{App, AppConfig, TableOptions, Topology};
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata_state::store::MemoryStore;
-use strata_state::{HistoryQuery, Location, Partition, TableConfig, TableName, TablePartition};
+use strata_test_support::child::{ChildProcess, child_command, init_child_tracing};
+use strata_test_support::committed;
+use strata_test_support::sums::{
+    self, Agg, Event, KEYS, TABLE, check, oracle, poisoned, produce_events,
+};
 use strata_testkit::Tansu;
 
 const PARTITIONS: u32 = 4;
-const KEYS: u64 = 1_000;
-const TABLE: &str = "sums";
-
-/// An input record: key `k<n>`, sequence number within its key, amount.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Event {
-    seq: u32,
-    amount: i64,
-}
-
-/// The aggregate: applications, sum, and which sequence numbers were seen
-/// (so lost and re-applied records are both visible).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Agg {
-    applied: u64,
-    sum: i64,
-    seen: Vec<u64>,
-}
-
-impl Agg {
-    fn distinct(&self) -> u64 {
-        self.seen.iter().map(|w| w.count_ones() as u64).sum()
-    }
-}
 
 fn topology() -> Topology {
     let t = Topology::new();
-    t.stream("events", Utf8, json::<Event>()).aggregate(
-        TABLE,
-        TableOptions::default(),
-        |_k, e: Event, old: Option<Agg>| {
-            let mut a = old.unwrap_or_default();
-            let (w, b) = ((e.seq / 64) as usize, e.seq % 64);
-            if a.seen.len() <= w {
-                a.seen.resize(w + 1, 0);
-            }
-            if a.seen[w] & (1 << b) == 0 {
-                a.sum += e.amount;
-            }
-            a.seen[w] |= 1 << b;
-            a.applied += 1;
-            Some(a)
-        },
-    );
+    sums::aggregate(&t);
     t
 }
 
@@ -92,11 +49,7 @@ fn app_child() {
     let Ok(bootstrap) = std::env::var("STRATA_CHILD_BOOTSTRAP") else {
         return;
     };
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    init_child_tracing();
     let app = std::env::var("STRATA_CHILD_APP").unwrap();
     let state = PathBuf::from(std::env::var("STRATA_CHILD_STATE").unwrap());
     let stop = PathBuf::from(std::env::var("STRATA_CHILD_STOP").unwrap());
@@ -127,10 +80,9 @@ fn app_child() {
 }
 
 struct Instance {
-    child: Child,
-    stop: PathBuf,
+    process: ChildProcess,
     log_path: PathBuf,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Instance {
@@ -139,28 +91,20 @@ impl Instance {
         let stop = state.join(format!("stop-{id}"));
         let log_path = state.join(format!("instance-{id}.log"));
         let stderr = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["app_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("STRATA_CHILD_BOOTSTRAP", tansu.bootstrap())
-            .env("STRATA_CHILD_APP", app)
-            .env("STRATA_CHILD_STATE", state)
-            .env("STRATA_CHILD_STOP", &stop)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        Instance {
-            child,
+        let mut process = ChildProcess::spawn(
+            "instance",
+            child_command("app_child")
+                .env("STRATA_CHILD_BOOTSTRAP", tansu.bootstrap())
+                .env("STRATA_CHILD_APP", app)
+                .env("STRATA_CHILD_STATE", state)
+                .env("STRATA_CHILD_STOP", &stop)
+                .env("RUST_LOG", "info,librdkafka=warn"),
             stop,
+            stderr,
+        );
+        let log = process.collect_stdout();
+        Instance {
+            process,
             log,
             log_path,
         }
@@ -192,23 +136,12 @@ impl Instance {
         }
     }
 
-    fn stop(mut self) {
-        std::fs::write(&self.stop, b"stop").unwrap();
-        let end = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "instance exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("instance did not stop within 60 s");
+    fn stop(self) {
+        self.process.stop();
     }
 
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.kill9();
     }
 }
 
@@ -219,7 +152,8 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
-/// Produces `n` events (round robin over keys), returning per-partition counts.
+/// Produces `n` events (round robin over keys), counting per-partition
+/// records into `counts`.
 fn produce(
     tansu: &Tansu,
     from: u64,
@@ -237,145 +171,27 @@ fn produce_to(
     counts: &mut BTreeMap<u32, u64>,
     poison_every: Option<u64>,
 ) {
-    let producer = OutputProducer::new(&KafkaConfig::new(bootstrap), BTreeMap::new()).unwrap();
-    let mut batch = Vec::with_capacity(10_000);
-    for i in from..from + n {
-        let key = format!("k{}", i % KEYS);
-        let seq = (i / KEYS) as u32;
-        let value = match poison_every {
-            Some(m) if i % m == m - 1 => b"{not an event".to_vec(),
-            _ => serde_json::to_vec(&Event {
-                seq,
-                amount: (i % 97) as i64,
-            })
-            .unwrap(),
-        };
-        *counts
-            .entry(partition_for(key.as_bytes(), PARTITIONS).0)
-            .or_default() += 1;
-        batch.push(OutRecord {
-            topic: "events".into(),
-            key: Some(key.into_bytes()),
-            value: Some(value),
-            headers: vec![],
-        });
-        if batch.len() == 10_000 {
-            producer.produce(&batch).unwrap();
-            batch.clear();
-        }
-    }
-    producer.produce(&batch).unwrap();
+    produce_events(bootstrap, from, n, PARTITIONS, counts, |i| {
+        poisoned(i, poison_every).then(|| b"{not an event".to_vec())
+    })
 }
 
 /// Waits until the group has committed every produced offset.
 fn wait_committed(tansu: &Tansu, app: &str, counts: &BTreeMap<u32, u64>, timeout: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.bootstrap())
-        .set("group.id", app)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let end = Instant::now() + timeout;
-    let mut last = BTreeMap::new();
-    while Instant::now() < end {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition("events", p as i32);
-        }
-        if let Ok(c) = consumer.committed_offsets(tpl, Duration::from_secs(5)) {
-            last = c
-                .elements()
-                .iter()
-                .map(|e| {
-                    (
-                        e.partition() as u32,
-                        match e.offset() {
-                            KOffset::Offset(o) => o as u64,
-                            _ => 0,
-                        },
-                    )
-                })
-                .collect::<BTreeMap<u32, u64>>();
-            if counts.iter().all(|(p, n)| last.get(p) == Some(n)) {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("not all input committed after {timeout:?}: committed {last:?}, produced {counts:?}");
+    committed::wait_committed(
+        &tansu.bootstrap(),
+        app,
+        "events",
+        PARTITIONS,
+        counts,
+        timeout,
+    )
 }
 
 /// Rebuilds every partition of the table from its changelog (a gap in
 /// versions fails the rebuild) and returns key -> aggregate.
 fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
-    let mut out = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let name = TableName::new(TABLE).unwrap();
-        let loc = Location {
-            table: name.clone(),
-            partition: Partition(p),
-        };
-        let mut reader = KafkaChangelogReader::new(
-            &KafkaConfig::new(tansu.bootstrap()),
-            format!("{app}-{TABLE}-changelog"),
-            loc,
-        )
-        .unwrap();
-        let mut t =
-            TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
-        t.restore_from(&mut reader, 50_000, &mut |_| {})
-            .expect("the changelog rebuilds without gaps");
-        let r = t.reader();
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            if partition_for(key.as_bytes(), PARTITIONS).0 != p {
-                continue;
-            }
-            let kb = key.clone().to_key_bytes();
-            if let Some(v) = r.get(&kb).unwrap() {
-                // Every history is strictly increasing.
-                let h = r
-                    .history(
-                        &kb,
-                        &HistoryQuery {
-                            limit: 1_000_000,
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap();
-                assert!(h.entries.windows(2).all(|w| w[0].version > w[1].version));
-                out.insert(key, ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
-            }
-        }
-    }
-    out
-}
-
-fn oracle(n: u64, poison_every: Option<u64>) -> BTreeMap<String, (u64, i64)> {
-    let mut o: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    for i in 0..n {
-        if poison_every.is_some_and(|m| i % m == m - 1) {
-            continue;
-        }
-        let e = o.entry(format!("k{}", i % KEYS)).or_default();
-        e.0 += 1;
-        e.1 += (i % 97) as i64;
-    }
-    o
-}
-
-/// Checks the table against the oracle: no record lost; returns how many
-/// records were applied more than once.
-fn check(table: &BTreeMap<String, Agg>, want: &BTreeMap<String, (u64, i64)>) -> u64 {
-    assert_eq!(table.len(), want.len(), "every key present");
-    let mut reapplied = 0;
-    for (k, (count, sum)) in want {
-        let a = &table[k];
-        assert_eq!(a.distinct(), *count, "{k}: records lost");
-        assert_eq!(a.sum, *sum, "{k}: sum of distinct records");
-        reapplied += a.applied - a.distinct();
-    }
-    reapplied
+    sums::table_from_changelog(&tansu.bootstrap(), app, PARTITIONS, |_| None)
 }
 
 fn setup(tansu: &Tansu) {
