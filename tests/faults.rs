@@ -52,12 +52,14 @@ use strata::kafka::client::RebalanceProtocol;
 use strata::kafka::txn::{TXN_HEADER, TxnFilter, TxnId, TxnTag};
 use strata::serde::{Utf8, json};
 use strata::{App, AppConfig, Guarantee, Topology};
-use strata_test_support::child::{ChildProcess, child_command, init_child_tracing};
-use strata_test_support::committed;
-use strata_test_support::sums::{self, Agg, TABLE, check, oracle, poisoned, produce_events};
+use strata_test_support::child::{ChildArgs, ChildProcess, child_command};
+use strata_test_support::sums::{self, Agg, Sums, TABLE, check, oracle, poisoned};
 use strata_testkit::Tansu;
 
 const PARTITIONS: u32 = 6;
+const SUMS: Sums = Sums {
+    partitions: PARTITIONS,
+};
 
 fn full() -> bool {
     std::env::var("STRATA_FAULTS_FULL").is_ok_and(|v| v == "1")
@@ -79,18 +81,15 @@ fn topology(app: &str) -> Topology {
 /// Child mode: one instance, until killed or its stop file appears.
 #[test]
 fn fault_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_FAULT_BOOTSTRAP") else {
+    let Some(args) = ChildArgs::enter() else {
         return;
     };
-    init_child_tracing();
-    let app = std::env::var("STRATA_FAULT_APP").unwrap();
-    let state = PathBuf::from(std::env::var("STRATA_FAULT_STATE").unwrap());
-    let stop = PathBuf::from(std::env::var("STRATA_FAULT_STOP").unwrap());
-    let mut c = AppConfig::new(app.clone(), bootstrap);
+    let app = args.app.clone();
+    let mut c = AppConfig::new(app.clone(), args.bootstrap.clone());
     if app.starts_with("eos-") {
         c.guarantee = Guarantee::ExactlyOnce;
     }
-    c.state_dir = state;
+    c.state_dir = args.state.clone();
     c.kafka.session_timeout = Duration::from_secs(6);
     // Tansu does not run the second round of an incremental rebalance.
     c.kafka.rebalance = RebalanceProtocol::Eager;
@@ -104,11 +103,7 @@ fn fault_child() {
     let _failpoints = fail::FailScenario::setup();
     let running = App::new(c).unwrap().start(topology(&app)).unwrap();
     println!("CHILD STARTED");
-    while !stop.exists() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    running.shutdown().unwrap();
-    println!("CHILD STOPPED");
+    args.run_until_stopped(running, Duration::from_millis(100), |_| {});
 }
 
 struct Instance {
@@ -138,16 +133,18 @@ impl Instance {
             .append(true)
             .open(logs.join(format!("instance-{n}.log")))
             .unwrap();
+        let args = ChildArgs {
+            bootstrap: tansu.bootstrap(),
+            app: app.into(),
+            state: state.into(),
+            stop,
+        };
         let mut process = ChildProcess::spawn(
             "instance",
-            child_command("fault_child")
-                .env("STRATA_FAULT_BOOTSTRAP", tansu.bootstrap())
-                .env("STRATA_FAULT_APP", app)
-                .env("STRATA_FAULT_STATE", state)
-                .env("STRATA_FAULT_STOP", &stop)
+            child_command("fault_child", &args)
                 .env("RUST_LOG", "info,librdkafka=warn")
                 .env("FAILPOINTS", failpoints.unwrap_or("")),
-            stop,
+            args.stop,
             log,
         );
         process.wait_for("CHILD STARTED");
@@ -187,31 +184,8 @@ fn produce_with(
     counts: &mut BTreeMap<u32, u64>,
     poison_every: Option<u64>,
 ) {
-    produce_events(bootstrap, from, n, PARTITIONS, counts, |i| {
+    SUMS.produce(bootstrap, from, n, counts, |i| {
         poisoned(i, poison_every).then(|| format!("{{not an event #{i}").into_bytes())
-    })
-}
-
-/// Waits until the group has committed every produced offset.
-fn wait_committed(tansu: &Tansu, app: &str, counts: &BTreeMap<u32, u64>, timeout: Duration) {
-    committed::wait_committed(
-        &tansu.bootstrap(),
-        app,
-        "events",
-        PARTITIONS,
-        counts,
-        timeout,
-    )
-}
-
-/// Rebuilds every partition from its changelog (a gap in versions fails
-/// the rebuild), checks every history is strictly increasing, and returns
-/// key -> aggregate. Under exactly-once, the records of aborted
-/// transactions are skipped (Tansu delivers them): the task's committed
-/// marker resolves the last transactions.
-fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
-    sums::table_from_changelog(&tansu.bootstrap(), app, PARTITIONS, |p| {
-        tips(tansu, app).get(&p).copied()
     })
 }
 
@@ -396,12 +370,19 @@ fn run(
     faults_done.store(true, std::sync::atomic::Ordering::Release);
     let (counts, n) = producer.join().unwrap();
     println!("{app}: {n} records produced");
-    wait_committed(&tansu, app, &counts, Duration::from_secs(600));
+    SUMS.wait_committed(&tansu.bootstrap(), app, &counts, Duration::from_secs(600));
     for i in instances {
         i.stop();
     }
     let want = oracle(n, poison_every);
-    let reapplied = check(&table_from_changelog(&tansu, app), &want);
+    // Every partition rebuilt from its changelog (a gap in versions fails
+    // the rebuild, every history strictly increasing). Under exactly-once,
+    // the records of aborted transactions are skipped (Tansu delivers
+    // them): the task's committed marker resolves the last transactions.
+    let table = SUMS.table_from_changelog(&tansu.bootstrap(), app, |p| {
+        tips(&tansu, app).get(&p).copied()
+    });
+    let reapplied = check(&table, &want);
     if app.starts_with("eos-") {
         assert_eq!(
             reapplied, 0,

@@ -20,14 +20,14 @@ use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
 use strata_engine::serde::{Utf8, json};
 use strata_engine::{App, AppConfig, TableOptions, Topology};
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata_test_support::child::{ChildProcess, child_command, init_child_tracing};
-use strata_test_support::committed;
-use strata_test_support::sums::{
-    self, Agg, Event, KEYS, TABLE, check, oracle, poisoned, produce_events,
-};
+use strata_test_support::child::{ChildArgs, ChildProcess, child_command};
+use strata_test_support::sums::{self, Agg, Event, KEYS, Sums, TABLE, check, oracle, poisoned};
 use strata_testkit::Tansu;
 
 const PARTITIONS: u32 = 4;
+const SUMS: Sums = Sums {
+    partitions: PARTITIONS,
+};
 
 fn topology() -> Topology {
     let t = Topology::new();
@@ -46,20 +46,15 @@ fn app_config(bootstrap: &str, app: &str, state: &Path) -> AppConfig {
 /// Child mode: runs one instance until its stop file appears.
 #[test]
 fn app_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_CHILD_BOOTSTRAP") else {
+    let Some(args) = ChildArgs::enter() else {
         return;
     };
-    init_child_tracing();
-    let app = std::env::var("STRATA_CHILD_APP").unwrap();
-    let state = PathBuf::from(std::env::var("STRATA_CHILD_STATE").unwrap());
-    let stop = PathBuf::from(std::env::var("STRATA_CHILD_STOP").unwrap());
-    let running = App::new(app_config(&bootstrap, &app, &state))
+    let running = App::new(app_config(&args.bootstrap, &args.app, &args.state))
         .unwrap()
         .start(topology())
         .unwrap();
     println!("CHILD STARTED");
-    while !stop.exists() {
-        std::thread::sleep(Duration::from_millis(100));
+    args.run_until_stopped(running, Duration::from_millis(100), |running| {
         let mut owned: Vec<u32> = running
             .registry()
             .partitions()
@@ -74,9 +69,7 @@ fn app_child() {
             .map(|s| s.records_in)
             .sum();
         println!("CHILD STATS owned={owned:?} records_in={applied}");
-    }
-    running.shutdown().unwrap();
-    println!("CHILD STOPPED");
+    });
 }
 
 struct Instance {
@@ -91,15 +84,16 @@ impl Instance {
         let stop = state.join(format!("stop-{id}"));
         let log_path = state.join(format!("instance-{id}.log"));
         let stderr = std::fs::File::create(&log_path).unwrap();
+        let args = ChildArgs {
+            bootstrap: tansu.bootstrap(),
+            app: app.into(),
+            state: state.into(),
+            stop,
+        };
         let mut process = ChildProcess::spawn(
             "instance",
-            child_command("app_child")
-                .env("STRATA_CHILD_BOOTSTRAP", tansu.bootstrap())
-                .env("STRATA_CHILD_APP", app)
-                .env("STRATA_CHILD_STATE", state)
-                .env("STRATA_CHILD_STOP", &stop)
-                .env("RUST_LOG", "info,librdkafka=warn"),
-            stop,
+            child_command("app_child", &args).env("RUST_LOG", "info,librdkafka=warn"),
+            args.stop,
             stderr,
         );
         let log = process.collect_stdout();
@@ -171,27 +165,9 @@ fn produce_to(
     counts: &mut BTreeMap<u32, u64>,
     poison_every: Option<u64>,
 ) {
-    produce_events(bootstrap, from, n, PARTITIONS, counts, |i| {
+    SUMS.produce(bootstrap, from, n, counts, |i| {
         poisoned(i, poison_every).then(|| b"{not an event".to_vec())
     })
-}
-
-/// Waits until the group has committed every produced offset.
-fn wait_committed(tansu: &Tansu, app: &str, counts: &BTreeMap<u32, u64>, timeout: Duration) {
-    committed::wait_committed(
-        &tansu.bootstrap(),
-        app,
-        "events",
-        PARTITIONS,
-        counts,
-        timeout,
-    )
-}
-
-/// Rebuilds every partition of the table from its changelog (a gap in
-/// versions fails the rebuild) and returns key -> aggregate.
-fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
-    sums::table_from_changelog(&tansu.bootstrap(), app, PARTITIONS, |_| None)
 }
 
 fn setup(tansu: &Tansu) {
@@ -211,7 +187,12 @@ fn sums_over_100k_records_match_the_oracle() {
         .unwrap();
     app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
         .unwrap();
-    wait_committed(&tansu, "sums-100k", &counts, Duration::from_secs(240));
+    SUMS.wait_committed(
+        &tansu.bootstrap(),
+        "sums-100k",
+        &counts,
+        Duration::from_secs(240),
+    );
     // The local tables agree with the oracle exactly (no crash: no re-application).
     let want = oracle(100_000, None);
     let mut local = BTreeMap::new();
@@ -226,7 +207,13 @@ fn sums_over_100k_records_match_the_oracle() {
     assert_eq!(check(&local, &want), 0);
     app.shutdown().unwrap();
     // So does the changelog, restored from scratch to its true end.
-    assert_eq!(check(&table_from_changelog(&tansu, "sums-100k"), &want), 0);
+    assert_eq!(
+        check(
+            &SUMS.table_from_changelog(&tansu.bootstrap(), "sums-100k", |_| None),
+            &want
+        ),
+        0
+    );
 }
 
 #[test]
@@ -261,14 +248,17 @@ fn a_second_instance_joins_and_the_first_leaves() {
         |o| o.contains("owned=[0, 1, 2, 3]"),
         Duration::from_secs(90),
     );
-    wait_committed(&tansu, "two", &counts, Duration::from_secs(240));
+    SUMS.wait_committed(&tansu.bootstrap(), "two", &counts, Duration::from_secs(240));
     b.stop();
     println!("after the join: first {owned_a}; second {owned_b}; at the end: {owned_end}");
     assert!(
         !owned_a.contains("owned=[0, 1, 2, 3]"),
         "the first instance gave partitions up: {owned_a}"
     );
-    let reapplied = check(&table_from_changelog(&tansu, "two"), &oracle(100_000, None));
+    let reapplied = check(
+        &SUMS.table_from_changelog(&tansu.bootstrap(), "two", |_| None),
+        &oracle(100_000, None),
+    );
     println!("re-applied after graceful moves: {reapplied}");
     assert_eq!(
         reapplied, 0,
@@ -306,7 +296,12 @@ fn kill_9_then_restart_loses_nothing() {
     // Restart on the same state directory: checkpoint + changelog tail.
     let b = Instance::start(&tansu, "crashy", state.path());
     let counts = producer.join().unwrap();
-    wait_committed(&tansu, "crashy", &counts, Duration::from_secs(240));
+    SUMS.wait_committed(
+        &tansu.bootstrap(),
+        "crashy",
+        &counts,
+        Duration::from_secs(240),
+    );
     let b_log = b.log_path.clone();
     b.stop();
     // The restart replayed only the changelog tail after each checkpoint.
@@ -326,7 +321,7 @@ fn kill_9_then_restart_loses_nothing() {
         "every partition resumed from its checkpoint, not from scratch: {froms:?}"
     );
     let reapplied = check(
-        &table_from_changelog(&tansu, "crashy"),
+        &SUMS.table_from_changelog(&tansu.bootstrap(), "crashy", |_| None),
         &oracle(100_000, None),
     );
     println!("records re-applied after kill -9 (at-least-once allows it): {reapplied}");
@@ -345,11 +340,16 @@ fn poison_records_go_to_the_dead_letter_topic() {
         .unwrap()
         .start(topology())
         .unwrap();
-    wait_committed(&tansu, "poison", &counts, Duration::from_secs(120));
+    SUMS.wait_committed(
+        &tansu.bootstrap(),
+        "poison",
+        &counts,
+        Duration::from_secs(120),
+    );
     app.shutdown().unwrap();
     assert_eq!(
         check(
-            &table_from_changelog(&tansu, "poison"),
+            &SUMS.table_from_changelog(&tansu.bootstrap(), "poison", |_| None),
             &oracle(10_000, Some(100))
         ),
         0

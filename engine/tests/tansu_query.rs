@@ -19,7 +19,7 @@
 //! each with its gRPC server on a free loopback port, which it prints.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use strata_engine::{App, AppConfig};
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
-use strata_test_support::child::{ChildProcess, child_command, init_child_tracing};
+use strata_test_support::child::{ChildArgs, ChildProcess, child_command};
 use strata_test_support::grpc::sums_topology as topology;
 use strata_test_support::produce::record;
 use strata_testkit::Tansu;
@@ -48,14 +48,11 @@ fn key(i: u64) -> String {
 /// appears.
 #[test]
 fn query_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_QCHILD_BOOTSTRAP") else {
+    let Some(args) = ChildArgs::enter() else {
         return;
     };
-    init_child_tracing();
-    let state = PathBuf::from(std::env::var("STRATA_QCHILD_STATE").unwrap());
-    let stop = PathBuf::from(std::env::var("STRATA_QCHILD_STOP").unwrap());
-    let mut c = AppConfig::new(APP, bootstrap);
-    c.state_dir = state;
+    let mut c = AppConfig::new(args.app.clone(), args.bootstrap.clone());
+    c.state_dir = args.state.clone();
     c.kafka.session_timeout = Duration::from_secs(6);
     c.commit_interval = Duration::from_millis(100);
     c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -71,11 +68,7 @@ fn query_child() {
     }
     let running = App::new(c).unwrap().start(topology()).unwrap();
     println!("CHILD GRPC {}", running.grpc_addr().unwrap());
-    while !stop.exists() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    running.shutdown().unwrap();
-    println!("CHILD STOPPED");
+    args.run_until_stopped(running, Duration::from_millis(50), |_| {});
 }
 
 struct Instance {
@@ -90,12 +83,15 @@ impl Instance {
         std::fs::create_dir_all(&state).unwrap();
         let stop = dir.join(format!("stop-{id}"));
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        let args = ChildArgs {
+            bootstrap: tansu.bootstrap(),
+            app: APP.into(),
+            state,
+            stop,
+        };
         let mut process = ChildProcess::spawn(
             id,
-            child_command("query_child")
-                .env("STRATA_QCHILD_BOOTSTRAP", tansu.bootstrap())
-                .env("STRATA_QCHILD_STATE", &state)
-                .env("STRATA_QCHILD_STOP", &stop)
+            child_command("query_child", &args)
                 .env("STRATA_QCHILD_ID", id)
                 .env(
                     "RUST_LOG",
@@ -103,7 +99,7 @@ impl Instance {
                         "info,librdkafka=warn,strata_engine::query=debug".into()
                     }),
                 ),
-            stop,
+            args.stop,
             log,
         );
         // The harness may have printed "test query_child ... " on the

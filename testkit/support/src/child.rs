@@ -11,22 +11,71 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A command re-running this test binary with only `child_test` selected
-/// (exact name, output shown, one thread).
-pub fn child_command(child_test: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([child_test, "--exact", "--nocapture", "--test-threads=1"]);
-    cmd
+use strata_engine::RunningApp;
+
+/// What a child instance is told by its parent, through environment
+/// variables (`STRATA_CHILD_*`).
+#[derive(Clone, Debug)]
+pub struct ChildArgs {
+    /// The cluster's bootstrap servers.
+    pub bootstrap: String,
+    /// The application id.
+    pub app: String,
+    /// The instance's state directory.
+    pub state: PathBuf,
+    /// The file whose creation asks the instance to stop.
+    pub stop: PathBuf,
 }
 
-/// The child side: tracing to stderr (the instance's log file), filtered
-/// by `RUST_LOG`, without colours.
-pub fn init_child_tracing() {
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+impl ChildArgs {
+    /// In the child: its arguments, with tracing set up to stderr (the
+    /// instance's log file, filtered by `RUST_LOG`, without colours);
+    /// `None` when the child test runs as an ordinary test, which then has
+    /// nothing to do.
+    pub fn enter() -> Option<ChildArgs> {
+        let bootstrap = std::env::var("STRATA_CHILD_BOOTSTRAP").ok()?;
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+        let var = |name: &str| std::env::var(name).unwrap();
+        Some(ChildArgs {
+            bootstrap,
+            app: var("STRATA_CHILD_APP"),
+            state: PathBuf::from(var("STRATA_CHILD_STATE")),
+            stop: PathBuf::from(var("STRATA_CHILD_STOP")),
+        })
+    }
+
+    /// In the child: runs `running` until the stop file appears, calling
+    /// `tick` every `every` meanwhile, then shuts it down and prints
+    /// `CHILD STOPPED`.
+    pub fn run_until_stopped(
+        &self,
+        running: RunningApp,
+        every: Duration,
+        mut tick: impl FnMut(&RunningApp),
+    ) {
+        while !self.stop.exists() {
+            std::thread::sleep(every);
+            tick(&running);
+        }
+        running.shutdown().unwrap();
+        println!("CHILD STOPPED");
+    }
+}
+
+/// A command re-running this test binary with only `child_test` selected
+/// (exact name, output shown, one thread), passing it `args`.
+pub fn child_command(child_test: &str, args: &ChildArgs) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([child_test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("STRATA_CHILD_BOOTSTRAP", &args.bootstrap)
+        .env("STRATA_CHILD_APP", &args.app)
+        .env("STRATA_CHILD_STATE", &args.state)
+        .env("STRATA_CHILD_STOP", &args.stop);
+    cmd
 }
 
 /// A running child process, named in failure messages.

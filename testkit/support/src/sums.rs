@@ -6,6 +6,7 @@
 //! expected counts and sums, and a table can be rebuilt from its changelog.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use strata_engine::kafka::changelog::KafkaChangelogReader;
@@ -79,39 +80,6 @@ pub fn poisoned(i: u64, every: Option<u64>) -> bool {
     every.is_some_and(|m| i % m == m - 1)
 }
 
-/// Produces records `from..from + n` of the workload over `partitions`
-/// partitions, counting records per partition into `counts`; a record for
-/// which `poison` gives bytes has those as its (undecodable) value.
-pub fn produce_events(
-    bootstrap: &str,
-    from: u64,
-    n: u64,
-    partitions: u32,
-    counts: &mut BTreeMap<u32, u64>,
-    poison: impl Fn(u64) -> Option<Vec<u8>>,
-) {
-    let records = (from..from + n).map(|i| {
-        let key = format!("k{}", i % KEYS);
-        *counts
-            .entry(partition_for(key.as_bytes(), partitions).0)
-            .or_default() += 1;
-        let value = poison(i).unwrap_or_else(|| {
-            serde_json::to_vec(&Event {
-                seq: (i / KEYS) as u32,
-                amount: (i % 97) as i64,
-            })
-            .unwrap()
-        });
-        OutRecord {
-            topic: TOPIC.into(),
-            key: Some(key.into_bytes()),
-            value: Some(value),
-            headers: vec![],
-        }
-    });
-    crate::produce::produce(bootstrap, records);
-}
-
 /// Key -> (records, sum) of the first `n` records, the poisoned ones left
 /// out.
 pub fn oracle(n: u64, poison_every: Option<u64>) -> BTreeMap<String, (u64, i64)> {
@@ -141,59 +109,118 @@ pub fn check(table: &BTreeMap<String, Agg>, want: &BTreeMap<String, (u64, i64)>)
     reapplied
 }
 
-/// Rebuilds every partition of app `app`'s table from its changelog (a gap
-/// in versions fails the rebuild), checks every history is strictly
-/// increasing, and returns key -> aggregate. `tip` gives a partition's last
-/// committed transaction under exactly-once (its aborted records are
-/// skipped), `None` otherwise.
-pub fn table_from_changelog(
-    bootstrap: &str,
-    app: &str,
-    partitions: u32,
-    tip: impl Fn(u32) -> Option<TxnId>,
-) -> BTreeMap<String, Agg> {
-    let mut out = BTreeMap::new();
-    for p in 0..partitions {
-        let name = TableName::new(TABLE).unwrap();
-        let loc = Location {
-            table: name.clone(),
-            partition: Partition(p),
-        };
-        let mut reader = KafkaChangelogReader::new(
-            &KafkaConfig::new(bootstrap),
-            format!("{app}-{TABLE}-changelog"),
-            loc,
-        )
-        .unwrap()
-        .with_tip(tip(p));
-        let mut t =
-            TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
-        t.restore_from(&mut reader, 50_000, &mut |_| {})
-            .expect("the changelog rebuilds without gaps");
-        let r = t.reader();
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            if partition_for(key.as_bytes(), partitions).0 != p {
-                continue;
+/// The workload over `partitions` partitions of [`TOPIC`].
+#[derive(Clone, Copy, Debug)]
+pub struct Sums {
+    /// The partitions of the input topic (and of the table).
+    pub partitions: u32,
+}
+
+impl Sums {
+    /// Produces records `from..from + n`, counting records per partition
+    /// into `counts`; a record for which `poison` gives bytes has those as
+    /// its (undecodable) value.
+    pub fn produce(
+        &self,
+        bootstrap: &str,
+        from: u64,
+        n: u64,
+        counts: &mut BTreeMap<u32, u64>,
+        poison: impl Fn(u64) -> Option<Vec<u8>>,
+    ) {
+        let records = (from..from + n).map(|i| {
+            let key = format!("k{}", i % KEYS);
+            *counts
+                .entry(partition_for(key.as_bytes(), self.partitions).0)
+                .or_default() += 1;
+            let value = poison(i).unwrap_or_else(|| {
+                serde_json::to_vec(&Event {
+                    seq: (i / KEYS) as u32,
+                    amount: (i % 97) as i64,
+                })
+                .unwrap()
+            });
+            OutRecord {
+                topic: TOPIC.into(),
+                key: Some(key.into_bytes()),
+                value: Some(value),
+                headers: vec![],
             }
-            let kb = key.clone().to_key_bytes();
-            if let Some(v) = r.get(&kb).unwrap() {
-                let h = r
-                    .history(
-                        &kb,
-                        &HistoryQuery {
-                            limit: 10_000_000,
-                            ..Default::default()
-                        },
-                    )
+        });
+        crate::produce::produce(bootstrap, records);
+    }
+
+    /// Waits until group `app` has committed, on every partition of
+    /// [`TOPIC`], the records `counts` says were produced there.
+    ///
+    /// # Panics
+    ///
+    /// If that has not happened within `timeout`.
+    pub fn wait_committed(
+        &self,
+        bootstrap: &str,
+        app: &str,
+        counts: &BTreeMap<u32, u64>,
+        timeout: Duration,
+    ) {
+        crate::committed::wait_committed(bootstrap, app, TOPIC, self.partitions, counts, timeout)
+    }
+
+    /// Rebuilds every partition of app `app`'s table from its changelog (a gap
+    /// in versions fails the rebuild), checks every history is strictly
+    /// increasing, and returns key -> aggregate. `tip` gives a partition's last
+    /// committed transaction under exactly-once (its aborted records are
+    /// skipped), `None` otherwise.
+    pub fn table_from_changelog(
+        &self,
+        bootstrap: &str,
+        app: &str,
+        tip: impl Fn(u32) -> Option<TxnId>,
+    ) -> BTreeMap<String, Agg> {
+        let mut out = BTreeMap::new();
+        for p in 0..self.partitions {
+            let name = TableName::new(TABLE).unwrap();
+            let loc = Location {
+                table: name.clone(),
+                partition: Partition(p),
+            };
+            let mut reader = KafkaChangelogReader::new(
+                &KafkaConfig::new(bootstrap),
+                format!("{app}-{TABLE}-changelog"),
+                loc,
+            )
+            .unwrap()
+            .with_tip(tip(p));
+            let mut t =
+                TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p)))
                     .unwrap();
-                assert!(
-                    h.entries.windows(2).all(|w| w[0].version > w[1].version),
-                    "{key}: history strictly increasing"
-                );
-                out.insert(key, ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
+            t.restore_from(&mut reader, 50_000, &mut |_| {})
+                .expect("the changelog rebuilds without gaps");
+            let r = t.reader();
+            for k in 0..KEYS {
+                let key = format!("k{k}");
+                if partition_for(key.as_bytes(), self.partitions).0 != p {
+                    continue;
+                }
+                let kb = key.clone().to_key_bytes();
+                if let Some(v) = r.get(&kb).unwrap() {
+                    let h = r
+                        .history(
+                            &kb,
+                            &HistoryQuery {
+                                limit: 10_000_000,
+                                ..Default::default()
+                            },
+                        )
+                        .unwrap();
+                    assert!(
+                        h.entries.windows(2).all(|w| w[0].version > w[1].version),
+                        "{key}: history strictly increasing"
+                    );
+                    out.insert(key, ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
+                }
             }
         }
+        out
     }
-    out
 }
