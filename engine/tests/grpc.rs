@@ -15,7 +15,7 @@ use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
 use strata_state::Retention;
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata_test_support::grpc::{config, now_ms};
+use strata_test_support::grpc::{config, list_services, now_ms};
 use strata_test_support::produce::produce_numbers;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -673,22 +673,7 @@ async fn every_rpc_served_locally_with_the_error_contract() {
             "{service:?}"
         );
     }
-    let mut refl =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
-    };
-    let mut stream = refl
-        .server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
+    let resp = list_services(ch.clone()).await;
     let services: BTreeSet<String> = match resp.message_response.unwrap() {
         tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(l) => {
             l.service.into_iter().map(|s| s.name).collect()

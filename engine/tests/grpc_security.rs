@@ -19,7 +19,7 @@ use strata_engine::{App, AppConfig, EmbeddedKafka, Error, RunningApp};
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
-use strata_test_support::grpc::{config, now_ms, sums_topology};
+use strata_test_support::grpc::{config, list_services, now_ms, sums_topology};
 use strata_test_support::produce::produce_numbers;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -228,25 +228,10 @@ async fn tokens_guard_query_and_admin_but_not_health_or_reflection() {
             tonic_health::pb::health_check_response::ServingStatus::Serving
         );
     }
-    let mut refl =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
-    };
-    let mut stream = refl
-        .server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let listed = format!("{:?}", stream.message().await.unwrap().unwrap());
+    let listed = format!("{:?}", list_services(ch.clone()).await);
     assert!(listed.contains("strata.v1.Admin"), "{listed}");
 
-    drop((q, admin, health, refl, ch));
+    drop((q, admin, health, ch));
     tokio::task::block_in_place(move || r.app.shutdown().unwrap());
 }
 

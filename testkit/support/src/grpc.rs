@@ -1,12 +1,16 @@
 //! What the gRPC tests share: the per-key sums topology they query, the
-//! config of an app serving gRPC on the embedded cluster, and the wall
-//! clock for time-travel reads.
+//! config of an app serving gRPC on the embedded cluster, the wall clock
+//! for time-travel reads, and asking server reflection for its services.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_engine::serde::{Utf8, json};
 use strata_engine::{AppConfig, EmbeddedKafka, TableOptions, Topology};
+use tonic::transport::Channel;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
 /// `sums`: the per-key sum of the numbers in `events`.
 pub fn sums_topology() -> Topology {
@@ -37,4 +41,19 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// The server's answer to a reflection ListServices request over `ch`.
+pub async fn list_services(ch: Channel) -> ServerReflectionResponse {
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap()
 }
