@@ -15,7 +15,7 @@ use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
 use strata_state::Retention;
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata_test_support::grpc::{config, list_services, now_ms};
+use strata_test_support::grpc::{assert_serving, config, list_services, now_ms};
 use strata_test_support::produce::produce_numbers;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -658,21 +658,7 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     assert_eq!(s.code(), Code::NotFound);
 
     // Health and reflection.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving,
-            "{service:?}"
-        );
-    }
+    assert_serving(ch.clone()).await;
     let resp = list_services(ch.clone()).await;
     let services: BTreeSet<String> = match resp.message_response.unwrap() {
         tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(l) => {

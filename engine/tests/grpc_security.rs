@@ -19,7 +19,7 @@ use strata_engine::{App, AppConfig, EmbeddedKafka, Error, RunningApp};
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
-use strata_test_support::grpc::{config, list_services, now_ms, sums_topology};
+use strata_test_support::grpc::{assert_serving, config, list_services, now_ms, sums_topology};
 use strata_test_support::produce::produce_numbers;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
@@ -214,24 +214,11 @@ async fn tokens_guard_query_and_admin_but_not_health_or_reflection() {
     assert_eq!(c, Code::Unauthenticated, "{m}");
 
     // Health and reflection need no token.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
-        let h = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            h.status(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving
-        );
-    }
+    assert_serving(ch.clone()).await;
     let listed = format!("{:?}", list_services(ch.clone()).await);
     assert!(listed.contains("strata.v1.Admin"), "{listed}");
 
-    drop((q, admin, health, ch));
+    drop((q, admin, ch));
     tokio::task::block_in_place(move || r.app.shutdown().unwrap());
 }
 

@@ -1,6 +1,6 @@
 //! What the gRPC tests share: the per-key sums topology they query, the
 //! config of an app serving gRPC on the embedded cluster, the wall clock
-//! for time-travel reads, and asking server reflection for its services.
+//! for time-travel reads, and checking health and reflection.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strata_engine::serde::{Utf8, json};
 use strata_engine::{AppConfig, EmbeddedKafka, TableOptions, Topology};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
@@ -41,6 +44,22 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Asserts that health over `ch` reports the server and both Strata
+/// services SERVING.
+pub async fn assert_serving(ch: Channel) {
+    let mut health = HealthClient::new(ch);
+    for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
 }
 
 /// The server's answer to a reflection ListServices request over `ch`.
