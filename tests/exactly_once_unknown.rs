@@ -17,11 +17,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use strata::kafka::client::KafkaConfig;
-use strata::kafka::output::OutputProducer;
 use strata::serde::{Utf8, json};
-use strata::state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata::{App, AppConfig, Guarantee, OutRecord, RunningApp, TableOptions, Topology};
+use strata::{App, AppConfig, Guarantee, RunningApp, TableOptions, Topology};
+use strata_test_support::words::{produce_words, word_counts};
 use strata_testkit::Tansu;
 
 const WORDS: u64 = 20;
@@ -37,29 +35,11 @@ fn counts(topic: &str) -> Topology {
 }
 
 fn produce(tansu: &Tansu, topic: &str, from: u64, n: u64) {
-    let p = OutputProducer::new(&KafkaConfig::new(tansu.bootstrap()), BTreeMap::new()).unwrap();
-    let recs: Vec<OutRecord> = (from..from + n)
-        .map(|i| OutRecord {
-            topic: topic.into(),
-            key: Some(format!("w{}", i % WORDS).into_bytes()),
-            value: Some(b"1".to_vec()),
-            headers: vec![],
-        })
-        .collect();
-    p.produce(&recs).unwrap();
+    produce_words(&tansu.bootstrap(), topic, from, n, WORDS);
 }
 
 fn table(app: &RunningApp) -> BTreeMap<String, u64> {
-    let mut got = BTreeMap::new();
-    for i in 0..WORDS {
-        let w = format!("w{i}");
-        if let Some(r) = app.reader_for_key("counts", w.as_bytes())
-            && let Some(v) = r.get(&w.clone().to_key_bytes()).unwrap()
-        {
-            got.insert(w, ValueCodec::<u64>::decode(&Bincode, &v.value).unwrap());
-        }
-    }
-    got
+    word_counts(app, WORDS)
 }
 
 /// Waits until every word counts `each`; fails on any other settled state.

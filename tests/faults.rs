@@ -42,55 +42,27 @@
 //! and what is not covered yet.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use strata::kafka::changelog::KafkaChangelogReader;
-use strata::kafka::client::{KafkaConfig, RebalanceProtocol};
-use strata::kafka::output::OutputProducer;
+use strata::kafka::client::RebalanceProtocol;
 use strata::kafka::txn::{TXN_HEADER, TxnFilter, TxnId, TxnTag};
-use strata::partitioner::partition_for;
 use strata::serde::{Utf8, json};
-use strata::state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata::state::store::MemoryStore;
-use strata::state::{HistoryQuery, Location, Partition, TableConfig, TableName, TablePartition};
-use strata::{App, AppConfig, Guarantee, OutRecord, TableOptions, Topology};
+use strata::{App, AppConfig, Guarantee, Topology};
+use strata_test_support::child::{ChildArgs, ChildProcess, child_command};
+use strata_test_support::sums::{self, Agg, Sums, TABLE, check, oracle, poisoned};
 use strata_testkit::Tansu;
 
 const PARTITIONS: u32 = 6;
-const KEYS: u64 = 1_000;
-const TABLE: &str = "sums";
+const SUMS: Sums = Sums {
+    partitions: PARTITIONS,
+};
 
 fn full() -> bool {
     std::env::var("STRATA_FAULTS_FULL").is_ok_and(|v| v == "1")
-}
-
-/// An input record: sequence number within its key, amount.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Event {
-    seq: u32,
-    amount: i64,
-}
-
-/// Applications, sum of distinct records, and which sequence numbers were
-/// seen.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Agg {
-    applied: u64,
-    sum: i64,
-    seen: Vec<u64>,
-}
-
-impl Agg {
-    fn distinct(&self) -> u64 {
-        self.seen.iter().map(|w| w.count_ones() as u64).sum()
-    }
 }
 
 /// The output topic of the table's changes.
@@ -100,24 +72,7 @@ fn changes_topic(app: &str) -> String {
 
 fn topology(app: &str) -> Topology {
     let t = Topology::new();
-    let table = t.stream("events", Utf8, json::<Event>()).aggregate(
-        TABLE,
-        TableOptions::default(),
-        |_k, e: Event, old: Option<Agg>| {
-            let mut a = old.unwrap_or_default();
-            let (w, b) = ((e.seq / 64) as usize, e.seq % 64);
-            if a.seen.len() <= w {
-                a.seen.resize(w + 1, 0);
-            }
-            if a.seen[w] & (1 << b) == 0 {
-                a.sum += e.amount;
-            }
-            a.seen[w] |= 1 << b;
-            a.applied += 1;
-            Some(a)
-        },
-    );
-    table
+    sums::aggregate(&t)
         .changes()
         .to(&changes_topic(app), Utf8, json::<Option<Agg>>());
     t
@@ -126,22 +81,15 @@ fn topology(app: &str) -> Topology {
 /// Child mode: one instance, until killed or its stop file appears.
 #[test]
 fn fault_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_FAULT_BOOTSTRAP") else {
+    let Some(args) = ChildArgs::enter() else {
         return;
     };
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let app = std::env::var("STRATA_FAULT_APP").unwrap();
-    let state = PathBuf::from(std::env::var("STRATA_FAULT_STATE").unwrap());
-    let stop = PathBuf::from(std::env::var("STRATA_FAULT_STOP").unwrap());
-    let mut c = AppConfig::new(app.clone(), bootstrap);
+    let app = args.app.clone();
+    let mut c = AppConfig::new(app.clone(), args.bootstrap.clone());
     if app.starts_with("eos-") {
         c.guarantee = Guarantee::ExactlyOnce;
     }
-    c.state_dir = state;
+    c.state_dir = args.state.clone();
     c.kafka.session_timeout = Duration::from_secs(6);
     // Tansu does not run the second round of an incremental rebalance.
     c.kafka.rebalance = RebalanceProtocol::Eager;
@@ -155,17 +103,12 @@ fn fault_child() {
     let _failpoints = fail::FailScenario::setup();
     let running = App::new(c).unwrap().start(topology(&app)).unwrap();
     println!("CHILD STARTED");
-    while !stop.exists() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    running.shutdown().unwrap();
-    println!("CHILD STOPPED");
+    args.run_until_stopped(running, Duration::from_millis(100), |_| {});
 }
 
 struct Instance {
-    child: Child,
+    process: ChildProcess,
     state: PathBuf,
-    stop: PathBuf,
 }
 
 impl Instance {
@@ -190,84 +133,45 @@ impl Instance {
             .append(true)
             .open(logs.join(format!("instance-{n}.log")))
             .unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["fault_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("STRATA_FAULT_BOOTSTRAP", tansu.bootstrap())
-            .env("STRATA_FAULT_APP", app)
-            .env("STRATA_FAULT_STATE", state)
-            .env("STRATA_FAULT_STOP", &stop)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .env("FAILPOINTS", failpoints.unwrap_or(""))
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().contains("CHILD STARTED") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        Instance {
-            child,
-            state: state.to_path_buf(),
+        let args = ChildArgs {
+            bootstrap: tansu.bootstrap(),
+            app: app.into(),
+            state: state.into(),
             stop,
+        };
+        let mut process = ChildProcess::spawn(
+            "instance",
+            child_command("fault_child", &args)
+                .env("RUST_LOG", "info,librdkafka=warn")
+                .env("FAILPOINTS", failpoints.unwrap_or("")),
+            args.stop,
+            log,
+        );
+        process.wait_for("CHILD STARTED");
+        Instance {
+            process,
+            state: state.to_path_buf(),
         }
     }
 
     /// Waits for the instance to end on its own (a failpoint aborting
     /// it); true if it did within `timeout`.
     fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        self.process.wait_exit(timeout)
     }
 
     /// Freezes the process (SIGSTOP) for `d`, then resumes it.
     fn freeze_for(&self, d: Duration) {
-        let pid = self.child.id().to_string();
-        for (sig, wait) in [("-STOP", d), ("-CONT", Duration::ZERO)] {
-            let status = Command::new("kill").args([sig, &pid]).status().unwrap();
-            assert!(status.success(), "kill {sig} {pid}");
-            std::thread::sleep(wait);
-        }
+        self.process.freeze_for(d)
     }
 
     fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.kill9();
     }
 
-    fn stop(mut self) {
-        std::fs::write(&self.stop, b"stop").unwrap();
-        let end = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "instance exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("instance did not stop within 60 s");
+    fn stop(self) {
+        self.process.stop();
     }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-/// Whether record `i` is undecodable (one in `every`).
-fn poisoned(i: u64, every: Option<u64>) -> bool {
-    every.is_some_and(|m| i % m == m - 1)
 }
 
 /// Produces records `from..from + n` (round robin over keys), counting
@@ -280,135 +184,9 @@ fn produce_with(
     counts: &mut BTreeMap<u32, u64>,
     poison_every: Option<u64>,
 ) {
-    let producer = OutputProducer::new(&KafkaConfig::new(bootstrap), BTreeMap::new()).unwrap();
-    let mut batch = Vec::with_capacity(10_000);
-    for i in from..from + n {
-        let key = format!("k{}", i % KEYS);
-        *counts
-            .entry(partition_for(key.as_bytes(), PARTITIONS).0)
-            .or_default() += 1;
-        batch.push(OutRecord {
-            topic: "events".into(),
-            key: Some(key.into_bytes()),
-            value: Some(if poisoned(i, poison_every) {
-                format!("{{not an event #{i}").into_bytes()
-            } else {
-                serde_json::to_vec(&Event {
-                    seq: (i / KEYS) as u32,
-                    amount: (i % 97) as i64,
-                })
-                .unwrap()
-            }),
-            headers: vec![],
-        });
-        if batch.len() == 10_000 {
-            producer.produce(&batch).unwrap();
-            batch.clear();
-        }
-    }
-    producer.produce(&batch).unwrap();
-}
-
-fn oracle(n: u64, poison_every: Option<u64>) -> BTreeMap<String, (u64, i64)> {
-    let mut o: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    for i in 0..n {
-        if poisoned(i, poison_every) {
-            continue;
-        }
-        let e = o.entry(format!("k{}", i % KEYS)).or_default();
-        e.0 += 1;
-        e.1 += (i % 97) as i64;
-    }
-    o
-}
-
-/// Waits until the group has committed every produced offset.
-fn wait_committed(tansu: &Tansu, app: &str, counts: &BTreeMap<u32, u64>, timeout: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.bootstrap())
-        .set("group.id", app)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let end = Instant::now() + timeout;
-    let mut last = BTreeMap::new();
-    while Instant::now() < end {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition("events", p as i32);
-        }
-        if let Ok(c) = consumer.committed_offsets(tpl, Duration::from_secs(5)) {
-            last = c
-                .elements()
-                .iter()
-                .map(|e| {
-                    let o = match e.offset() {
-                        KOffset::Offset(o) => o as u64,
-                        _ => 0,
-                    };
-                    (e.partition() as u32, o)
-                })
-                .collect::<BTreeMap<u32, u64>>();
-            if counts.iter().all(|(p, n)| last.get(p) == Some(n)) {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("not all input committed after {timeout:?}: committed {last:?}, produced {counts:?}");
-}
-
-/// Rebuilds every partition from its changelog (a gap in versions fails
-/// the rebuild), checks every history is strictly increasing, and returns
-/// key -> aggregate.
-fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
-    let mut out = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let name = TableName::new(TABLE).unwrap();
-        let loc = Location {
-            table: name.clone(),
-            partition: Partition(p),
-        };
-        // Under exactly-once, the records of aborted transactions are
-        // skipped (Tansu delivers them): the task's committed marker
-        // resolves the last transactions.
-        let mut reader = KafkaChangelogReader::new(
-            &KafkaConfig::new(tansu.bootstrap()),
-            format!("{app}-{TABLE}-changelog"),
-            loc,
-        )
-        .unwrap()
-        .with_tip(tips(tansu, app).get(&p).copied());
-        let mut t =
-            TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
-        t.restore_from(&mut reader, 50_000, &mut |_| {})
-            .expect("the changelog rebuilds without gaps");
-        let r = t.reader();
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            if partition_for(key.as_bytes(), PARTITIONS).0 != p {
-                continue;
-            }
-            let kb = key.clone().to_key_bytes();
-            if let Some(v) = r.get(&kb).unwrap() {
-                let h = r
-                    .history(
-                        &kb,
-                        &HistoryQuery {
-                            limit: 10_000_000,
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap();
-                assert!(
-                    h.entries.windows(2).all(|w| w[0].version > w[1].version),
-                    "{key}: history strictly increasing"
-                );
-                out.insert(key, ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
-            }
-        }
-    }
-    out
+    SUMS.produce(bootstrap, from, n, counts, |i| {
+        poisoned(i, poison_every).then(|| format!("{{not an event #{i}").into_bytes())
+    })
 }
 
 /// Each task's last committed transaction (exactly-once): the group's
@@ -535,19 +313,6 @@ fn check_changes(tansu: &Tansu, app: &str, want: &BTreeMap<String, (u64, i64)>) 
     (total, skipped)
 }
 
-/// Checks the table against the oracle; returns the records re-applied.
-fn check(table: &BTreeMap<String, Agg>, want: &BTreeMap<String, (u64, i64)>) -> u64 {
-    assert_eq!(table.len(), want.len(), "every key present");
-    let mut reapplied = 0;
-    for (k, (count, sum)) in want {
-        let a = &table[k];
-        assert_eq!(a.distinct(), *count, "{k}: records lost");
-        assert_eq!(a.sum, *sum, "{k}: sum of distinct records");
-        reapplied += a.applied - a.distinct();
-    }
-    reapplied
-}
-
 /// Runs `n` records through three instances while `fault` is applied
 /// `times` times (to a random instance, which it gets to restart), then
 /// checks. Returns (records re-applied, seconds).
@@ -605,12 +370,19 @@ fn run(
     faults_done.store(true, std::sync::atomic::Ordering::Release);
     let (counts, n) = producer.join().unwrap();
     println!("{app}: {n} records produced");
-    wait_committed(&tansu, app, &counts, Duration::from_secs(600));
+    SUMS.wait_committed(&tansu.bootstrap(), app, &counts, Duration::from_secs(600));
     for i in instances {
         i.stop();
     }
     let want = oracle(n, poison_every);
-    let reapplied = check(&table_from_changelog(&tansu, app), &want);
+    // Every partition rebuilt from its changelog (a gap in versions fails
+    // the rebuild, every history strictly increasing). Under exactly-once,
+    // the records of aborted transactions are skipped (Tansu delivers
+    // them): the task's committed marker resolves the last transactions.
+    let table = SUMS.table_from_changelog(&tansu.bootstrap(), app, |p| {
+        tips(&tansu, app).get(&p).copied()
+    });
+    let reapplied = check(&table, &want);
     if app.starts_with("eos-") {
         assert_eq!(
             reapplied, 0,

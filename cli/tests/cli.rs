@@ -9,14 +9,13 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::serde::{Utf8, json as json_serde};
-use strata_engine::{App, AppConfig, EmbeddedKafka, OutRecord, RunningApp, TableOptions, Topology};
+use strata_engine::{App, AppConfig, EmbeddedKafka, RunningApp};
 use strata_proto::v1 as pb;
+use strata_test_support::grpc::{now_ms, sums_topology};
+use strata_test_support::produce::produce_numbers;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -25,13 +24,6 @@ const PARTITIONS: u32 = 3;
 
 fn key(i: usize) -> String {
     format!("k{i:02}")
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// Runs the binary against `endpoint` and waits for it.
@@ -110,34 +102,6 @@ fn scan_all(endpoint: &str, args: &[&str]) -> (Vec<(String, i64)>, usize) {
     (items, docs.len())
 }
 
-fn topology() -> Topology {
-    let t = Topology::new();
-    t.stream("events", Utf8, json_serde::<i64>()).aggregate(
-        "sums",
-        TableOptions::default(),
-        |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v),
-    );
-    t
-}
-
-fn produce(kafka: &EmbeddedKafka, records: &[(String, i64)]) {
-    let p = OutputProducer::new(
-        &KafkaConfig::new(kafka.bootstrap_servers()),
-        BTreeMap::new(),
-    )
-    .unwrap();
-    let recs: Vec<OutRecord> = records
-        .iter()
-        .map(|(k, v)| OutRecord {
-            topic: "events".into(),
-            key: Some(k.clone().into_bytes()),
-            value: Some(v.to_string().into_bytes()),
-            headers: vec![],
-        })
-        .collect();
-    p.produce(&recs).unwrap();
-}
-
 struct Fixture {
     kafka: EmbeddedKafka,
     _state: tempfile::TempDir,
@@ -200,9 +164,9 @@ fn fixture() -> Fixture {
     cfg.manage_topics = false;
     cfg.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
     kafka
-        .create_app_topics(&cfg, &topology(), PARTITIONS)
+        .create_app_topics(&cfg, &sums_topology(), PARTITIONS)
         .unwrap();
-    let app = App::new(cfg).unwrap().start(topology()).unwrap();
+    let app = App::new(cfg).unwrap().start(sums_topology()).unwrap();
     app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
         .unwrap();
     let endpoint = format!("http://{}", app.grpc_addr().expect("a gRPC server"));
@@ -211,7 +175,7 @@ fn fixture() -> Fixture {
     let mut phase1 = BTreeMap::new();
     for round in 1..=3i64 {
         let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), round)).collect();
-        produce(&kafka, &recs);
+        produce_numbers(&kafka.bootstrap_servers(), &recs);
         for (k, v) in recs {
             *phase1.entry(k).or_insert(0) += v;
         }
@@ -221,7 +185,7 @@ fn fixture() -> Fixture {
     let t_mid = now_ms();
     std::thread::sleep(Duration::from_millis(20));
     let recs: Vec<(String, i64)> = (0..4).map(|i| (key(i), 10)).collect();
-    produce(&kafka, &recs);
+    produce_numbers(&kafka.bootstrap_servers(), &recs);
     let mut phase2 = phase1.clone();
     for (k, v) in recs {
         *phase2.get_mut(&k).unwrap() += v;
@@ -964,7 +928,7 @@ fn tail_follows_a_running_app_and_resumes_from_its_cursor() {
     }
     assert_eq!(last, f.phase2);
     // A change committed now arrives live.
-    produce(&f.kafka, &[(key(11), 100)]);
+    produce_numbers(&f.kafka.bootstrap_servers(), &[(key(11), 100)]);
     let (live, resume) = read_changes(&mut out, 1);
     assert_eq!(
         (live[0].2.as_str(), live[0].3),
@@ -983,7 +947,7 @@ fn tail_follows_a_running_app_and_resumes_from_its_cursor() {
         &f.endpoint,
         &["sums", "--after", &resume.to_string(), "-o", "json"],
     );
-    produce(&f.kafka, &[(key(3), 1)]);
+    produce_numbers(&f.kafka.bootstrap_servers(), &[(key(3), 1)]);
     let (next, _) = read_changes(&mut out, 1);
     assert_eq!(
         (next[0].2.as_str(), next[0].3),

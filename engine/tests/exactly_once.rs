@@ -15,11 +15,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use strata_engine::kafka::output::OutputProducer;
 use strata_engine::kafka::txn::{TXN_HEADER, TxnTag};
 use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, Guarantee, OutRecord, RunningApp, TableOptions, Topology};
-use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
+use strata_engine::{App, AppConfig, Guarantee, RunningApp, TableOptions, Topology};
+use strata_test_support::words::{produce_words, word_counts};
 use strata_testkit::Tansu;
 
 const WORDS: usize = 20;
@@ -44,33 +43,11 @@ fn config(kafka: &Tansu, state: &Path) -> AppConfig {
 }
 
 fn produce(kafka: &Tansu, from: u64, n: u64) {
-    let p = OutputProducer::new(
-        &strata_engine::kafka::client::KafkaConfig::new(kafka.bootstrap()),
-        BTreeMap::new(),
-    )
-    .unwrap();
-    let recs: Vec<OutRecord> = (from..from + n)
-        .map(|i| OutRecord {
-            topic: "words".into(),
-            key: Some(format!("w{}", i % WORDS as u64).into_bytes()),
-            value: Some(b"1".to_vec()),
-            headers: vec![],
-        })
-        .collect();
-    p.produce(&recs).unwrap();
+    produce_words(&kafka.bootstrap(), "words", from, n, WORDS as u64);
 }
 
 fn table(app: &RunningApp) -> BTreeMap<String, u64> {
-    let mut got = BTreeMap::new();
-    for i in 0..WORDS {
-        let w = format!("w{i}");
-        if let Some(r) = app.reader_for_key("counts", w.as_bytes())
-            && let Some(v) = r.get(&w.clone().to_key_bytes()).unwrap()
-        {
-            got.insert(w, ValueCodec::<u64>::decode(&Bincode, &v.value).unwrap());
-        }
-    }
-    got
+    word_counts(app, WORDS as u64)
 }
 
 fn wait_total(app: &RunningApp, want: u64) -> BTreeMap<String, u64> {

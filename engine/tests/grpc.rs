@@ -5,19 +5,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use prost::Message;
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
 use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, EmbeddedKafka, OutRecord, RunningApp, TableOptions, Topology};
+use strata_engine::{App, EmbeddedKafka, RunningApp, TableOptions, Topology};
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
 use strata_state::Retention;
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
+use strata_test_support::grpc::{assert_serving, config, list_services, now_ms};
+use strata_test_support::produce::produce_numbers;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -42,43 +41,8 @@ fn topology() -> Topology {
     t
 }
 
-fn config(kafka: &EmbeddedKafka, app: &str, state: &Path) -> AppConfig {
-    let mut c = AppConfig::new(app, kafka.bootstrap_servers());
-    c.state_dir = state.to_path_buf();
-    c.kafka.session_timeout = Duration::from_secs(6);
-    c.manage_topics = false;
-    c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
-    c.query.max_message_bytes = 1 << 20;
-    c
-}
-
 fn key(i: usize) -> String {
     format!("k{i:02}")
-}
-
-fn produce(kafka: &EmbeddedKafka, records: &[(String, i64)]) {
-    let p = OutputProducer::new(
-        &KafkaConfig::new(kafka.bootstrap_servers()),
-        BTreeMap::new(),
-    )
-    .unwrap();
-    let recs: Vec<OutRecord> = records
-        .iter()
-        .map(|(k, v)| OutRecord {
-            topic: "events".into(),
-            key: Some(k.clone().into_bytes()),
-            value: Some(v.to_string().into_bytes()),
-            headers: vec![],
-        })
-        .collect();
-    p.produce(&recs).unwrap();
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 async fn clients(addr: SocketAddr) -> (QueryClient<Channel>, AdminClient<Channel>, Channel) {
@@ -186,7 +150,7 @@ async fn fixture() -> Fixture {
     let mut phase1 = BTreeMap::new();
     for round in 1..=3i64 {
         let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), round)).collect();
-        produce(&kafka, &recs);
+        produce_numbers(&kafka.bootstrap_servers(), &recs);
         for (k, v) in recs {
             *phase1.entry(k).or_insert(0) += v;
         }
@@ -198,7 +162,7 @@ async fn fixture() -> Fixture {
     let t_mid = now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let recs: Vec<(String, i64)> = (0..10).map(|i| (key(i), 10)).collect();
-    produce(&kafka, &recs);
+    produce_numbers(&kafka.bootstrap_servers(), &recs);
     let mut phase2 = phase1.clone();
     for (k, v) in recs {
         *phase2.get_mut(&k).unwrap() += v;
@@ -694,37 +658,8 @@ async fn every_rpc_served_locally_with_the_error_contract() {
     assert_eq!(s.code(), Code::NotFound);
 
     // Health and reflection.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving,
-            "{service:?}"
-        );
-    }
-    let mut refl =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
-    };
-    let mut stream = refl
-        .server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let resp = stream.message().await.unwrap().unwrap();
+    assert_serving(ch.clone()).await;
+    let resp = list_services(ch.clone()).await;
     let services: BTreeSet<String> = match resp.message_response.unwrap() {
         tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(l) => {
             l.service.into_iter().map(|s| s.name).collect()
@@ -819,7 +754,7 @@ async fn reads_anywhere_are_routed_to_the_owner() {
         .create_app_topics(&ca, &topology(), PARTITIONS)
         .unwrap();
     let recs: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), i as i64)).collect();
-    produce(&kafka, &recs);
+    produce_numbers(&kafka.bootstrap_servers(), &recs);
     let running = |app: &RunningApp| -> BTreeSet<u32> {
         app.registry()
             .partitions()
@@ -1076,7 +1011,7 @@ async fn subscribe_delivers_every_committed_change_once_in_order() {
         .create_app_topics(&c, &topology(), PARTITIONS)
         .unwrap();
     let first: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), 1)).collect();
-    produce(&kafka, &first);
+    produce_numbers(&kafka.bootstrap_servers(), &first);
     let app = tokio::task::block_in_place(|| {
         let app = App::new(c).unwrap().start(topology()).unwrap();
         app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
@@ -1125,7 +1060,7 @@ async fn subscribe_delivers_every_committed_change_once_in_order() {
     assert_eq!(keys.len(), KEYS, "every key's first version");
     // New commits arrive on the open feed.
     let second: Vec<(String, i64)> = (0..KEYS).map(|i| (key(i), 10)).collect();
-    produce(&kafka, &second);
+    produce_numbers(&kafka.bootstrap_servers(), &second);
     let end = Instant::now() + Duration::from_secs(60);
     while latest(&app).values().sum::<u64>() < 2 * KEYS as u64 {
         assert!(Instant::now() < end);
@@ -1217,7 +1152,7 @@ async fn a_restoring_partition_is_unavailable_unless_stale_reads_are_allowed() {
     kafka.create_app_topics(&c, &topology(), 1).unwrap();
     // One key, many versions: a long changelog.
     let recs: Vec<(String, i64)> = (0..N).map(|_| ("hot".to_string(), 1)).collect();
-    produce(&kafka, &recs);
+    produce_numbers(&kafka.bootstrap_servers(), &recs);
     tokio::task::block_in_place(|| {
         let app = App::new(c.clone()).unwrap().start(topology()).unwrap();
         app.wait_running(1, Duration::from_secs(60)).unwrap();
@@ -1328,7 +1263,7 @@ async fn a_long_restore_does_not_block_the_other_tasks_of_its_worker() {
         .unwrap();
     let mut recs: Vec<(String, i64)> = (0..N).map(|_| (hot.clone(), 1)).collect();
     recs.push((cold.clone(), 1));
-    produce(&kafka, &recs);
+    produce_numbers(&kafka.bootstrap_servers(), &recs);
     let value = |app: &RunningApp, k: &str| -> Option<i64> {
         let r = app
             .registry()
@@ -1349,7 +1284,7 @@ async fn a_long_restore_does_not_block_the_other_tasks_of_its_worker() {
     std::fs::remove_dir_all(state.path()).unwrap();
     std::fs::create_dir_all(state.path()).unwrap();
     c.restore_batch = 1;
-    produce(&kafka, &[(cold.clone(), 41)]);
+    produce_numbers(&kafka.bootstrap_servers(), &[(cold.clone(), 41)]);
     tokio::task::block_in_place(|| {
         let app = App::new(c).unwrap().start(topology()).unwrap();
         let end = Instant::now() + Duration::from_secs(120);

@@ -8,23 +8,19 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 use strata_engine::config::{ClientTls, GrpcSecurity, Pem, ServerTls, TlsIdentity};
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::serde::{Utf8, json};
-use strata_engine::{
-    App, AppConfig, EmbeddedKafka, Error, OutRecord, RunningApp, TableOptions, Topology,
-};
+use strata_engine::{App, AppConfig, EmbeddedKafka, Error, RunningApp};
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
+use strata_test_support::grpc::{assert_serving, config, list_services, now_ms, sums_topology};
+use strata_test_support::produce::produce_numbers;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -32,52 +28,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 const PARTITIONS: u32 = 2;
 const READ: &str = "read-token-0123456789abcdef";
 const ADMIN: &str = "admin-token-0123456789abcdef";
-
-fn topology() -> Topology {
-    let t = Topology::new();
-    let s = t.stream("events", Utf8, json::<i64>());
-    s.aggregate(
-        "sums",
-        TableOptions::default(),
-        |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v),
-    );
-    t
-}
-
-fn config(kafka: &EmbeddedKafka, app: &str, state: &Path) -> AppConfig {
-    let mut c = AppConfig::new(app, kafka.bootstrap_servers());
-    c.state_dir = state.to_path_buf();
-    c.kafka.session_timeout = Duration::from_secs(6);
-    c.manage_topics = false;
-    c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
-    c.query.max_message_bytes = 1 << 20;
-    c
-}
-
-fn produce(kafka: &EmbeddedKafka, records: &[(&str, i64)]) {
-    let p = OutputProducer::new(
-        &KafkaConfig::new(kafka.bootstrap_servers()),
-        BTreeMap::new(),
-    )
-    .unwrap();
-    let recs: Vec<OutRecord> = records
-        .iter()
-        .map(|(k, v)| OutRecord {
-            topic: "events".into(),
-            key: Some(k.as_bytes().to_vec()),
-            value: Some(v.to_string().into_bytes()),
-            headers: vec![],
-        })
-        .collect();
-    p.produce(&recs).unwrap();
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// A running app, configured by `configure`, whose `sums` will read
 /// {a: 1, b: 2}.
@@ -94,11 +44,11 @@ fn start(name: &str, configure: impl FnOnce(&mut AppConfig)) -> Running {
     let mut cfg = config(&kafka, name, state.path());
     configure(&mut cfg);
     kafka
-        .create_app_topics(&cfg, &topology(), PARTITIONS)
+        .create_app_topics(&cfg, &sums_topology(), PARTITIONS)
         .unwrap();
-    produce(&kafka, &[("a", 1), ("b", 2)]);
+    produce_numbers(&kafka.bootstrap_servers(), &[("a", 1), ("b", 2)]);
     let app = tokio::task::block_in_place(|| {
-        let app = App::new(cfg).unwrap().start(topology()).unwrap();
+        let app = App::new(cfg).unwrap().start(sums_topology()).unwrap();
         app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
             .unwrap();
         app
@@ -188,7 +138,7 @@ async fn tokens_guard_query_and_admin_but_not_health_or_reflection() {
     wait_value(&mut q, "a", "1", Some(READ)).await;
     let t_mid = now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    produce(&r.kafka, &[("a", 10)]);
+    produce_numbers(&r.kafka.bootstrap_servers(), &[("a", 10)]);
     wait_value(&mut q, "a", "11", Some(READ)).await;
 
     // Query: no token, a malformed or unknown token: UNAUTHENTICATED,
@@ -264,39 +214,11 @@ async fn tokens_guard_query_and_admin_but_not_health_or_reflection() {
     assert_eq!(c, Code::Unauthenticated, "{m}");
 
     // Health and reflection need no token.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
-    for service in ["", "strata.v1.Query", "strata.v1.Admin"] {
-        let h = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            h.status(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving
-        );
-    }
-    let mut refl =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
-    };
-    let mut stream = refl
-        .server_reflection_info(tonic::codegen::tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
-    let listed = format!("{:?}", stream.message().await.unwrap().unwrap());
+    assert_serving(ch.clone()).await;
+    let listed = format!("{:?}", list_services(ch.clone()).await);
     assert!(listed.contains("strata.v1.Admin"), "{listed}");
 
-    drop((q, admin, health, refl, ch));
+    drop((q, admin, ch));
     tokio::task::block_in_place(move || r.app.shutdown().unwrap());
 }
 
@@ -711,15 +633,15 @@ async fn forwarding_between_instances_uses_tls_and_the_callers_token() {
     let mut cb_cfg = config(&kafka, "secure-pair", sb.path());
     secure(&mut cb_cfg, "b");
     kafka
-        .create_app_topics(&ca_cfg, &topology(), PARTITIONS)
+        .create_app_topics(&ca_cfg, &sums_topology(), PARTITIONS)
         .unwrap();
     let recs: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 5)).collect();
-    produce(&kafka, &recs);
+    produce_numbers(&kafka.bootstrap_servers(), &recs);
     let (a, b) = tokio::task::block_in_place(|| {
-        let a = App::new(ca_cfg).unwrap().start(topology()).unwrap();
+        let a = App::new(ca_cfg).unwrap().start(sums_topology()).unwrap();
         a.wait_running(PARTITIONS as usize, Duration::from_secs(60))
             .unwrap();
-        let b = App::new(cb_cfg).unwrap().start(topology()).unwrap();
+        let b = App::new(cb_cfg).unwrap().start(sums_topology()).unwrap();
         let end = Instant::now() + Duration::from_secs(90);
         // Settled: one partition each, both directories agreeing.
         loop {

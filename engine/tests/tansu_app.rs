@@ -10,71 +10,28 @@
 //! versions fails the rebuild) and compared with the oracle.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset as KOffset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
-use strata_engine::kafka::changelog::KafkaChangelogReader;
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::partitioner::partition_for;
 use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, OutRecord, TableOptions, Topology};
+use strata_engine::{App, AppConfig, TableOptions, Topology};
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
-use strata_state::store::MemoryStore;
-use strata_state::{HistoryQuery, Location, Partition, TableConfig, TableName, TablePartition};
+use strata_test_support::child::{ChildArgs, ChildProcess, child_command};
+use strata_test_support::sums::{self, Agg, Event, KEYS, Sums, TABLE, check, oracle, poisoned};
 use strata_testkit::Tansu;
 
 const PARTITIONS: u32 = 4;
-const KEYS: u64 = 1_000;
-const TABLE: &str = "sums";
-
-/// An input record: key `k<n>`, sequence number within its key, amount.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Event {
-    seq: u32,
-    amount: i64,
-}
-
-/// The aggregate: applications, sum, and which sequence numbers were seen
-/// (so lost and re-applied records are both visible).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Agg {
-    applied: u64,
-    sum: i64,
-    seen: Vec<u64>,
-}
-
-impl Agg {
-    fn distinct(&self) -> u64 {
-        self.seen.iter().map(|w| w.count_ones() as u64).sum()
-    }
-}
+const SUMS: Sums = Sums {
+    partitions: PARTITIONS,
+};
 
 fn topology() -> Topology {
     let t = Topology::new();
-    t.stream("events", Utf8, json::<Event>()).aggregate(
-        TABLE,
-        TableOptions::default(),
-        |_k, e: Event, old: Option<Agg>| {
-            let mut a = old.unwrap_or_default();
-            let (w, b) = ((e.seq / 64) as usize, e.seq % 64);
-            if a.seen.len() <= w {
-                a.seen.resize(w + 1, 0);
-            }
-            if a.seen[w] & (1 << b) == 0 {
-                a.sum += e.amount;
-            }
-            a.seen[w] |= 1 << b;
-            a.applied += 1;
-            Some(a)
-        },
-    );
+    sums::aggregate(&t);
     t
 }
 
@@ -89,24 +46,15 @@ fn app_config(bootstrap: &str, app: &str, state: &Path) -> AppConfig {
 /// Child mode: runs one instance until its stop file appears.
 #[test]
 fn app_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_CHILD_BOOTSTRAP") else {
+    let Some(args) = ChildArgs::enter() else {
         return;
     };
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let app = std::env::var("STRATA_CHILD_APP").unwrap();
-    let state = PathBuf::from(std::env::var("STRATA_CHILD_STATE").unwrap());
-    let stop = PathBuf::from(std::env::var("STRATA_CHILD_STOP").unwrap());
-    let running = App::new(app_config(&bootstrap, &app, &state))
+    let running = App::new(app_config(&args.bootstrap, &args.app, &args.state))
         .unwrap()
         .start(topology())
         .unwrap();
     println!("CHILD STARTED");
-    while !stop.exists() {
-        std::thread::sleep(Duration::from_millis(100));
+    args.run_until_stopped(running, Duration::from_millis(100), |running| {
         let mut owned: Vec<u32> = running
             .registry()
             .partitions()
@@ -121,16 +69,13 @@ fn app_child() {
             .map(|s| s.records_in)
             .sum();
         println!("CHILD STATS owned={owned:?} records_in={applied}");
-    }
-    running.shutdown().unwrap();
-    println!("CHILD STOPPED");
+    });
 }
 
 struct Instance {
-    child: Child,
-    stop: PathBuf,
+    process: ChildProcess,
     log_path: PathBuf,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Instance {
@@ -139,28 +84,21 @@ impl Instance {
         let stop = state.join(format!("stop-{id}"));
         let log_path = state.join(format!("instance-{id}.log"));
         let stderr = std::fs::File::create(&log_path).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["app_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("STRATA_CHILD_BOOTSTRAP", tansu.bootstrap())
-            .env("STRATA_CHILD_APP", app)
-            .env("STRATA_CHILD_STATE", state)
-            .env("STRATA_CHILD_STOP", &stop)
-            .env("RUST_LOG", "info,librdkafka=warn")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        Instance {
-            child,
+        let args = ChildArgs {
+            bootstrap: tansu.bootstrap(),
+            app: app.into(),
+            state: state.into(),
             stop,
+        };
+        let mut process = ChildProcess::spawn(
+            "instance",
+            child_command("app_child", &args).env("RUST_LOG", "info,librdkafka=warn"),
+            args.stop,
+            stderr,
+        );
+        let log = process.collect_stdout();
+        Instance {
+            process,
             log,
             log_path,
         }
@@ -192,23 +130,12 @@ impl Instance {
         }
     }
 
-    fn stop(mut self) {
-        std::fs::write(&self.stop, b"stop").unwrap();
-        let end = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "instance exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("instance did not stop within 60 s");
+    fn stop(self) {
+        self.process.stop();
     }
 
     fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.kill9();
     }
 }
 
@@ -219,7 +146,8 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
-/// Produces `n` events (round robin over keys), returning per-partition counts.
+/// Produces `n` events (round robin over keys), counting per-partition
+/// records into `counts`.
 fn produce(
     tansu: &Tansu,
     from: u64,
@@ -237,145 +165,9 @@ fn produce_to(
     counts: &mut BTreeMap<u32, u64>,
     poison_every: Option<u64>,
 ) {
-    let producer = OutputProducer::new(&KafkaConfig::new(bootstrap), BTreeMap::new()).unwrap();
-    let mut batch = Vec::with_capacity(10_000);
-    for i in from..from + n {
-        let key = format!("k{}", i % KEYS);
-        let seq = (i / KEYS) as u32;
-        let value = match poison_every {
-            Some(m) if i % m == m - 1 => b"{not an event".to_vec(),
-            _ => serde_json::to_vec(&Event {
-                seq,
-                amount: (i % 97) as i64,
-            })
-            .unwrap(),
-        };
-        *counts
-            .entry(partition_for(key.as_bytes(), PARTITIONS).0)
-            .or_default() += 1;
-        batch.push(OutRecord {
-            topic: "events".into(),
-            key: Some(key.into_bytes()),
-            value: Some(value),
-            headers: vec![],
-        });
-        if batch.len() == 10_000 {
-            producer.produce(&batch).unwrap();
-            batch.clear();
-        }
-    }
-    producer.produce(&batch).unwrap();
-}
-
-/// Waits until the group has committed every produced offset.
-fn wait_committed(tansu: &Tansu, app: &str, counts: &BTreeMap<u32, u64>, timeout: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.bootstrap())
-        .set("group.id", app)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let end = Instant::now() + timeout;
-    let mut last = BTreeMap::new();
-    while Instant::now() < end {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition("events", p as i32);
-        }
-        if let Ok(c) = consumer.committed_offsets(tpl, Duration::from_secs(5)) {
-            last = c
-                .elements()
-                .iter()
-                .map(|e| {
-                    (
-                        e.partition() as u32,
-                        match e.offset() {
-                            KOffset::Offset(o) => o as u64,
-                            _ => 0,
-                        },
-                    )
-                })
-                .collect::<BTreeMap<u32, u64>>();
-            if counts.iter().all(|(p, n)| last.get(p) == Some(n)) {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("not all input committed after {timeout:?}: committed {last:?}, produced {counts:?}");
-}
-
-/// Rebuilds every partition of the table from its changelog (a gap in
-/// versions fails the rebuild) and returns key -> aggregate.
-fn table_from_changelog(tansu: &Tansu, app: &str) -> BTreeMap<String, Agg> {
-    let mut out = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let name = TableName::new(TABLE).unwrap();
-        let loc = Location {
-            table: name.clone(),
-            partition: Partition(p),
-        };
-        let mut reader = KafkaChangelogReader::new(
-            &KafkaConfig::new(tansu.bootstrap()),
-            format!("{app}-{TABLE}-changelog"),
-            loc,
-        )
-        .unwrap();
-        let mut t =
-            TablePartition::open(MemoryStore::new(), TableConfig::new(name, Partition(p))).unwrap();
-        t.restore_from(&mut reader, 50_000, &mut |_| {})
-            .expect("the changelog rebuilds without gaps");
-        let r = t.reader();
-        for k in 0..KEYS {
-            let key = format!("k{k}");
-            if partition_for(key.as_bytes(), PARTITIONS).0 != p {
-                continue;
-            }
-            let kb = key.clone().to_key_bytes();
-            if let Some(v) = r.get(&kb).unwrap() {
-                // Every history is strictly increasing.
-                let h = r
-                    .history(
-                        &kb,
-                        &HistoryQuery {
-                            limit: 1_000_000,
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap();
-                assert!(h.entries.windows(2).all(|w| w[0].version > w[1].version));
-                out.insert(key, ValueCodec::<Agg>::decode(&Bincode, &v.value).unwrap());
-            }
-        }
-    }
-    out
-}
-
-fn oracle(n: u64, poison_every: Option<u64>) -> BTreeMap<String, (u64, i64)> {
-    let mut o: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    for i in 0..n {
-        if poison_every.is_some_and(|m| i % m == m - 1) {
-            continue;
-        }
-        let e = o.entry(format!("k{}", i % KEYS)).or_default();
-        e.0 += 1;
-        e.1 += (i % 97) as i64;
-    }
-    o
-}
-
-/// Checks the table against the oracle: no record lost; returns how many
-/// records were applied more than once.
-fn check(table: &BTreeMap<String, Agg>, want: &BTreeMap<String, (u64, i64)>) -> u64 {
-    assert_eq!(table.len(), want.len(), "every key present");
-    let mut reapplied = 0;
-    for (k, (count, sum)) in want {
-        let a = &table[k];
-        assert_eq!(a.distinct(), *count, "{k}: records lost");
-        assert_eq!(a.sum, *sum, "{k}: sum of distinct records");
-        reapplied += a.applied - a.distinct();
-    }
-    reapplied
+    SUMS.produce(bootstrap, from, n, counts, |i| {
+        poisoned(i, poison_every).then(|| b"{not an event".to_vec())
+    })
 }
 
 fn setup(tansu: &Tansu) {
@@ -395,7 +187,12 @@ fn sums_over_100k_records_match_the_oracle() {
         .unwrap();
     app.wait_running(PARTITIONS as usize, Duration::from_secs(60))
         .unwrap();
-    wait_committed(&tansu, "sums-100k", &counts, Duration::from_secs(240));
+    SUMS.wait_committed(
+        &tansu.bootstrap(),
+        "sums-100k",
+        &counts,
+        Duration::from_secs(240),
+    );
     // The local tables agree with the oracle exactly (no crash: no re-application).
     let want = oracle(100_000, None);
     let mut local = BTreeMap::new();
@@ -410,7 +207,13 @@ fn sums_over_100k_records_match_the_oracle() {
     assert_eq!(check(&local, &want), 0);
     app.shutdown().unwrap();
     // So does the changelog, restored from scratch to its true end.
-    assert_eq!(check(&table_from_changelog(&tansu, "sums-100k"), &want), 0);
+    assert_eq!(
+        check(
+            &SUMS.table_from_changelog(&tansu.bootstrap(), "sums-100k", |_| None),
+            &want
+        ),
+        0
+    );
 }
 
 #[test]
@@ -445,14 +248,17 @@ fn a_second_instance_joins_and_the_first_leaves() {
         |o| o.contains("owned=[0, 1, 2, 3]"),
         Duration::from_secs(90),
     );
-    wait_committed(&tansu, "two", &counts, Duration::from_secs(240));
+    SUMS.wait_committed(&tansu.bootstrap(), "two", &counts, Duration::from_secs(240));
     b.stop();
     println!("after the join: first {owned_a}; second {owned_b}; at the end: {owned_end}");
     assert!(
         !owned_a.contains("owned=[0, 1, 2, 3]"),
         "the first instance gave partitions up: {owned_a}"
     );
-    let reapplied = check(&table_from_changelog(&tansu, "two"), &oracle(100_000, None));
+    let reapplied = check(
+        &SUMS.table_from_changelog(&tansu.bootstrap(), "two", |_| None),
+        &oracle(100_000, None),
+    );
     println!("re-applied after graceful moves: {reapplied}");
     assert_eq!(
         reapplied, 0,
@@ -490,7 +296,12 @@ fn kill_9_then_restart_loses_nothing() {
     // Restart on the same state directory: checkpoint + changelog tail.
     let b = Instance::start(&tansu, "crashy", state.path());
     let counts = producer.join().unwrap();
-    wait_committed(&tansu, "crashy", &counts, Duration::from_secs(240));
+    SUMS.wait_committed(
+        &tansu.bootstrap(),
+        "crashy",
+        &counts,
+        Duration::from_secs(240),
+    );
     let b_log = b.log_path.clone();
     b.stop();
     // The restart replayed only the changelog tail after each checkpoint.
@@ -510,7 +321,7 @@ fn kill_9_then_restart_loses_nothing() {
         "every partition resumed from its checkpoint, not from scratch: {froms:?}"
     );
     let reapplied = check(
-        &table_from_changelog(&tansu, "crashy"),
+        &SUMS.table_from_changelog(&tansu.bootstrap(), "crashy", |_| None),
         &oracle(100_000, None),
     );
     println!("records re-applied after kill -9 (at-least-once allows it): {reapplied}");
@@ -529,11 +340,16 @@ fn poison_records_go_to_the_dead_letter_topic() {
         .unwrap()
         .start(topology())
         .unwrap();
-    wait_committed(&tansu, "poison", &counts, Duration::from_secs(120));
+    SUMS.wait_committed(
+        &tansu.bootstrap(),
+        "poison",
+        &counts,
+        Duration::from_secs(120),
+    );
     app.shutdown().unwrap();
     assert_eq!(
         check(
-            &table_from_changelog(&tansu, "poison"),
+            &SUMS.table_from_changelog(&tansu.bootstrap(), "poison", |_| None),
             &oracle(10_000, Some(100))
         ),
         0

@@ -19,20 +19,18 @@
 //! each with its gRPC server on a free loopback port, which it prints.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, OutRecord, TableOptions, Topology};
+use strata_engine::{App, AppConfig};
 use strata_proto::v1 as pb;
 use strata_proto::v1::admin_client::AdminClient;
 use strata_proto::v1::query_client::QueryClient;
+use strata_test_support::child::{ChildArgs, ChildProcess, child_command};
+use strata_test_support::grpc::sums_topology as topology;
+use strata_test_support::produce::record;
 use strata_testkit::Tansu;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -42,16 +40,6 @@ const KEYS: u64 = 200;
 const APP: &str = "routed";
 const TABLE: &str = "sums";
 
-fn topology() -> Topology {
-    let t = Topology::new();
-    t.stream("events", Utf8, json::<i64>()).aggregate(
-        TABLE,
-        TableOptions::default(),
-        |_k, v: i64, old: Option<i64>| Some(old.unwrap_or(0) + v),
-    );
-    t
-}
-
 fn key(i: u64) -> String {
     format!("k{i:03}")
 }
@@ -60,18 +48,11 @@ fn key(i: u64) -> String {
 /// appears.
 #[test]
 fn query_child() {
-    let Ok(bootstrap) = std::env::var("STRATA_QCHILD_BOOTSTRAP") else {
+    let Some(args) = ChildArgs::enter() else {
         return;
     };
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    let state = PathBuf::from(std::env::var("STRATA_QCHILD_STATE").unwrap());
-    let stop = PathBuf::from(std::env::var("STRATA_QCHILD_STOP").unwrap());
-    let mut c = AppConfig::new(APP, bootstrap);
-    c.state_dir = state;
+    let mut c = AppConfig::new(args.app.clone(), args.bootstrap.clone());
+    c.state_dir = args.state.clone();
     c.kafka.session_timeout = Duration::from_secs(6);
     c.commit_interval = Duration::from_millis(100);
     c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -87,17 +68,12 @@ fn query_child() {
     }
     let running = App::new(c).unwrap().start(topology()).unwrap();
     println!("CHILD GRPC {}", running.grpc_addr().unwrap());
-    while !stop.exists() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    running.shutdown().unwrap();
-    println!("CHILD STOPPED");
+    args.run_until_stopped(running, Duration::from_millis(50), |_| {});
 }
 
 struct Instance {
     id: String,
-    child: Child,
-    stop: PathBuf,
+    process: ChildProcess,
     addr: String,
 }
 
@@ -107,38 +83,33 @@ impl Instance {
         std::fs::create_dir_all(&state).unwrap();
         let stop = dir.join(format!("stop-{id}"));
         let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["query_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env("STRATA_QCHILD_BOOTSTRAP", tansu.bootstrap())
-            .env("STRATA_QCHILD_STATE", &state)
-            .env("STRATA_QCHILD_STOP", &stop)
-            .env("STRATA_QCHILD_ID", id)
-            .env(
-                "RUST_LOG",
-                std::env::var("STRATA_QCHILD_LOG")
-                    .unwrap_or_else(|_| "info,librdkafka=warn,strata_engine::query=debug".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("the instance printed its address")
-                .unwrap();
-            // The harness may have printed "test query_child ... " on
-            // the same line.
-            if let Some((_, a)) = line.split_once("CHILD GRPC ") {
-                break a.trim().to_string();
-            }
+        let args = ChildArgs {
+            bootstrap: tansu.bootstrap(),
+            app: APP.into(),
+            state,
+            stop,
         };
-        std::thread::spawn(move || lines.for_each(drop));
+        let mut process = ChildProcess::spawn(
+            id,
+            child_command("query_child", &args)
+                .env("STRATA_QCHILD_ID", id)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("STRATA_QCHILD_LOG").unwrap_or_else(|_| {
+                        "info,librdkafka=warn,strata_engine::query=debug".into()
+                    }),
+                ),
+            args.stop,
+            log,
+        );
+        // The harness may have printed "test query_child ... " on the
+        // same line.
+        let addr = process
+            .wait_for("CHILD GRPC ")
+            .expect("the instance printed its address");
         Instance {
             id: id.to_string(),
-            child,
-            stop,
+            process,
             addr,
         }
     }
@@ -151,24 +122,8 @@ impl Instance {
         AdminClient::new(channel(&self.addr).await)
     }
 
-    fn stop(mut self) {
-        std::fs::write(&self.stop, b"stop").unwrap();
-        let end = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "{} exited with {status}", self.id);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        panic!("{} did not stop within 60 s", self.id);
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
+    fn stop(self) {
+        self.process.stop();
     }
 }
 
@@ -183,21 +138,12 @@ async fn channel(addr: &str) -> Channel {
 /// Produces `n` records of amount 1, round robin over the keys; returns
 /// per-key counts added.
 fn produce(tansu: &Tansu, from: u64, n: u64, oracle: &mut BTreeMap<String, i64>) {
-    let producer =
-        OutputProducer::new(&KafkaConfig::new(tansu.bootstrap()), BTreeMap::new()).unwrap();
-    let batch: Vec<OutRecord> = (from..from + n)
-        .map(|i| {
-            let k = key(i % KEYS);
-            *oracle.entry(k.clone()).or_default() += 1;
-            OutRecord {
-                topic: "events".into(),
-                key: Some(k.into_bytes()),
-                value: Some(b"1".to_vec()),
-                headers: vec![],
-            }
-        })
-        .collect();
-    producer.produce(&batch).unwrap();
+    let records = (from..from + n).map(|i| {
+        let k = key(i % KEYS);
+        *oracle.entry(k.clone()).or_default() += 1;
+        record("events", k, "1")
+    });
+    strata_test_support::produce::produce(&tansu.bootstrap(), records);
 }
 
 fn get(k: &str) -> pb::GetRequest {

@@ -113,14 +113,7 @@ pub(crate) async fn rewind(
                             .rewind(r.map_err(|e| to_status(&e))?)
                             .await?
                             .into_inner();
-                        resp.partitions
-                            .into_iter()
-                            .find(|r| r.partition == p.0)
-                            .ok_or_else(|| {
-                                tonic::Status::internal(format!(
-                                    "the owner's rewind reply has no partition {p}"
-                                ))
-                            })
+                        owner_entry(resp.partitions, p, "rewind", |r| r.partition)
                     }
                 },
             )
@@ -247,14 +240,7 @@ pub(crate) async fn cancel_replay(
                             .cancel_replay(r.map_err(|e| to_status(&e))?)
                             .await?
                             .into_inner();
-                        resp.partitions
-                            .into_iter()
-                            .find(|r| r.partition == p.0)
-                            .ok_or_else(|| {
-                                tonic::Status::internal(format!(
-                                    "the owner's cancel reply has no partition {p}"
-                                ))
-                            })
+                        owner_entry(resp.partitions, p, "cancel", |r| r.partition)
                     }
                 },
             )
@@ -282,6 +268,22 @@ pub(crate) async fn cancel_replay(
         }
     }
     Ok(pb::CancelReplayResponse { partitions })
+}
+
+/// Partition `p`'s entry in the reply of its owner, to which a `what`
+/// ("rewind", "cancel") of `p` alone was forwarded.
+fn owner_entry<T>(
+    entries: Vec<T>,
+    p: Partition,
+    what: &str,
+    partition: impl Fn(&T) -> u32,
+) -> Result<T, tonic::Status> {
+    entries
+        .into_iter()
+        .find(|e| partition(e) == p.0)
+        .ok_or_else(|| {
+            tonic::Status::internal(format!("the owner's {what} reply has no partition {p}"))
+        })
 }
 
 fn result(

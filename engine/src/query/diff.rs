@@ -15,15 +15,15 @@ use std::sync::Arc;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use strata_proto::v1 as pb;
-use strata_state::store::RocksStore;
-use strata_state::{At, KeyRange, Partition, PartitionReader, Version};
+use strata_state::{At, KeyRange, Partition, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
 use super::error::{QueryError, to_status};
 use super::gather::{self, Sub, SubPage};
+use super::page;
 use super::route::{Call, Local, routed};
-use super::scan::{check_single, reader_of, targets};
+use super::scan::{check_single, targets};
 use super::token::{self, Kind};
 
 #[derive(Serialize, Deserialize)]
@@ -35,6 +35,16 @@ struct DiffPart {
     /// range's start).
     after: Option<Vec<u8>>,
     done: bool,
+}
+
+impl page::Position for DiffPart {
+    fn partition(&self) -> Partition {
+        Partition(self.partition)
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
 }
 
 /// A diff's page token body.
@@ -222,9 +232,11 @@ async fn diff_here(
         ..req.clone()
     });
 
-    let mut unavailable = Vec::new();
-    let mut jobs: Vec<(DiffPart, Option<PartitionReader<RocksStore>>)> = Vec::new();
-    let missing = if req.page_token.is_empty() {
+    let page::Reads {
+        jobs,
+        unavailable,
+        missing,
+    } = if req.page_token.is_empty() {
         let Some(from) = req
             .from
             .and_then(|a| a.point)
@@ -238,62 +250,24 @@ async fn diff_here(
         let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
         check_single(from, &targets, "a diff from")?;
         check_single(to, &targets, "a diff to")?;
-        let mut missing = Vec::new();
-        for p in targets {
-            match reader_of(&local, p) {
-                Ok(r) => {
-                    let (a, b) = (r.resolve(from)?, r.resolve(to)?);
-                    if a > b {
-                        return Err(QueryError::invalid(format!(
-                            "`from` resolves to {a} and `to` to {b} in partition {p}: `from` must not be later than `to`"
-                        )));
-                    }
-                    jobs.push((
-                        DiffPart {
-                            partition: p.0,
-                            from: a.0,
-                            to: b.0,
-                            after: None,
-                            done: false,
-                        },
-                        Some(r),
-                    ));
-                }
-                Err(e) if e.is_unavailable_partition() => {
-                    unavailable.push(ctx.unavailable(p, &e));
-                    missing.push(p.0);
-                }
-                Err(e) => return Err(e),
+        page::first(&ctx, &local, targets, |p, r| {
+            let (a, b) = (r.resolve(from)?, r.resolve(to)?);
+            if a > b {
+                return Err(QueryError::invalid(format!(
+                    "`from` resolves to {a} and `to` to {b} in partition {p}: `from` must not be later than `to`"
+                )));
             }
-        }
-        missing
+            Ok(DiffPart {
+                partition: p.0,
+                from: a.0,
+                to: b.0,
+                after: None,
+                done: false,
+            })
+        })?
     } else {
         let c: DiffCursor = token::open(Kind::Diff, identity, &req.page_token)?;
-        for &p in &c.missing {
-            unavailable.push(pb::UnavailablePartition {
-                partition: p,
-                code: tonic::Code::Unavailable as i32,
-                message: format!(
-                    "partition {p} could not be read when the diff started; start again without a token to include it"
-                ),
-                ..Default::default()
-            });
-        }
-        for part in c.parts {
-            if part.done {
-                jobs.push((part, None));
-                continue;
-            }
-            match reader_of(&local, Partition(part.partition)) {
-                Ok(r) => jobs.push((part, Some(r))),
-                Err(e) if e.is_unavailable_partition() => {
-                    unavailable.push(ctx.unavailable(Partition(part.partition), &e));
-                    jobs.push((part, None));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        c.missing
+        page::next(&ctx, &local, "diff", c.parts, c.missing)?
     };
 
     let max_keys = ctx.limits.max_diff_keys;
@@ -341,38 +315,27 @@ async fn diff_here(
         }
     }
     merged.sort_by(|a, b| a.2.key.cmp(&b.2.key));
-    let budget = ctx.reply_budget();
-    let mut used = 0;
-    let mut out = Vec::new();
-    let mut after = None;
-    let mut taken = vec![0usize; results.len()];
-    for (i, p, d) in merged {
-        if out.len() == page_size {
-            break;
-        }
-        let entry = pb::DiffEntry {
-            partition: p,
-            key: render.key(&d.key),
-            key_json: render.key_json(&d.key),
-            before: d.before.clone().map(|v| render.entry(v)),
-            after: d.after.clone().map(|v| render.entry(v)),
-        };
-        let size = entry.encoded_len() + 8;
-        if used + size > budget {
-            if out.is_empty() {
-                return Err(QueryError::TooLarge(format!(
-                    "the change of key {} is {size} bytes, more than a reply may carry ({budget} bytes, \
-                     query.max_message_bytes); ask for representation BYTES or JSON only, or raise the bound",
-                    strata_state::codec::display_key(&d.key)
-                )));
-            }
-            break;
-        }
-        used += size;
-        after = Some(d.key.clone());
-        taken[i] += 1;
-        out.push(entry);
-    }
+    let page::Cut { items, taken, last } = page::cut(
+        merged.into_iter().map(|(i, p, d)| {
+            let entry = pb::DiffEntry {
+                partition: p,
+                key: render.key(&d.key),
+                key_json: render.key_json(&d.key),
+                before: d.before.clone().map(|v| render.entry(v)),
+                after: d.after.clone().map(|v| render.entry(v)),
+            };
+            (d.key.clone(), i, entry)
+        }),
+        results.len(),
+        page_size,
+        ctx.reply_budget(),
+        "change",
+        |_| true,
+        |entry| entry.encoded_len(),
+    )?;
+    let out: Vec<_> = items.into_iter().map(|(_, entry)| entry).collect();
+    // The page's last key: every partition resumes after it.
+    let after = last.into_iter().flatten().max();
 
     let mut served = Vec::new();
     let mut from_versions = Vec::new();

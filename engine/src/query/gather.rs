@@ -29,6 +29,7 @@ use strata_state::Partition;
 
 use super::context::QueryContext;
 use super::error::QueryError;
+use super::page;
 use super::token::{self, Kind};
 
 /// A lower key bound (serializable `Bound`).
@@ -221,31 +222,23 @@ where
         rest.push((i, sub, page.next_token, page.served, page.pins));
     }
     merged.sort_by(|a, b| a.0.cmp(&b.0));
-    let budget = ctx.reply_budget();
-    let mut used = 0;
-    let mut items = Vec::new();
-    let mut taken = vec![0usize; rest.len()];
-    let mut last: Vec<Option<Vec<u8>>> = vec![None; rest.len()];
-    for (key, j, item) in merged {
-        if items.len() == page_size || !safe(&key) {
-            break;
-        }
-        let s = size(&item) + 8;
-        if used + s > budget {
-            if items.is_empty() {
-                return Err(QueryError::TooLarge(format!(
-                    "the item of key {} is {s} bytes, more than a reply may carry ({budget} bytes, \
-                     query.max_message_bytes); ask for representation BYTES or JSON only, or raise the bound",
-                    strata_state::codec::display_key(&key)
-                )));
-            }
-            break;
-        }
-        used += s;
-        taken[j] += 1;
-        items.push((Partition(parts[rest[j].0].0), item));
-        last[j] = Some(key);
-    }
+    let page::Cut {
+        items,
+        taken,
+        mut last,
+    } = page::cut(
+        merged,
+        rest.len(),
+        page_size,
+        ctx.reply_budget(),
+        "item",
+        safe,
+        size,
+    )?;
+    let items: Vec<_> = items
+        .into_iter()
+        .map(|(j, item)| (Partition(parts[rest[j].0].0), item))
+        .collect();
 
     // Where each partition read goes on.
     let mut served = Vec::new();

@@ -32,6 +32,7 @@ mod convert;
 mod diff;
 mod error;
 mod gather;
+mod page;
 mod read;
 mod route;
 mod scan;

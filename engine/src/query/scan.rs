@@ -14,15 +14,13 @@ use std::sync::Arc;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use strata_proto::v1 as pb;
-use strata_state::store::RocksStore;
-use strata_state::{
-    At, KeyRange, Partition, PartitionReader, ScanRequest, ScanToken, Version, Versioned,
-};
+use strata_state::{At, KeyRange, Partition, ScanRequest, ScanToken, Version, Versioned};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
 use super::error::{QueryError, to_status};
 use super::gather::{self, Start, Sub, SubPage};
+use super::page;
 use super::route::{Call, Local, routed};
 use super::token::{self, Kind};
 use crate::runtime::TableMeta;
@@ -45,26 +43,22 @@ struct PartCursor {
     resume: Resume,
 }
 
+impl page::Position for PartCursor {
+    fn partition(&self) -> Partition {
+        Partition(self.partition)
+    }
+
+    fn done(&self) -> bool {
+        matches!(self.resume, Resume::Done)
+    }
+}
+
 /// A scan's page token body.
 #[derive(Serialize, Deserialize)]
 struct ScanCursor {
     parts: Vec<PartCursor>,
     /// Partitions that could not be read on the first page.
     missing: Vec<u32>,
-}
-
-/// The reader of `p`, which must be the partition routed here.
-pub(crate) fn reader_of(
-    local: &Local,
-    p: Partition,
-) -> Result<PartitionReader<RocksStore>, QueryError> {
-    if p != local.partition {
-        return Err(QueryError::Internal(format!(
-            "partition {p} read through the route of partition {}",
-            local.partition
-        )));
-    }
-    Ok(local.reader.clone())
 }
 
 /// Which partitions a request concerns: the one it names, the one a
@@ -242,67 +236,25 @@ async fn scan_here(
     });
 
     // The partitions to read, with their pinned versions and positions.
-    let mut unavailable = Vec::new();
-    // `None`: not read this page (finished, or unavailable now), but kept
-    // in the token.
-    let mut jobs: Vec<(PartCursor, Option<PartitionReader<RocksStore>>)> = Vec::new();
-    let mut missing: Vec<u32>;
-    if req.page_token.is_empty() {
+    let page::Reads {
+        jobs,
+        unavailable,
+        missing,
+    } = if req.page_token.is_empty() {
         let at = convert::at(req.at);
         let targets = targets(&ctx, meta, req.partition, single.as_deref())?;
         check_single(at, &targets, "a scan")?;
-        missing = Vec::new();
-        for p in targets {
-            match reader_of(&local, p) {
-                Ok(r) => {
-                    let version = r.resolve(at)?;
-                    jobs.push((
-                        PartCursor {
-                            partition: p.0,
-                            version: version.0,
-                            resume: Resume::From(Start::of(&range.start)),
-                        },
-                        Some(r),
-                    ));
-                }
-                Err(e) if e.is_unavailable_partition() => {
-                    unavailable.push(ctx.unavailable(p, &e));
-                    missing.push(p.0);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        page::first(&ctx, &local, targets, |p, r| {
+            Ok(PartCursor {
+                partition: p.0,
+                version: r.resolve(at)?.0,
+                resume: Resume::From(Start::of(&range.start)),
+            })
+        })?
     } else {
         let c: ScanCursor = token::open(Kind::Scan, identity, &req.page_token)?;
-        missing = c.missing;
-        for &p in &missing {
-            unavailable.push(pb::UnavailablePartition {
-                partition: p,
-                code: tonic::Code::Unavailable as i32,
-                message: format!(
-                    "partition {p} could not be read when the scan started; start again without a token to include it"
-                ),
-                ..Default::default()
-            });
-        }
-        for part in c.parts {
-            let p = Partition(part.partition);
-            if matches!(part.resume, Resume::Done) {
-                jobs.push((part, None));
-                continue;
-            }
-            match reader_of(&local, p) {
-                Ok(r) => jobs.push((part, Some(r))),
-                Err(e) if e.is_unavailable_partition() => {
-                    // Moved or restoring since the last page: keep its
-                    // position, a later page may read it again.
-                    unavailable.push(ctx.unavailable(p, &e));
-                    jobs.push((part, None));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
+        page::next(&ctx, &local, "scan", c.parts, c.missing)?
+    };
 
     // Read one page from every partition, off the tokio workers.
     let end = range.end.clone();
@@ -344,38 +296,28 @@ async fn scan_here(
         }
     }
     merged.sort_by(|a, b| a.0.cmp(&b.0));
-    let budget = ctx.reply_budget();
-    let mut used = 0;
-    let mut items = Vec::new();
-    let mut taken = vec![0usize; pages.len()];
-    let mut last_taken: Vec<Option<Vec<u8>>> = vec![None; pages.len()];
-    for (key, i, v) in merged {
-        if items.len() == page_size {
-            break;
-        }
-        let p = pages[i].0.partition;
-        let item = pb::ScanItem {
-            partition: p,
-            key: render.key(&key),
-            key_json: render.key_json(&key),
-            entry: Some(render.entry(v)),
-        };
-        let size = item.encoded_len() + 8;
-        if used + size > budget {
-            if items.is_empty() {
-                return Err(QueryError::TooLarge(format!(
-                    "the item of key {} is {size} bytes, more than a reply may carry ({budget} bytes, \
-                     query.max_message_bytes); ask for representation BYTES or JSON only, or raise the bound",
-                    strata_state::codec::display_key(&key)
-                )));
-            }
-            break;
-        }
-        used += size;
-        taken[i] += 1;
-        last_taken[i] = Some(key);
-        items.push(item);
-    }
+    let page::Cut {
+        items,
+        taken,
+        mut last,
+    } = page::cut(
+        merged.into_iter().map(|(key, i, v)| {
+            let item = pb::ScanItem {
+                partition: pages[i].0.partition,
+                key: render.key(&key),
+                key_json: render.key_json(&key),
+                entry: Some(render.entry(v)),
+            };
+            (key, i, item)
+        }),
+        pages.len(),
+        page_size,
+        ctx.reply_budget(),
+        "item",
+        |_| true,
+        |item| item.encoded_len(),
+    )?;
+    let items = items.into_iter().map(|(_, item)| item).collect();
 
     // Where each partition resumes.
     let mut served = Vec::new();
@@ -394,7 +336,7 @@ async fn scan_here(
                     None => Resume::Done,
                 }
             } else {
-                match last_taken[i].take() {
+                match last[i].take() {
                     Some(k) => Resume::From(Start::Excluded(k)),
                     None => part.resume,
                 }
