@@ -262,9 +262,9 @@ impl Registry {
 
     /// The counters in Prometheus' text format.
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         let stats = self.task_stats();
+        let by_partition = |p: Partition| format!("partition=\"{}\"", p.0);
         for (name, help, get) in [
             (
                 "strata_records_in_total",
@@ -288,106 +288,212 @@ impl Registry {
             ),
             ("strata_commits_total", "Commits completed", |s| s.commits),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (p, s) in &stats {
-                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {}", p.0, get(s));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP strata_consumer_lag Records not yet consumed\n# TYPE strata_consumer_lag gauge"
-        );
-        for ((t, p), l) in self.lag() {
-            let _ = writeln!(
-                out,
-                "strata_consumer_lag{{topic=\"{t}\",partition=\"{}\"}} {l}",
-                p.0
+            family(
+                &mut out,
+                name,
+                "counter",
+                help,
+                stats.iter().map(|(p, s)| (by_partition(*p), get(s))),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP strata_task_reopens_total Tasks reopened after a failed exactly-once commit\n# TYPE strata_task_reopens_total counter"
+        family(
+            &mut out,
+            "strata_consumer_lag",
+            "gauge",
+            "Records not yet consumed",
+            self.lag()
+                .into_iter()
+                .map(|((t, p), l)| (format!("topic=\"{t}\",partition=\"{}\"", p.0), l)),
         );
-        for (p, n) in self.reopens() {
-            let _ = writeln!(
-                out,
-                "strata_task_reopens_total{{partition=\"{}\"}} {n}",
-                p.0
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP strata_restore_aborted_records_total Changelog records of aborted transactions skipped by restores\n# TYPE strata_restore_aborted_records_total counter\nstrata_restore_aborted_records_total {}",
-            self.aborted_records_skipped()
+        family(
+            &mut out,
+            "strata_task_reopens_total",
+            "counter",
+            "Tasks reopened after a failed exactly-once commit",
+            self.reopens()
+                .into_iter()
+                .map(|(p, n)| (by_partition(p), n)),
         );
-        let lat = self.commit_latencies_us();
+        family(
+            &mut out,
+            "strata_restore_aborted_records_total",
+            "counter",
+            "Changelog records of aborted transactions skipped by restores",
+            [(String::new(), self.aborted_records_skipped())],
+        );
+        let mut lat = self.commit_latencies_us();
         if !lat.is_empty() {
-            let mut sorted = lat.clone();
-            sorted.sort_unstable();
-            let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize];
-            let _ = writeln!(
-                out,
-                "# HELP strata_commit_latency_us Recent commit latency\n# TYPE strata_commit_latency_us summary"
+            lat.sort_unstable();
+            let q = |f: f64| lat[((lat.len() - 1) as f64 * f) as usize];
+            family(
+                &mut out,
+                "strata_commit_latency_us",
+                "summary",
+                "Recent commit latency",
+                [("0.5", 0.5), ("0.99", 0.99)]
+                    .map(|(name, f)| (format!("quantile=\"{name}\""), q(f))),
             );
-            for (name, f) in [("0.5", 0.5), ("0.99", 0.99)] {
-                let _ = writeln!(
-                    out,
-                    "strata_commit_latency_us{{quantile=\"{name}\"}} {}",
-                    q(f)
-                );
-            }
         }
         let replays: Vec<ReplayProgress> = self
             .inner
             .read()
             .map(|g| g.replays.values().cloned().collect())
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "# HELP strata_replay_active Tasks replaying their input (1) or not (0)\n# TYPE strata_replay_active gauge"
-        );
-        for r in &replays {
-            let v = (r.state == ReplayState::Running) as u8;
-            let _ = writeln!(
-                out,
-                "strata_replay_active{{partition=\"{}\"}} {v}",
-                r.partition.0
+        for (name, help, get) in [
+            (
+                "strata_replay_active",
+                "Tasks replaying their input (1) or not (0)",
+                (|r: &ReplayProgress| (r.state == ReplayState::Running) as u64)
+                    as fn(&ReplayProgress) -> u64,
+            ),
+            (
+                "strata_replay_records",
+                "Input records processed by the task's last replay",
+                |r| r.records,
+            ),
+            (
+                "strata_replay_remaining",
+                "Input records the task's replay has still to process",
+                |r| r.remaining,
+            ),
+        ] {
+            family(
+                &mut out,
+                name,
+                "gauge",
+                help,
+                replays.iter().map(|r| (by_partition(r.partition), get(r))),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP strata_replay_records Input records processed by the task's last replay\n# TYPE strata_replay_records gauge"
+        family(
+            &mut out,
+            "strata_table_restoring",
+            "gauge",
+            "Table partitions restoring (1) or running (0)",
+            self.partitions().into_iter().map(|(t, p, state)| {
+                (
+                    format!("table=\"{t}\",partition=\"{}\"", p.0),
+                    matches!(state, PartitionState::Restoring { .. }) as u64,
+                )
+            }),
         );
-        for r in &replays {
-            let _ = writeln!(
-                out,
-                "strata_replay_records{{partition=\"{}\"}} {}",
-                r.partition.0, r.records
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP strata_replay_remaining Input records the task's replay has still to process\n# TYPE strata_replay_remaining gauge"
-        );
-        for r in &replays {
-            let _ = writeln!(
-                out,
-                "strata_replay_remaining{{partition=\"{}\"}} {}",
-                r.partition.0, r.remaining
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP strata_table_restoring Table partitions restoring (1) or running (0)\n# TYPE strata_table_restoring gauge"
-        );
-        for (t, p, state) in self.partitions() {
-            let v = matches!(state, PartitionState::Restoring { .. }) as u8;
-            let _ = writeln!(
-                out,
-                "strata_table_restoring{{table=\"{t}\",partition=\"{}\"}} {v}",
-                p.0
-            );
-        }
         out
     }
+}
+
+/// Writes one Prometheus metric family: its help and type, then a sample
+/// per `(labels, value)` (labels as `k="v",...`; empty for none).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_state::Timestamp;
+
+    fn progress(p: u32, state: ReplayState, records: u64, remaining: u64) -> ReplayProgress {
+        ReplayProgress {
+            partition: Partition(p),
+            table: "t".into(),
+            state,
+            cut: Timestamp(0),
+            seek: Vec::new(),
+            until: Vec::new(),
+            position: Vec::new(),
+            records,
+            remaining,
+            rate: 0.0,
+            started: Timestamp(0),
+            ended: None,
+        }
+    }
+
+    /// The exposition text, byte for byte: every family's help and type,
+    /// one sample per partition, labels as Prometheus parses them.
+    #[test]
+    fn prometheus_exposition() {
+        let r = Registry::default();
+        let stats = |n: u64| TaskStats {
+            records_in: n,
+            records_out: n + 1,
+            timer_firings: 0,
+            timer_errors: 0,
+            poison: n + 2,
+            changelog_records: n + 3,
+            commits: n + 4,
+        };
+        r.set_stats(Partition(0), stats(10), Some(100));
+        r.set_stats(Partition(1), stats(20), Some(300));
+        r.set_lag("in", Partition(1), 7);
+        r.count_reopen(Partition(1));
+        r.count_aborted_skipped(5);
+        r.set_replay(progress(0, ReplayState::Running, 40, 60));
+        r.set_replay(progress(1, ReplayState::Done, 9, 0));
+        let got = r.prometheus();
+        assert_eq!(got, EXPECTED);
+    }
+
+    const EXPECTED: &str = r#"# HELP strata_records_in_total Input records processed
+# TYPE strata_records_in_total counter
+strata_records_in_total{partition="0"} 10
+strata_records_in_total{partition="1"} 20
+# HELP strata_records_out_total Records produced to outputs
+# TYPE strata_records_out_total counter
+strata_records_out_total{partition="0"} 11
+strata_records_out_total{partition="1"} 21
+# HELP strata_poison_records_total Records skipped or dead-lettered
+# TYPE strata_poison_records_total counter
+strata_poison_records_total{partition="0"} 12
+strata_poison_records_total{partition="1"} 22
+# HELP strata_changelog_records_total Changelog records written
+# TYPE strata_changelog_records_total counter
+strata_changelog_records_total{partition="0"} 13
+strata_changelog_records_total{partition="1"} 23
+# HELP strata_commits_total Commits completed
+# TYPE strata_commits_total counter
+strata_commits_total{partition="0"} 14
+strata_commits_total{partition="1"} 24
+# HELP strata_consumer_lag Records not yet consumed
+# TYPE strata_consumer_lag gauge
+strata_consumer_lag{topic="in",partition="1"} 7
+# HELP strata_task_reopens_total Tasks reopened after a failed exactly-once commit
+# TYPE strata_task_reopens_total counter
+strata_task_reopens_total{partition="1"} 1
+# HELP strata_restore_aborted_records_total Changelog records of aborted transactions skipped by restores
+# TYPE strata_restore_aborted_records_total counter
+strata_restore_aborted_records_total 5
+# HELP strata_commit_latency_us Recent commit latency
+# TYPE strata_commit_latency_us summary
+strata_commit_latency_us{quantile="0.5"} 100
+strata_commit_latency_us{quantile="0.99"} 100
+# HELP strata_replay_active Tasks replaying their input (1) or not (0)
+# TYPE strata_replay_active gauge
+strata_replay_active{partition="0"} 1
+strata_replay_active{partition="1"} 0
+# HELP strata_replay_records Input records processed by the task's last replay
+# TYPE strata_replay_records gauge
+strata_replay_records{partition="0"} 40
+strata_replay_records{partition="1"} 9
+# HELP strata_replay_remaining Input records the task's replay has still to process
+# TYPE strata_replay_remaining gauge
+strata_replay_remaining{partition="0"} 60
+strata_replay_remaining{partition="1"} 0
+# HELP strata_table_restoring Table partitions restoring (1) or running (0)
+# TYPE strata_table_restoring gauge
+"#;
 }

@@ -187,8 +187,25 @@ impl<S: KvStore> Task<S> {
             .get_mut(table)
             .ok_or_else(|| Error::Topology(format!("no table #{table}")))?;
         let plan = t.rewind(at, range)?;
+        self.dirty = true;
+        self.emit_rewound(table, &plan, emit)?;
+        Ok(plan)
+    }
+
+    /// Sends a rewind plan's changes downstream of table `table`, flagged
+    /// as a rewind (outputs carry `strata-rewind: 1`, table writes no
+    /// lineage).
+    fn emit_rewound(
+        &mut self,
+        table: usize,
+        plan: &strata_state::RewindPlan,
+        emit: &ChangeFn,
+    ) -> Result<()> {
         let meta = RecordMeta {
-            topic: Arc::from(format!("rewind:{}", t.config().name)),
+            topic: Arc::from(format!(
+                "rewind:{}",
+                self.tables.tables[table].config().name
+            )),
             partition: self.partition,
             offset: Offset(plan.target.0),
             timestamp: None,
@@ -196,7 +213,6 @@ impl<S: KvStore> Task<S> {
             rewind: true,
             from_input: false,
         };
-        self.dirty = true;
         for change in &plan.changes {
             self.trace.clear();
             let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
@@ -205,7 +221,7 @@ impl<S: KvStore> Task<S> {
                 Error::Topology(format!("sending a rewound change downstream: {e}"))
             })?;
         }
-        Ok(plan)
+        Ok(())
     }
 
     /// Stages the rewinds of a replay: every plan's changes are sent
@@ -237,27 +253,11 @@ impl<S: KvStore> Task<S> {
         emitters: &[ChangeFn],
     ) -> Result<()> {
         for (table, plan) in plans {
-            let (Some(t), Some(emit)) = (self.tables.tables.get(*table), emitters.get(*table))
+            let (true, Some(emit)) = (*table < self.tables.tables.len(), emitters.get(*table))
             else {
                 return Err(Error::Topology(format!("no table #{table}")));
             };
-            let meta = RecordMeta {
-                topic: Arc::from(format!("rewind:{}", t.config().name)),
-                partition: self.partition,
-                offset: Offset(plan.target.0),
-                timestamp: None,
-                replay: false,
-                rewind: true,
-                from_input: false,
-            };
-            for change in &plan.changes {
-                self.trace.clear();
-                let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);
-                let value = change.before.as_ref().map(|v| v.value.as_slice());
-                emit(&mut ctx, &change.key, value).map_err(|e| {
-                    Error::Topology(format!("sending a rewound change downstream: {e}"))
-                })?;
-            }
+            self.emit_rewound(*table, plan, emit)?;
         }
         for t in &mut self.tables.tables {
             t.discard_staged();

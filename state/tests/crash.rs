@@ -85,6 +85,15 @@ fn run_and_kill(dir: &std::path::Path, wal: bool, rounds: u64) -> u64 {
     last
 }
 
+/// How many versions `key` has.
+fn history_len(r: &strata_state::PartitionReader<RocksStore>, key: &str) -> u64 {
+    let q = HistoryQuery {
+        limit: 100_000,
+        ..Default::default()
+    };
+    r.history(key.as_bytes(), &q).unwrap().entries.len() as u64
+}
+
 fn check_consistent(dir: &std::path::Path, wal: bool, acknowledged: u64) -> u64 {
     let store = RocksStore::open(dir, &env(wal)).unwrap();
     let t = TablePartition::open(store, cfg()).unwrap();
@@ -107,17 +116,8 @@ fn check_consistent(dir: &std::path::Path, wal: bool, acknowledged: u64) -> u64 
             round.to_be_bytes(),
             "{key} disagrees with the checkpoint"
         );
-        let h = r
-            .history(
-                key.as_bytes(),
-                &HistoryQuery {
-                    limit: 100_000,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
         assert_eq!(
-            h.entries.len() as u64,
+            history_len(&r, &key),
             round,
             "{key} has one version per round"
         );
@@ -331,20 +331,7 @@ fn check_restore_consistent(dir: &std::path::Path) -> u64 {
             (round > 0).then(|| round.to_be_bytes().to_vec()),
             "{key} disagrees with the checkpoint at version {v}"
         );
-        let h = r
-            .history(
-                key.as_bytes(),
-                &HistoryQuery {
-                    limit: 100_000,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            h.entries.len() as u64,
-            round,
-            "{key}: one version per round"
-        );
+        assert_eq!(history_len(&r, &key), round, "{key}: one version per round");
     }
     v
 }

@@ -63,7 +63,7 @@ impl Staging {
         let next = self.log.len();
         let hash = self.hasher.hash_one(key);
         let log = &mut self.log;
-        match self.index.find_mut(hash, |&i| log[i].key == key) {
+        let indexed = match self.index.find_mut(hash, |&i| log[i].key == key) {
             Some(&mut i) if self.granularity == Granularity::PerCommit => {
                 let s = &mut log[i];
                 s.value = value;
@@ -71,26 +71,23 @@ impl Staging {
                 s.flags = flags;
                 return;
             }
-            Some(i) => *i = next,
-            None => {
-                log.push(Staged {
-                    key: key.to_vec(),
-                    value,
-                    lineage,
-                    flags,
-                });
-                let hasher = &self.hasher;
-                self.index
-                    .insert_unique(hash, next, |&j| hasher.hash_one(&log[j].key));
-                return;
+            Some(i) => {
+                *i = next;
+                true
             }
-        }
+            None => false,
+        };
         log.push(Staged {
             key: key.to_vec(),
             value,
             lineage,
             flags,
         });
+        if !indexed {
+            let hasher = &self.hasher;
+            self.index
+                .insert_unique(hash, next, |&j| hasher.hash_one(&log[j].key));
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Staged> {
