@@ -192,15 +192,20 @@ fn main() -> anyhow::Result<()> {
             .map(|l| format!("{}/{}@{}", l.topic, l.partition.0, l.offset.0))
             .unwrap_or_default();
         println!(
-            "  version {} at {} ms: {} orders, {} cents (from {src})",
-            e.version.0, e.time.0, t.orders, t.cents
+            "  version {} at {}: {} orders, {} cents (from {src})",
+            e.version.0,
+            e.time.rfc3339(),
+            t.orders,
+            t.cents
         );
     }
 
     let (_, before) = totals(&app, c, At::Time(between))?.context("missing then")?;
     println!(
-        "\n{c} as of the moment between the waves: {} orders, {} cents",
-        before.orders, before.cents
+        "\n{c} as of the moment between the waves ({}): {} orders, {} cents",
+        between.rfc3339(),
+        before.orders,
+        before.cents
     );
 
     // Rewind the customer's partition to that moment: dry run, then for real.

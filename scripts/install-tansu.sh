@@ -26,6 +26,17 @@ dest="$tools_dir/bin/tansu"
 say() { printf 'install-tansu: %s\n' "$*"; }
 die() { printf 'install-tansu: error: %s\n' "$*" >&2; exit 1; }
 
+# The tests take STRATA_TANSU before anything else (testkit/src/tansu.rs), so
+# when it is set, that exact file is the one that must be present and run.
+if [[ -n "${STRATA_TANSU:-}" ]]; then
+    [[ -x "$STRATA_TANSU" ]] \
+        || die "STRATA_TANSU=$STRATA_TANSU is not an executable file; unset it to install tansu to $dest"
+    version="$("$STRATA_TANSU" --version 2>&1)" \
+        || die "STRATA_TANSU=$STRATA_TANSU does not run: $version"
+    say "using $version at $STRATA_TANSU (STRATA_TANSU)"
+    exit 0
+fi
+
 sha256_of() {
     if command -v sha256sum >/dev/null 2>&1; then
         sha256sum "$1" | cut -d' ' -f1
@@ -43,8 +54,13 @@ print(h.hexdigest())' "$1"
 if [[ -f "$dest" ]]; then
     if [[ "$(sha256_of "$dest")" == "$TANSU_SHA256" ]]; then
         [[ -x "$dest" ]] || chmod +x "$dest"
-        say "tansu $TANSU_VERSION already installed at $dest"
-        exit 0
+        # The pinned hash says it is the right file; running it says this
+        # machine can execute it, which is what the tests will do.
+        if version="$("$dest" --version 2>&1)"; then
+            say "$version already installed at $dest"
+            exit 0
+        fi
+        die "$dest has the pinned sha256 but does not run here: $version"
     fi
     say "$dest exists but its sha256 does not match the pinned one; reinstalling"
 fi

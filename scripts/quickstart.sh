@@ -14,8 +14,8 @@
 #
 # The state store alone has its own tour: `cargo run --example state_tour`.
 # The build directory defaults to $HOME/.cache/strata/target, shared with
-# scripts/test.sh; set CARGO_TARGET_DIR to override. A cold build takes
-# 10-15 minutes on 2 cores.
+# scripts/test.sh; set CARGO_TARGET_DIR to override. A cold build takes about
+# 14 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,20 +5,140 @@
 #     and a C/C++ toolchain (RocksDB and librdkafka are built from source);
 #   - the Tansu broker the integration tests run (scripts/install-tansu.sh).
 # Prints what it does; does nothing that is already done.
+#
+# Every "already present" check tests the exact file or command the build
+# uses later, never a look-alike: libclang is looked for the way bindgen's
+# loader (clang-sys, runtime linking) looks for it, so `libclang-cpp.so.N`,
+# a different library that bindgen cannot load, does not count.
+#
+#   scripts/setup.sh                  install what is missing
+#   scripts/setup.sh --check          report what is missing, install nothing
+#                                     (exit 0: all present, 1: something missing)
+#   scripts/setup.sh --check-libclang [ROOT]
+#                                     only the libclang detection, with every
+#                                     search directory taken under ROOT (a
+#                                     throwaway tree, for scripts/test-setup.sh);
+#                                     prints "present PATH" or "missing"
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
-have_libclang() {
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
-        || compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null
+# --- libclang, as clang-sys 1.x finds it (build/common.rs, build/dynamic.rs) --
+#
+# File names: libclang.so, libclang-*.so, libclang.so.*, libclang-*.so.*, minus
+# any name containing "-cpp." (libclang-cpp is the C++ API library, not the C
+# one bindgen loads). Directories: LIBCLANG_PATH alone when it is set (a
+# directory, or the library file itself); otherwise `llvm-config --prefix`'s
+# bin/lib/lib64, LD_LIBRARY_PATH, LIBRARY_PATH and the fixed Linux patterns.
+
+LIBCLANG_NAMES=(libclang.so 'libclang-*.so' 'libclang.so.*' 'libclang-*.so.*')
+LIBCLANG_DIR_PATTERNS=(
+    '/usr/local/llvm*/lib*'
+    '/usr/local/lib*/*/*'
+    '/usr/local/lib*/*'
+    '/usr/local/lib*'
+    '/usr/lib*/*/*'
+    '/usr/lib*/*'
+    '/usr/lib*'
+)
+
+# Prints the first file in directory $1 that bindgen would load; fails if none.
+libclang_in_dir() {
+    local dir=$1 name file base
+    [[ -d $dir ]] || return 1
+    for name in "${LIBCLANG_NAMES[@]}"; do
+        for file in "$dir"/$name; do
+            [[ -e $file ]] || continue
+            base=${file##*/}
+            [[ $base == *-cpp.* ]] && continue
+            [[ -f $file ]] || continue # a dangling symlink loads nothing
+            printf '%s\n' "$file"
+            return 0
+        done
+    done
+    return 1
 }
 
-need=()
-have_libclang || need+=(libclang-dev)
-command -v c++ >/dev/null || need+=(g++)
-command -v make >/dev/null || need+=(make)
-command -v perl >/dev/null || need+=(perl)
+# find_libclang [ROOT]: prints the path of a libclang bindgen would load and
+# succeeds, or fails. With ROOT, the fixed directory patterns are taken under
+# ROOT and the environment (LIBCLANG_PATH, llvm-config, LD_LIBRARY_PATH,
+# LIBRARY_PATH) is ignored, so a test can build the tree it means.
+find_libclang() {
+    local root=${1:-} dir pattern
+    if [[ -z $root ]]; then
+        if [[ -n ${LIBCLANG_PATH:-} ]]; then
+            # clang-sys searches only LIBCLANG_PATH when it is set.
+            if [[ -f $LIBCLANG_PATH ]]; then
+                libclang_in_dir "$(dirname "$LIBCLANG_PATH")" >/dev/null \
+                    && { printf '%s\n' "$LIBCLANG_PATH"; return 0; }
+                return 1
+            fi
+            libclang_in_dir "$LIBCLANG_PATH"
+            return
+        fi
+        if command -v "${LLVM_CONFIG_PATH:-llvm-config}" >/dev/null 2>&1; then
+            local prefix
+            if prefix=$("${LLVM_CONFIG_PATH:-llvm-config}" --prefix 2>/dev/null); then
+                for dir in "$prefix/bin" "$prefix/lib" "$prefix/lib64"; do
+                    libclang_in_dir "$dir" && return 0
+                done
+            fi
+        fi
+        local IFS=:
+        for dir in ${LD_LIBRARY_PATH:-} ${LIBRARY_PATH:-}; do
+            [[ -n $dir ]] && libclang_in_dir "$dir" && return 0
+        done
+        unset IFS
+    fi
+    for pattern in "${LIBCLANG_DIR_PATTERNS[@]}"; do
+        for dir in $root$pattern; do
+            [[ -d $dir ]] || continue
+            libclang_in_dir "$dir" && return 0
+        done
+    done
+    return 1
+}
+
+# --- the rest of the toolchain: the commands the build runs ------------------
+# cc-rs runs `cc` (C) and `c++` (C++) for RocksDB, lz4, zstd and zlib;
+# librdkafka's build runs its configure script, then `make libs`
+# (rdkafka-sys build.rs). Python with pip installs Tansu
+# (scripts/install-tansu.sh).
+TOOLS=(cc:gcc c++:g++ make:make python3:python3)
+
+missing_packages() {
+    local entry
+    find_libclang >/dev/null || printf '%s\n' libclang-dev
+    for entry in "${TOOLS[@]}"; do
+        command -v "${entry%%:*}" >/dev/null 2>&1 || printf '%s\n' "${entry#*:}"
+    done
+    python3 -m pip --version >/dev/null 2>&1 || printf '%s\n' python3-pip
+}
+
+case ${1:-} in
+--check-libclang)
+    if path=$(find_libclang "${2:-}"); then
+        printf 'present %s\n' "$path"
+        exit 0
+    fi
+    printf 'missing\n'
+    exit 1
+    ;;
+--check)
+    mapfile -t need < <(missing_packages | sort -u)
+    if ((${#need[@]})); then
+        say "missing: ${need[*]}"
+        exit 1
+    fi
+    say "all present (libclang: $(find_libclang))"
+    exit 0
+    ;;
+'') ;;
+*) die "unknown argument '$1' (expected --check or --check-libclang [ROOT])" ;;
+esac
+
+mapfile -t need < <(missing_packages | sort -u)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         SUDO=sudo
@@ -28,8 +148,20 @@ if ((${#need[@]})); then
     say "installing ${need[*]} with apt-get"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-else
-    say "libclang and a C/C++ toolchain are present"
+    # Check again by the same files and commands: a package that installed
+    # but left nothing bindgen or the build can use is an error now, not a
+    # build failure ten minutes later.
+    mapfile -t still < <(missing_packages | sort -u)
+    if ((${#still[@]})); then
+        die "still missing after apt-get install: ${still[*]}"
+    fi
 fi
+if command -v dpkg-query >/dev/null 2>&1; then
+    pkg=$(dpkg-query -W -f='${Package} ${Version}' libclang-dev 2>/dev/null || true)
+    say "libclang for bindgen: $(find_libclang)${pkg:+ (dpkg: $pkg)}"
+else
+    say "libclang for bindgen: $(find_libclang)"
+fi
+say "C/C++ toolchain present: $(command -v cc) $(command -v c++) $(command -v make)"
 
 "$(dirname "$0")/install-tansu.sh"

@@ -6,10 +6,12 @@
 #
 # The build directory defaults to $HOME/.cache/strata/target so repeated runs
 # (and CI on the same machine) reuse the RocksDB and librdkafka builds; set
-# CARGO_TARGET_DIR to override. A cold build takes 10-15 minutes on 2 cores.
+# CARGO_TARGET_DIR to override. A cold build takes about 25 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# setup.sh's own detection first: it decides what a fresh machine installs.
+scripts/test-setup.sh
 scripts/setup.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"

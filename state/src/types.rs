@@ -57,6 +57,33 @@ impl Timestamp {
     pub fn saturating_sub(self, d: std::time::Duration) -> Timestamp {
         Timestamp(self.0.saturating_sub(d.as_millis() as u64))
     }
+
+    /// This time for people: RFC 3339 in UTC to the millisecond
+    /// (`2026-12-02T16:08:02.709Z`), the form the CLI prints and parses.
+    /// `Display` of a `Timestamp` itself stays the raw `<n>ms`, which error
+    /// messages and logs compare exactly.
+    pub fn rfc3339(self) -> Rfc3339 {
+        Rfc3339(self)
+    }
+}
+
+/// A [`Timestamp`] displayed as RFC 3339 in UTC (see [`Timestamp::rfc3339`]).
+/// A time past what RFC 3339 can say (beyond year 9999) shows as `@<n>ms`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Rfc3339(Timestamp);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.0;
+        match i64::try_from(ms)
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .filter(|t| chrono::Datelike::year(t) <= 9999)
+        {
+            Some(t) => f.write_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            None => write!(f, "@{ms}ms"),
+        }
+    }
 }
 
 impl fmt::Display for Timestamp {
@@ -181,4 +208,32 @@ pub struct InputOffset {
     pub partition: Partition,
     /// The next offset to consume.
     pub next: Offset,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_to_the_millisecond() {
+        assert_eq!(
+            Timestamp(1_764_691_682_709).rfc3339().to_string(),
+            "2025-12-02T16:08:02.709Z"
+        );
+        assert_eq!(
+            Timestamp(0).rfc3339().to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        // Past year 9999 RFC 3339 has no form: the raw value, marked.
+        assert_eq!(
+            Timestamp(u64::MAX).rfc3339().to_string(),
+            format!("@{}ms", u64::MAX)
+        );
+        assert_eq!(
+            Timestamp(253_402_300_800_000).rfc3339().to_string(),
+            "@253402300800000ms"
+        );
+        // Display of the timestamp itself is unchanged.
+        assert_eq!(Timestamp(5).to_string(), "5ms");
+    }
 }
