@@ -209,7 +209,9 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Rewind the customer's partition to that moment: dry run, then for real.
-    let p = app.partition_of(c.as_bytes());
+    let p = app
+        .partition_of("customer_totals", c.as_bytes())
+        .context("the key cannot be routed")?;
     let plan = app.rewind(
         "customer_totals",
         p,

@@ -105,6 +105,11 @@ pub struct GetArgs {
     /// Read as of this TIME.
     #[arg(long, value_parser = time_arg, allow_hyphen_values = true)]
     pub as_of: Option<u64>,
+    /// Read this partition only, instead of the one the key's hash names
+    /// (for a key its producer placed explicitly). Without it, a key whose
+    /// partition the server cannot vouch for is looked for in every one.
+    #[arg(long)]
+    pub partition: Option<u32>,
 }
 
 /// `history`.
@@ -127,6 +132,9 @@ pub struct HistoryArgs {
     /// At most this many versions (pages are followed up to it).
     #[arg(long)]
     pub limit: Option<u64>,
+    /// Read this partition only (see `get --partition`).
+    #[arg(long)]
+    pub partition: Option<u32>,
 }
 
 /// Which keys: a prefix or a range.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use strata_state::store::rocks::RocksConfig;
 
 use crate::kafka::client::KafkaConfig;
+use crate::partitioner::Partitioner;
 use crate::{Error, Result};
 
 /// What a commit promises.
@@ -70,6 +71,15 @@ pub struct AppConfig {
     pub poll_batch: usize,
     /// Logical topic name -> physical name. Unmapped names are physical.
     pub topics: BTreeMap<String, String>,
+    /// Logical input topic name -> the partitioner its producers used
+    /// (unnamed input topics: [`Partitioner::Murmur2`], Kafka's default;
+    /// repartition topics are always murmur2, the engine writes them).
+    /// Routing a key to its partition's owner relies on it; processing
+    /// does not. Every record is checked against it: a contradiction is
+    /// counted (`strata_partitioner_mismatched_records_total`), warned
+    /// about once with the partitioner that fits, and makes reads of the
+    /// topic's tables ask every partition. See docs/routing.md.
+    pub partitioners: BTreeMap<String, Partitioner>,
     /// Start position of a new group.
     pub start_position: StartPosition,
     /// Storage settings shared by all table partitions.
@@ -151,6 +161,14 @@ pub struct QueryConfig {
     pub subscribe_poll: Duration,
     /// Most changes per Subscribe message.
     pub max_subscribe_batch: u32,
+    /// Confirm a miss: when the partition a key's hash names does not hold
+    /// it, Get and History ask every other partition before answering
+    /// absent, so a key its producer placed elsewhere (an explicit
+    /// partition, a partitioner other than the declared one that no record
+    /// has yet contradicted) is still found. Costs one read of every
+    /// partition per miss. Default true; set false when every producer is
+    /// known to use the declared partitioner.
+    pub confirm_misses: bool,
 }
 
 impl Default for QueryConfig {
@@ -168,6 +186,7 @@ impl Default for QueryConfig {
             connect_timeout: Duration::from_secs(1),
             subscribe_poll: Duration::from_millis(20),
             max_subscribe_batch: 1000,
+            confirm_misses: true,
         }
     }
 }
@@ -244,6 +263,7 @@ impl AppConfig {
             max_buffered_outputs: 10_000,
             poll_batch: 500,
             topics: BTreeMap::new(),
+            partitioners: BTreeMap::new(),
             start_position: StartPosition::Earliest,
             rocks: RocksConfig::default(),
             restore_batch: 10_000,
@@ -258,6 +278,15 @@ impl AppConfig {
             directory_ttl: None,
             grpc_security: GrpcSecurity::default(),
         }
+    }
+
+    /// The partitioner of a logical input topic's producers: the declared
+    /// one, murmur2 for undeclared and repartition topics.
+    pub fn partitioner(&self, logical: &str) -> Partitioner {
+        if logical.starts_with(crate::topology::REPARTITION_PREFIX) {
+            return Partitioner::Murmur2;
+        }
+        self.partitioners.get(logical).cloned().unwrap_or_default()
     }
 
     /// The physical name of a logical topic: mapped by `topics`;

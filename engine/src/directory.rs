@@ -111,6 +111,11 @@ pub(crate) struct Announcement {
     #[serde(default)]
     partitions: Vec<Claim>,
     updated_ms: u64,
+    /// Input topics (physical names) whose records this member found in
+    /// partitions their declared partitioner does not name: every
+    /// instance stops routing those topics' tables by hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    misrouted: Vec<String>,
 }
 
 /// One claimed partition in an announcement.
@@ -365,6 +370,16 @@ impl Directory {
     pub fn members(&self) -> Vec<Member> {
         let now = Timestamp::now();
         self.read(|v| v.members(now, self.inner.ttl))
+    }
+
+    /// Whether a live member announced that records of input topic
+    /// `topic` are not where the topic's declared partitioner puts them.
+    pub fn misrouted(&self, topic: &str) -> bool {
+        let now = Timestamp::now();
+        self.read(|v| {
+            v.live(now, self.inner.ttl)
+                .any(|a| a.misrouted.iter().any(|t| t == topic))
+        })
     }
 
     /// Owners and members now, resolved from one consistent view.
@@ -627,6 +642,7 @@ mod tests {
                 })
                 .collect(),
             updated_ms,
+            misrouted: Vec::new(),
         }
     }
 
@@ -741,7 +757,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.partitions[0].since_ms, 0);
+        assert!(parsed.misrouted.is_empty());
         assert!(serde_json::from_str::<Announcement>(r#"{"member":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn misrouted_topics_come_from_live_members_only() {
+        let d = Directory::new("me".into(), TTL);
+        let now = Timestamp::now().0;
+        let mut a = ann("a", now, &[(0, ClaimState::Running, now)]);
+        a.misrouted = vec!["orders".into()];
+        assert_eq!(
+            serde_json::to_value(&a).unwrap()["misrouted"],
+            serde_json::json!(["orders"])
+        );
+        d.apply("a", Some(a));
+        assert!(d.misrouted("orders"));
+        assert!(!d.misrouted("payments"));
+        // Expired members say nothing.
+        let mut old = ann("b", now - 2 * TTL.as_millis() as u64, &[]);
+        old.misrouted = vec!["payments".into()];
+        d.apply("b", Some(old));
+        assert!(!d.misrouted("payments"));
+        // Withdrawn: forgotten.
+        d.apply("a", None);
+        assert!(!d.misrouted("orders"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use strata_state::{
 };
 
 use crate::context::OutRecord;
-use crate::partitioner::partition_for;
+use crate::partitioner::{Partitioner, partition_for};
 use crate::task::{CommitIo, RawRecord, SourceMap, Task, TaskSource};
 use crate::topology::Topology;
 use crate::{Error, Result};
@@ -53,6 +53,9 @@ pub struct TestDriver {
     tasks: Vec<Task<MemoryStore>>,
     /// Per internal (repartition) topic: output records already fed back.
     fed: BTreeMap<String, usize>,
+    /// Per input topic, the partitioner [`TestDriver::pipe`] places keys
+    /// with, as the topic's producers would (default murmur2).
+    partitioners: BTreeMap<String, Partitioner>,
 }
 
 struct Io<'a> {
@@ -114,6 +117,7 @@ impl TestDriver {
                 .collect(),
             tasks: Vec::new(),
             fed: BTreeMap::new(),
+            partitioners: BTreeMap::new(),
         };
         d.start_tasks()?;
         Ok(d)
@@ -132,6 +136,7 @@ impl TestDriver {
                 .push(TaskSource {
                     run: s.run.clone(),
                     on_error: s.on_error.clone(),
+                    route: None,
                 });
         }
         let sources: SourceMap = Arc::new(sources);
@@ -156,15 +161,45 @@ impl TestDriver {
         Ok(())
     }
 
-    /// The partition a key goes to (Kafka's default partitioner).
+    /// Places the keys [`TestDriver::pipe`] sends to input topic `topic` as
+    /// `partitioner` does, like a producer of the topic that uses it (the
+    /// app's [`crate::AppConfig::partitioners`] declaration).
+    pub fn set_partitioner(&mut self, topic: &str, partitioner: Partitioner) -> &mut Self {
+        self.partitioners.insert(topic.to_string(), partitioner);
+        self
+    }
+
+    /// The partition a key goes to under Kafka's default partitioner
+    /// (murmur2), as the engine's own producers place it.
     pub fn partition_of(&self, key: &[u8]) -> Partition {
         partition_for(key, self.partitions)
     }
 
-    /// Appends a record to an input topic (partitioned by its key) and
-    /// processes it. Returns the partition and offset it got.
+    /// The partition `key` goes to in input topic `topic`, under the topic's
+    /// partitioner (see [`TestDriver::set_partitioner`]); `None` when that is
+    /// [`Partitioner::Unknown`] (use [`TestDriver::pipe_to`]).
+    pub fn partition_in(&self, topic: &str, key: &[u8]) -> Option<Partition> {
+        self.partitioners
+            .get(topic)
+            .cloned()
+            .unwrap_or_default()
+            .partition(key, self.partitions)
+    }
+
+    fn placed(&self, topic: &str, key: &[u8]) -> Result<Partition> {
+        self.partition_in(topic, key).ok_or_else(|| {
+            Error::config(
+                format!("partitioners[{topic:?}]"),
+                "the topic's partitioner cannot place a key: pipe with TestDriver::pipe_to and an explicit partition",
+            )
+        })
+    }
+
+    /// Appends a record to an input topic (partitioned by its key, see
+    /// [`TestDriver::set_partitioner`]) and processes it. Returns the
+    /// partition and offset it got.
     pub fn pipe(&mut self, topic: &str, key: &[u8], value: &[u8]) -> Result<(Partition, Offset)> {
-        let p = self.partition_of(key);
+        let p = self.placed(topic, key)?;
         self.pipe_to(topic, p, Some(key.to_vec()), Some(value.to_vec()))
     }
 
@@ -176,7 +211,7 @@ impl TestDriver {
         value: &[u8],
         timestamp: Timestamp,
     ) -> Result<(Partition, Offset)> {
-        let p = self.partition_of(key);
+        let p = self.placed(topic, key)?;
         self.append(
             topic,
             p,
@@ -369,13 +404,19 @@ impl TestDriver {
     }
 
     /// A reader of the partition of `table` that holds `key` (its encoded
-    /// form must be what the topic's producer partitioned by).
+    /// form must be what the topic's producer partitioned by), placed by
+    /// the partitioner of the topic the table follows.
     pub fn table_for_key(
         &self,
         name: &str,
         partition_key: &[u8],
     ) -> Result<PartitionReader<MemoryStore>> {
-        self.table(name, self.partition_of(partition_key))
+        let topic = self
+            .topology
+            .table_topic(name)
+            .ok_or_else(|| Error::Topology(format!("no table named {name:?}")))?;
+        let p = self.placed(&topic, partition_key)?;
+        self.table(name, p)
     }
 
     /// The number of changelog records of a table partition.

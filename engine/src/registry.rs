@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use strata_state::store::RocksStore;
 use strata_state::{Partition, PartitionReader};
 
+use crate::partitioner::RouteCheck;
 use crate::replay::{ReplayProgress, ReplayState};
 use crate::task::TaskStats;
 
@@ -40,6 +41,11 @@ pub(crate) struct Slot {
 #[derive(Clone, Default)]
 pub struct Registry {
     inner: Arc<RwLock<Inner>>,
+    /// Per physical input topic, what its records say of its partitioner
+    /// (set once when the app starts; the checks themselves are atomics).
+    routes: Arc<RwLock<BTreeMap<String, Arc<RouteCheck>>>>,
+    /// See [`Registry::key_scatters`].
+    scatters: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -64,6 +70,40 @@ struct Inner {
 }
 
 impl Registry {
+    /// Installs the partitioner checks of the input topics (at start).
+    pub(crate) fn set_route_checks(&self, checks: BTreeMap<String, Arc<RouteCheck>>) {
+        if let Ok(mut g) = self.routes.write() {
+            *g = checks;
+        }
+    }
+
+    /// What the records of physical input topic `topic` said of its
+    /// partitioner on this instance.
+    pub fn route_check(&self, topic: &str) -> Option<Arc<RouteCheck>> {
+        self.routes.read().ok()?.get(topic).cloned()
+    }
+
+    /// Counts a point read that asked more than one partition for a key.
+    pub(crate) fn count_key_scatter(&self) {
+        self.scatters
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Point reads (Get, History) that asked more than one partition for a
+    /// key: its partition could not be vouched for, or it was not in the
+    /// one its hash names and the miss was confirmed.
+    pub fn key_scatters(&self) -> u64 {
+        self.scatters.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every input topic's partitioner check, by physical topic.
+    pub fn route_checks(&self) -> Vec<Arc<RouteCheck>> {
+        self.routes
+            .read()
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn set_table(
         &self,
         table: &str,
@@ -363,6 +403,37 @@ impl Registry {
                 "gauge",
                 help,
                 replays.iter().map(|r| (by_partition(r.partition), get(r))),
+            );
+        }
+        let routes = self.route_checks();
+        if !routes.is_empty() {
+            let by_topic = |c: &RouteCheck| {
+                format!(
+                    "topic=\"{}\",partitioner=\"{}\"",
+                    c.topic(),
+                    c.declared().name()
+                )
+            };
+            family(
+                &mut out,
+                "strata_partitioner_checked_records_total",
+                "counter",
+                "Keyed input records checked against their topic's declared partitioner",
+                routes.iter().map(|c| (by_topic(c), c.checked())),
+            );
+            family(
+                &mut out,
+                "strata_query_key_scatters_total",
+                "counter",
+                "Point reads that asked every partition for a key (its partition not vouched for, or a miss confirmed)",
+                [(String::new(), self.key_scatters())],
+            );
+            family(
+                &mut out,
+                "strata_partitioner_mismatched_records_total",
+                "counter",
+                "Keyed input records found in a partition other than the declared partitioner's (reads of the topic's tables then ask every partition)",
+                routes.iter().map(|c| (by_topic(c), c.mismatched())),
             );
         }
         family(

@@ -34,6 +34,9 @@ pub const ERROR_HEADER: &str = "strata-error";
 pub(crate) struct TaskSource {
     pub run: SourceFn,
     pub on_error: OnError,
+    /// The topic's partitioner check, shared by every task of the instance
+    /// (`None` in the test driver, which places records itself).
+    pub route: Option<Arc<crate::partitioner::RouteCheck>>,
 }
 
 /// The sources of a topology keyed by physical input topic.
@@ -352,6 +355,9 @@ impl<S: KvStore> Task<S> {
                 self.partition, rec.topic
             )));
         };
+        if let Some(check) = list.first().and_then(|s| s.route.as_ref()) {
+            check.record(rec.key, rec.partition);
+        }
         for src in list {
             self.trace.clear();
             let mut ctx = Ctx::new(&mut self.tables, &mut self.outputs, &meta, &mut self.trace);

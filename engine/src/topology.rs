@@ -441,6 +441,15 @@ impl Topology {
             .collect()
     }
 
+    /// The logical input topic whose partitioning table `name` follows.
+    pub(crate) fn table_topic(&self, name: &str) -> Option<String> {
+        lock(&self.graph)
+            .tables
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.topic.clone())
+    }
+
     /// Logical names of the input topics (repartition topics included).
     pub fn source_topics(&self) -> Vec<String> {
         let mut t: Vec<String> = lock(&self.graph)

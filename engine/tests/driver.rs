@@ -478,3 +478,44 @@ fn a_rewind_reaches_downstream_as_flagged_changes() {
     assert_eq!(ValueCodec::<i64>::decode(&Bincode, &ann.value).unwrap(), 5);
     assert!(r.get(&"bob".to_string().to_key_bytes()).unwrap().is_none());
 }
+
+/// The driver places keys as the topic's declared partitioner does, and
+/// refuses to guess for an unknown one.
+#[test]
+fn pipe_places_keys_by_the_topics_partitioner() {
+    use strata_engine::partitioner::Partitioner;
+    let mut d = TestDriver::new(totals_topology(), 4, Timestamp(1_000)).unwrap();
+    d.set_partitioner("orders", Partitioner::Crc32);
+    let keys: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    let mut differs = 0;
+    for k in &keys {
+        let (p, _) = d.pipe("orders", k.as_bytes(), &order(k, 5)).unwrap();
+        assert_eq!(Some(p), Partitioner::Crc32.partition(k.as_bytes(), 4));
+        assert_eq!(d.partition_in("orders", k.as_bytes()), Some(p));
+        differs += usize::from(p != d.partition_of(k.as_bytes()));
+    }
+    // CRC32 and murmur2 disagree on most keys: the test would see murmur2.
+    assert!(differs > 20, "{differs}");
+    d.commit().unwrap();
+    for k in &keys {
+        let r = d.table_for_key("totals", k.as_bytes()).unwrap();
+        let v = r
+            .get(&k.to_key_bytes())
+            .unwrap()
+            .expect("in its CRC32 partition");
+        assert_eq!(decode(&v.value).cents, 5);
+    }
+
+    d.set_partitioner("orders", Partitioner::Unknown);
+    let e = d.pipe("orders", b"c1", &order("c1", 1)).unwrap_err();
+    assert!(e.to_string().contains("pipe_to"), "{e}");
+    assert!(d.table_for_key("totals", b"c1").is_err());
+    // An explicit partition still works.
+    d.pipe_to(
+        "orders",
+        Partition(3),
+        Some(b"c1".to_vec()),
+        Some(order("c1", 1)),
+    )
+    .unwrap();
+}

@@ -173,3 +173,23 @@ fn configuration_errors_name_the_key() {
     assert!(bad(&|c| c.kafka.bootstrap_servers = String::new()).contains("bootstrap_servers"));
     assert!(bad(&|c| c.rocks.block_cache_bytes = 10).contains("block_cache_bytes"));
 }
+
+#[test]
+fn a_partitioner_for_a_topic_that_is_not_an_input_is_refused() {
+    let kafka = EmbeddedKafka::start(1).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(&kafka, "p", state.path());
+    c.partitioners.insert(
+        "word".into(),
+        strata_engine::partitioner::Partitioner::Crc32,
+    );
+    let err = App::new(c)
+        .unwrap()
+        .start(counts())
+        .err()
+        .expect("a typo in a topic name");
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("partitioners[\"word\"]"), "{msg}");
+    assert!(msg.contains("\"words\""), "{msg}");
+}

@@ -709,7 +709,10 @@ async fn forwarding_between_instances_uses_tls_and_the_callers_token() {
             .iter()
             .find(|k| {
                 app.registry()
-                    .reader("sums", app.partition_of(k.as_bytes()))
+                    .reader(
+                        "sums",
+                        app.partition_of("sums", k.as_bytes()).expect("routable"),
+                    )
                     .is_none()
             })
             .unwrap();

@@ -33,6 +33,8 @@
 //!     key_ref: Some(get_request::KeyRef::KeyJson(r#""alice""#.into())),
 //!     at: Some(At { point: Some(at::Point::TimeMs(1_714_564_800_000)) }),
 //!     options: Some(RequestOptions { allow_stale: true, ..Default::default() }),
+//!     // Unset: the server finds the key's partition.
+//!     partition: None,
 //! };
 //! let bytes = req.encode_to_vec();
 //! assert_eq!(GetRequest::decode(bytes.as_slice())?, req);
@@ -79,6 +81,8 @@ mod tests {
                 hops: 1,
                 representation: Representation::Json as i32,
             }),
+            // Proto3 `optional`: 0 is a real partition, distinct from unset.
+            partition: Some(0),
         };
         let decoded = GetRequest::decode(req.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, req);

@@ -26,6 +26,7 @@ pub async fn get(conn: &Conn, out: Output, a: GetArgs) -> Result<(), CliError> {
             key_ref: Some(pb::get_request::KeyRef::KeyJson(a.key)),
             at: point.map(at),
             options: conn.options(),
+            partition: a.partition,
         }))
         .await
         .map_err(|s| conn.fail(s))?
@@ -118,6 +119,7 @@ pub async fn history(conn: &Conn, out: Output, a: HistoryArgs) -> Result<(), Cli
                 limit: u32::try_from(remaining).unwrap_or(0),
                 page_token: token,
                 options: conn.options(),
+                partition: a.partition,
             }))
             .await
             .map_err(|s| conn.fail(s))?

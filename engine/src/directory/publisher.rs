@@ -99,6 +99,7 @@ impl Publisher {
         let _g = span.enter();
         let mut since = BTreeMap::new();
         let mut last: Option<Vec<Claim>> = None;
+        let mut last_misrouted: Vec<String> = Vec::new();
         let (mut epoch, mut dirty, mut sent_at) = (0u64, true, None::<Instant>);
         loop {
             let now = Timestamp::now();
@@ -108,6 +109,19 @@ impl Publisher {
                 &mut since,
                 now,
             );
+            let misrouted: Vec<String> = self
+                .registry
+                .route_checks()
+                .iter()
+                .filter(|c| c.mismatched() > 0)
+                .map(|c| c.topic().to_string())
+                .collect();
+            if misrouted != last_misrouted {
+                tracing::info!(topics = ?misrouted, "input topics not partitioned as declared; announcing");
+                last_misrouted = misrouted;
+                epoch += 1;
+                dirty = true;
+            }
             if last.as_ref() != Some(&claims) {
                 epoch += 1;
                 let kinds = |cs: &[Claim]| {
@@ -129,6 +143,7 @@ impl Publisher {
                     epoch,
                     partitions: last.clone().unwrap_or_default(),
                     updated_ms: now.0,
+                    misrouted: last_misrouted.clone(),
                 };
                 match self.send(Some(&a)) {
                     Ok(()) => {

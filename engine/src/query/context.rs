@@ -11,8 +11,8 @@ use strata_state::{Partition, PartitionReader};
 
 use super::error::QueryError;
 use crate::config::QueryConfig;
-use crate::partitioner::partition_for;
 use crate::registry::PartitionState;
+use crate::runtime::keyroute::KeyRoute;
 use crate::runtime::{AppHandle, TableMeta};
 
 /// The app-level state the query and admin services work from.
@@ -70,37 +70,25 @@ impl QueryContext {
         Ok(Partition(p))
     }
 
-    /// The partition that holds `key` (table bytes, already checked).
-    ///
-    /// The input topic's record key decides it. When the table's stream
-    /// re-keyed without a repartition, that record key cannot be computed:
-    /// the partitions owned here are searched for the key's history, and
-    /// failing that the key's table bytes are taken as its record key
-    /// (right when both encodings agree, such as `String` keys with the
-    /// `Utf8` codec).
-    pub(crate) fn partition_of_key(
+    /// Where to look for `key` (table bytes, already checked) of `meta`:
+    /// see [`crate::runtime::keyroute`].
+    pub(crate) fn route_key(&self, meta: &TableMeta, key: &[u8]) -> Result<KeyRoute, QueryError> {
+        self.app
+            .route_key(meta, key)
+            .map_err(|e| QueryError::invalid(format!("key for table {:?}: {e}", meta.name)))
+    }
+
+    /// The partition a request names, or else where its key routes.
+    pub(crate) fn route_request(
         &self,
         meta: &TableMeta,
         key: &[u8],
-    ) -> Result<Partition, QueryError> {
-        let n = self.partitions();
-        if let Some(f) = &meta.codecs.partition_key {
-            let record_key = f(key)
-                .map_err(|e| QueryError::invalid(format!("key for table {:?}: {e}", meta.name)))?;
-            return Ok(partition_for(&record_key, n));
+        partition: Option<u32>,
+    ) -> Result<KeyRoute, QueryError> {
+        match partition {
+            Some(p) => Ok(KeyRoute::Hash(self.check_partition(p)?)),
+            None => self.route_key(meta, key),
         }
-        let probe = strata_state::HistoryQuery {
-            limit: 1,
-            ..Default::default()
-        };
-        for p in 0..n {
-            if let Some(r) = self.app.registry.reader(&meta.name, Partition(p))
-                && !r.history(key, &probe)?.entries.is_empty()
-            {
-                return Ok(Partition(p));
-            }
-        }
-        Ok(partition_for(key, n))
     }
 
     /// The reader of partition `p` of `table` if it is owned here and

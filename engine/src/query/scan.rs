@@ -62,7 +62,8 @@ struct ScanCursor {
 }
 
 /// Which partitions a request concerns: the one it names, the one a
-/// single-key filter lives in, or all.
+/// single-key filter lives in (all, when the key cannot be routed by its
+/// hash), or all.
 pub(crate) fn targets(
     ctx: &QueryContext,
     meta: &TableMeta,
@@ -75,7 +76,7 @@ pub(crate) fn targets(
         return Ok(vec![ctx.check_partition(p)?]);
     }
     if let Some(k) = single {
-        return Ok(vec![ctx.partition_of_key(meta, k)?]);
+        return Ok(ctx.route_key(meta, k)?.targets(ctx.partitions()));
     }
     Ok((0..ctx.partitions()).map(Partition).collect())
 }

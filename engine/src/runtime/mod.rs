@@ -1,6 +1,7 @@
 //! Running a topology against Kafka: startup checks and topic creation,
 //! the consumer-group thread, the worker threads, and graceful shutdown.
 
+pub(crate) mod keyroute;
 mod priority;
 pub(crate) mod worker;
 
@@ -21,7 +22,7 @@ use crate::kafka::changelog::ChangelogProducer;
 use crate::kafka::client::create;
 use crate::kafka::group::{GroupConsumer, GroupContext, run_poll_loop};
 use crate::kafka::output::OutputProducer;
-use crate::partitioner::partition_for;
+use crate::partitioner::RouteCheck;
 use crate::registry::{PartitionState, Registry};
 use crate::replay::{ReplayOutcome, ReplayProgress};
 use crate::task::{SourceMap, TaskSource};
@@ -59,6 +60,18 @@ impl App {
     /// threads.
     pub fn start(&self, topology: Topology) -> Result<RunningApp> {
         topology.validate()?;
+        let inputs = topology.source_topics();
+        for (logical, declared) in &self.config.partitioners {
+            if !inputs.contains(logical) {
+                return Err(Error::config(
+                    format!("partitioners[{logical:?}]"),
+                    format!(
+                        "{logical:?} is not an input topic of the topology (its input topics: {inputs:?})"
+                    ),
+                ));
+            }
+            tracing::debug!(topic = %logical, partitioner = declared.name(), "declared partitioner");
+        }
         let config = self.config.clone();
         let admin = KafkaAdmin::new(&config.kafka)?;
         // Input topics: must exist, with one partition count.
@@ -131,15 +144,25 @@ impl App {
         let g = graph
             .lock()
             .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+        let mut routes: BTreeMap<String, Arc<RouteCheck>> = BTreeMap::new();
         let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
         for s in &g.sources {
-            sources
-                .entry(config.physical(&s.topic))
-                .or_default()
-                .push(TaskSource {
-                    run: s.run.clone(),
-                    on_error: s.on_error.clone(),
-                });
+            let physical = config.physical(&s.topic);
+            let route = routes
+                .entry(physical.clone())
+                .or_insert_with(|| {
+                    Arc::new(RouteCheck::new(
+                        physical.clone(),
+                        config.partitioner(&s.topic),
+                        n,
+                    ))
+                })
+                .clone();
+            sources.entry(physical).or_default().push(TaskSource {
+                run: s.run.clone(),
+                on_error: s.on_error.clone(),
+                route: Some(route),
+            });
         }
         let tables: Vec<(String, crate::topology::TableOptions)> = g
             .tables
@@ -173,6 +196,7 @@ impl App {
         let changelog = ChangelogProducer::new(&config.kafka)?;
         let rocks = RocksEnv::new(config.rocks.clone())?;
         let registry = Registry::default();
+        registry.set_route_checks(routes);
         let directory = crate::directory::DirectoryService::follow(&config)?;
 
         let mut senders = Vec::new();
@@ -493,9 +517,23 @@ impl RunningApp {
         self.partitions
     }
 
-    /// The partition that holds `key` (encoded as the input topic's key).
-    pub fn partition_of(&self, key: &[u8]) -> Partition {
-        partition_for(key, self.partitions)
+    /// The partition of `table` that holds the key whose input record key
+    /// is `key`, under the partitioner declared for the table's input
+    /// topic ([`AppConfig::partitioners`]). `None` when the table's keys
+    /// cannot be routed by hash: the topic's partitioner is
+    /// [`crate::partitioner::Partitioner::Unknown`], or its records
+    /// contradicted the declared one (here or on another instance), or
+    /// `table` is not a table of the app.
+    pub fn partition_of(&self, table: &str, key: &[u8]) -> Option<Partition> {
+        let meta = self.handle.tables.iter().find(|t| t.name == table)?;
+        if !self.handle.hash_trusted(meta) {
+            return None;
+        }
+        self.registry
+            .route_check(&meta.input_topic)
+            .map(|c| c.declared().clone())
+            .unwrap_or_default()
+            .partition(key, self.partitions)
     }
 
     /// Waits until this instance owns at least `min_partitions` running
@@ -541,27 +579,70 @@ impl RunningApp {
         Ok(())
     }
 
-    /// The reader of the partition of `table` holding `key`, if it is owned
-    /// here and running.
+    /// The reader of the partition of `table` holding `key` (the input
+    /// record key), if the key can be routed by hash (see
+    /// [`RunningApp::partition_of`]) and that partition is owned here and
+    /// running.
     pub fn reader_for_key(&self, table: &str, key: &[u8]) -> Option<PartitionReader<RocksStore>> {
-        self.registry.reader(table, self.partition_of(key))
+        self.registry.reader(table, self.partition_of(table, key)?)
     }
 
-    /// The latest committed value of a key (table key bytes), if its
-    /// partition is owned here; `partition_key` is the key as the input
-    /// topic's producer encoded it.
+    /// The latest committed value of a key (table key bytes); `partition_key`
+    /// is the key as the input topic's producer encoded it.
+    ///
+    /// Looks where [`RunningApp::partition_of`] says; when the hash cannot
+    /// be trusted, or misses are confirmed (`query.confirm_misses`) and the
+    /// key is not there, every partition owned here is searched. `Ok(None)`
+    /// only when every partition the key could be in was searched here; a
+    /// key that could be in a partition owned elsewhere is an error saying
+    /// so (read it through the query service, which asks the owner).
     pub fn get(
         &self,
         table: &str,
         partition_key: &[u8],
         table_key: &[u8],
     ) -> Result<Option<Versioned>> {
-        let r = self.reader_for_key(table, partition_key).ok_or_else(|| {
-            Error::Stopped(format!(
-                "the partition of this key in {table:?} is not owned here or not running"
-            ))
-        })?;
-        Ok(r.get(table_key)?)
+        if !self.handle.tables.iter().any(|t| t.name == table) {
+            return Err(Error::Stopped(format!("no table {table:?} in this app")));
+        }
+        let hashed = self.partition_of(table, partition_key);
+        if let Some(p) = hashed {
+            let r = self.registry.reader(table, p);
+            if let Some(r) = &r
+                && let Some(v) = r.get(table_key)?
+            {
+                return Ok(Some(v));
+            }
+            if !self.handle.config.query.confirm_misses {
+                return match r {
+                    Some(_) => Ok(None),
+                    None => Err(Error::Stopped(format!(
+                        "partition {p} of {table:?}, which holds this key, is not owned here or not running"
+                    ))),
+                };
+            }
+        }
+        let mut elsewhere = Vec::new();
+        for q in (0..self.partitions).map(Partition) {
+            if Some(q) == hashed && self.registry.reader(table, q).is_some() {
+                continue;
+            }
+            match self.registry.reader(table, q) {
+                Some(r) => {
+                    if let Some(v) = r.get(table_key)? {
+                        return Ok(Some(v));
+                    }
+                }
+                None => elsewhere.push(q.0),
+            }
+        }
+        if elsewhere.is_empty() {
+            return Ok(None);
+        }
+        Err(Error::Stopped(format!(
+            "the key is in no partition of {table:?} owned here, and its partition cannot be vouched for \
+             (partitions {elsewhere:?} are owned elsewhere or not running): read it through the query service"
+        )))
     }
 
     /// Rewinds (or, with `dry_run`, plans rewinding) one partition of a
