@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use strata_state::Partition;
 
@@ -206,11 +206,36 @@ pub struct RouteCheck {
     /// The declared partitioner's bit in `fitting`, when it is a known one.
     declared_bit: Option<u8>,
     partitions: u32,
-    checked: AtomicU64,
-    mismatched: AtomicU64,
+    /// The counters, striped by thread: every worker counts every record,
+    /// and one shared counter's cache line moving between cores cost more
+    /// than the check itself (benches/partitioner.rs).
+    stripes: Box<[Stripe]>,
+    /// Set once, by the first contradicting record; read by every record
+    /// after (a line nobody writes again stays in every core's cache).
+    contradicted: AtomicBool,
     /// Bit i: `KNOWN[i]` fits every record checked so far.
     fitting: AtomicU8,
     warned: AtomicBool,
+}
+
+/// Counter stripes per check (threads beyond it share stripes).
+const STRIPES: usize = 8;
+
+/// One thread's share of a check's counters, alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe {
+    checked: AtomicU64,
+    mismatched: AtomicU64,
+}
+
+/// This thread's stripe, assigned round-robin on first use.
+fn thread_stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
 }
 
 /// Records checked after the first mismatch before the warning names the
@@ -232,8 +257,8 @@ impl RouteCheck {
             declared,
             declared_bit,
             partitions,
-            checked: AtomicU64::new(0),
-            mismatched: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            contradicted: AtomicBool::new(false),
             fitting: AtomicU8::new((1 << KNOWN.len()) - 1),
             warned: AtomicBool::new(false),
         }
@@ -258,7 +283,8 @@ impl RouteCheck {
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             return;
         };
-        let checked = self.checked.fetch_add(1, Ordering::Relaxed) + 1;
+        let stripe = &self.stripes[thread_stripe()];
+        let checked = stripe.checked.fetch_add(1, Ordering::Relaxed) + 1;
         // Hash only with the partitioners still in the running: once the
         // data has narrowed them to one, that is one hash per record, and
         // the shared mask is only read, never written.
@@ -282,22 +308,31 @@ impl RouteCheck {
         // Unknown declares nothing to contradict; the tables route by
         // asking every partition anyway.
         if matches!(self.declared, Partitioner::Unknown) || agrees {
-            if self.mismatched.load(Ordering::Relaxed) > 0 {
+            if self.contradicted.load(Ordering::Relaxed) {
                 self.maybe_warn(checked, mask);
             }
             return;
         }
-        self.mismatched.fetch_add(1, Ordering::Relaxed);
+        stripe.mismatched.fetch_add(1, Ordering::Relaxed);
+        if !self.contradicted.load(Ordering::Relaxed) {
+            self.contradicted.store(true, Ordering::Relaxed);
+        }
         self.maybe_warn(checked, mask);
     }
 
+    /// Warns once, when the records have said enough: `checked` is this
+    /// thread's count, a lower bound of the topic's.
     fn maybe_warn(&self, checked: u64, mask: u8) {
+        if self.warned.load(Ordering::Relaxed) {
+            return;
+        }
         if mask.count_ones() > 1 && checked < WARN_AFTER {
             return;
         }
         if self.warned.swap(true, Ordering::Relaxed) {
             return;
         }
+        let checked = self.checked();
         let fit: Vec<&str> = KNOWN
             .iter()
             .enumerate()
@@ -314,7 +349,7 @@ impl RouteCheck {
         tracing::warn!(
             topic = %self.topic,
             declared = self.declared.name(),
-            mismatched = self.mismatched.load(Ordering::Relaxed),
+            mismatched = self.mismatched(),
             checked,
             "records of this input topic are not where the declared partitioner puts their keys; \
              reads of its tables now ask every partition instead of routing by key (slower, \
@@ -327,18 +362,24 @@ impl RouteCheck {
     /// declared partitioner is a function of the key and no record seen
     /// here contradicted it.
     pub fn trusted(&self) -> bool {
-        !matches!(self.declared, Partitioner::Unknown) && self.mismatched() == 0
+        !matches!(self.declared, Partitioner::Unknown) && !self.contradicted.load(Ordering::Relaxed)
     }
 
     /// Keyed records checked.
     pub fn checked(&self) -> u64 {
-        self.checked.load(Ordering::Relaxed)
+        self.stripes
+            .iter()
+            .map(|s| s.checked.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Keyed records found in a partition other than the declared
     /// partitioner's.
     pub fn mismatched(&self) -> u64 {
-        self.mismatched.load(Ordering::Relaxed)
+        self.stripes
+            .iter()
+            .map(|s| s.mismatched.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The known partitioners that fit every keyed record checked so far.
