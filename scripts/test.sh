@@ -19,6 +19,17 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1
 mkdir -p "$CARGO_TARGET_DIR"
 
+# Lints are part of the suite: a warning fails it (formatting too). Both
+# come with the Rust toolchain (rustup components), not from apt.
+for tool in clippy fmt; do
+    cargo "$tool" --version >/dev/null 2>&1 || {
+        echo "test: 'cargo $tool' is not available; install it with: rustup component add ${tool/fmt/rustfmt}" >&2
+        exit 1
+    }
+done
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 # Benches are compiled (test profile, sharing the build) but not run here:
 # they are measurements, see docs/benchmarks.md.
 cargo test --workspace --benches --no-run --locked
