@@ -57,24 +57,21 @@ fn main() {
         },
         &keys,
     );
-    let right = RouteCheck::new("t", Partitioner::Murmur2, PARTITIONS);
-    let declared_right = per_record(
-        |ks| {
-            for (k, p) in ks.iter().zip(&by_murmur) {
-                right.record(Some(black_box(k)), *p);
-            }
-        },
-        &keys,
-    );
-    let wrong = RouteCheck::new("t", Partitioner::Murmur2, PARTITIONS);
-    let declared_wrong = per_record(
-        |ks| {
-            for (k, p) in ks.iter().zip(&by_crc) {
-                wrong.record(Some(black_box(k)), *p);
-            }
-        },
-        &keys,
-    );
+    // A check declared murmur2, fed records placed by `placed`.
+    let checked = |placed: &[Partition]| -> (f64, RouteCheck) {
+        let c = RouteCheck::new("t", Partitioner::Murmur2, PARTITIONS);
+        let ns = per_record(
+            |ks| {
+                for (k, p) in ks.iter().zip(placed) {
+                    c.record(Some(black_box(k)), *p);
+                }
+            },
+            &keys,
+        );
+        (ns, c)
+    };
+    let (declared_right, right) = checked(&by_murmur);
+    let (declared_wrong, wrong) = checked(&by_crc);
     let shared = Arc::new(RouteCheck::new("t", Partitioner::Murmur2, PARTITIONS));
     let (keys2, placed2) = (Arc::new(keys.clone()), Arc::new(by_murmur.clone()));
     let t0 = Instant::now();

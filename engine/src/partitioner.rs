@@ -81,7 +81,7 @@ impl fmt::Debug for Partitioner {
 
 /// The partitioners a mismatch is explained with, in the order messages
 /// name them.
-const KNOWN: [Partitioner; 3] = [Partitioner::Murmur2, Partitioner::Crc32, Partitioner::Fnv1a];
+static KNOWN: [Partitioner; 3] = [Partitioner::Murmur2, Partitioner::Crc32, Partitioner::Fnv1a];
 
 impl Partitioner {
     /// The partition of `key` among `partitions`, or `None` when this
@@ -246,12 +246,10 @@ impl RouteCheck {
     /// A check of `topic` (physical name, with `partitions` partitions)
     /// declared to use `declared`.
     pub fn new(topic: impl Into<String>, declared: Partitioner, partitions: u32) -> RouteCheck {
-        let declared_bit = match declared {
-            Partitioner::Murmur2 => Some(1),
-            Partitioner::Crc32 => Some(2),
-            Partitioner::Fnv1a => Some(4),
-            _ => None,
-        };
+        let declared_bit = KNOWN
+            .iter()
+            .position(|k| std::mem::discriminant(k) == std::mem::discriminant(&declared))
+            .map(|i| 1u8 << i);
         RouteCheck {
             topic: topic.into(),
             declared,
@@ -385,10 +383,11 @@ impl RouteCheck {
     /// The known partitioners that fit every keyed record checked so far.
     pub fn fitting(&self) -> Vec<&'static str> {
         let mask = self.fitting.load(Ordering::Relaxed);
-        let names = ["murmur2", "crc32", "fnv1a"];
-        (0..KNOWN.len())
-            .filter(|i| mask & (1 << i) != 0)
-            .map(|i| names[i])
+        KNOWN
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, p)| p.name())
             .collect()
     }
 }

@@ -15,6 +15,7 @@
 use strata_state::Partition;
 
 use super::{AppHandle, TableMeta};
+use crate::partitioner::Partitioner;
 
 /// Where a key of a table is looked for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -43,15 +44,12 @@ impl KeyRoute {
 }
 
 impl AppHandle {
-    /// Whether the hash names the partitions of `meta`'s keys: its input
-    /// topic's partitioner is declared as a function of the key and no
-    /// record contradicted it here or on another live instance.
-    pub(crate) fn hash_trusted(&self, meta: &TableMeta) -> bool {
-        let local = self
-            .registry
-            .route_check(&meta.input_topic)
-            .is_none_or(|c| c.trusted());
-        local && !self.directory.misrouted(&meta.input_topic)
+    /// The partitioner that names the partitions of `meta`'s keys, if it
+    /// can be trusted: declared as a function of the key, and no record
+    /// contradicted it here or on another live instance.
+    pub(crate) fn trusted_partitioner<'a>(&self, meta: &'a TableMeta) -> Option<&'a Partitioner> {
+        (meta.route.trusted() && !self.directory.misrouted(&meta.input_topic))
+            .then(|| meta.route.declared())
     }
 
     /// Where to look for the key with table bytes `key` of `meta`.
@@ -59,14 +57,9 @@ impl AppHandle {
     /// `Err` carries why the key could not be turned into its record key (a
     /// key that is not one of the table's).
     pub(crate) fn route_key(&self, meta: &TableMeta, key: &[u8]) -> Result<KeyRoute, String> {
-        if !self.hash_trusted(meta) {
+        let Some(declared) = self.trusted_partitioner(meta) else {
             return Ok(KeyRoute::Scatter);
-        }
-        let declared = self
-            .registry
-            .route_check(&meta.input_topic)
-            .map(|c| c.declared().clone())
-            .unwrap_or_default();
+        };
         let n = self.partitions;
         let Some(f) = &meta.codecs.partition_key else {
             // Re-keyed without a repartition: the record key cannot be

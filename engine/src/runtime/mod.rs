@@ -172,12 +172,24 @@ impl App {
         let table_meta: Vec<TableMeta> = g
             .tables
             .iter()
-            .map(|t| TableMeta {
-                name: t.name.clone(),
-                options: t.options.clone(),
-                codecs: t.codecs.clone(),
-                input_topic: config.physical(&t.topic),
-                changelog_topic: config.changelog_topic(&t.name),
+            .map(|t| {
+                let input_topic = config.physical(&t.topic);
+                // Every table follows a source topic, which has a check.
+                let route = routes.get(&input_topic).cloned().unwrap_or_else(|| {
+                    Arc::new(RouteCheck::new(
+                        input_topic.clone(),
+                        config.partitioner(&t.topic),
+                        n,
+                    ))
+                });
+                TableMeta {
+                    name: t.name.clone(),
+                    options: t.options.clone(),
+                    codecs: t.codecs.clone(),
+                    input_topic,
+                    changelog_topic: config.changelog_topic(&t.name),
+                    route,
+                }
             })
             .collect();
         let timers = g.timers.clone();
@@ -355,6 +367,9 @@ pub(crate) struct TableMeta {
     /// The physical input topic the table is co-partitioned with.
     pub input_topic: String,
     pub changelog_topic: String,
+    /// The input topic's declared partitioner and what its records said
+    /// of it (shared with the tasks, which record into it).
+    pub route: Arc<RouteCheck>,
 }
 
 /// What the query service holds of a running app (not the app itself, so
@@ -526,13 +541,8 @@ impl RunningApp {
     /// `table` is not a table of the app.
     pub fn partition_of(&self, table: &str, key: &[u8]) -> Option<Partition> {
         let meta = self.handle.tables.iter().find(|t| t.name == table)?;
-        if !self.handle.hash_trusted(meta) {
-            return None;
-        }
-        self.registry
-            .route_check(&meta.input_topic)
-            .map(|c| c.declared().clone())
-            .unwrap_or_default()
+        self.handle
+            .trusted_partitioner(meta)?
             .partition(key, self.partitions)
     }
 
@@ -624,10 +634,9 @@ impl RunningApp {
         }
         let mut elsewhere = Vec::new();
         for q in (0..self.partitions).map(Partition) {
-            if Some(q) == hashed && self.registry.reader(table, q).is_some() {
-                continue;
-            }
             match self.registry.reader(table, q) {
+                // The hashed partition, read above.
+                Some(_) if Some(q) == hashed => {}
                 Some(r) => {
                     if let Some(v) = r.get(table_key)? {
                         return Ok(Some(v));
