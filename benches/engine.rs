@@ -40,6 +40,15 @@
 //! `STRATA_BENCH_*` variables, then flags (`cargo bench --bench engine --
 //! --help`).
 
+// A benchmark: panics on a failed step, prints its figures, measures raw RocksDB as its baseline and exits with a usage error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
 #[path = "common/knobs.rs"]
 mod knobs;
 
@@ -57,12 +66,12 @@ use rocksdb::{
     WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use strata_engine::kafka::changelog::KafkaChangelogReader;
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::partitioner::partition_for;
-use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, Guarantee, OutRecord, TableOptions, Topology};
+use strata::kafka::changelog::KafkaChangelogReader;
+use strata::kafka::client::KafkaConfig;
+use strata::kafka::output::OutputProducer;
+use strata::partitioner::partition_for;
+use strata::serde::{Utf8, json};
+use strata::{App, AppConfig, Guarantee, OutRecord, TableOptions, Topology};
 use strata_state::changelog::ChangelogBatch;
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};
 use strata_state::store::RocksEnv;

@@ -15,11 +15,20 @@
 //! Reported as ns per record and as a ratio to the baseline. Nothing
 //! asserts a time. `cargo bench --bench partitioner`.
 
+// A benchmark: panics on a failed step, prints its figures, measures raw RocksDB as its baseline and exits with a usage error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use strata_engine::partitioner::{Partitioner, RouteCheck, murmur2};
+use strata::partitioner::{Partitioner, RouteCheck, murmur2};
 use strata_state::Partition;
 
 const KEYS: usize = 100_000;

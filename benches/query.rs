@@ -38,6 +38,15 @@
 //! `STRATA_BENCH_*` variables, then flags (`cargo bench --bench query --
 //! --help`).
 
+// A benchmark: panics on a failed step, prints its figures, measures raw RocksDB as its baseline and exits with a usage error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
 #[path = "common/knobs.rs"]
 mod knobs;
 
@@ -51,11 +60,11 @@ use anyhow::{Context, Result, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use prost::Message;
-use strata_engine::kafka::client::{KafkaConfig, RebalanceProtocol};
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::partitioner::partition_for;
-use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, OutRecord, RunningApp, TableOptions, Topology};
+use strata::kafka::client::{KafkaConfig, RebalanceProtocol};
+use strata::kafka::output::OutputProducer;
+use strata::partitioner::partition_for;
+use strata::serde::{Utf8, json};
+use strata::{App, AppConfig, OutRecord, RunningApp, TableOptions, Topology};
 use strata_proto::v1 as pb;
 use strata_proto::v1::query_client::QueryClient;
 use strata_state::codec::OrderedKey;

@@ -21,16 +21,25 @@
 //! Reported as p50/p99 and as ratios to the routed Get of the same run.
 //! Nothing asserts a time. `cargo bench --bench routing -- --help`.
 
+// A benchmark: panics on a failed step, prints its figures, measures raw RocksDB as its baseline and exits with a usage error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use strata_engine::kafka::client::KafkaConfig;
-use strata_engine::kafka::output::OutputProducer;
-use strata_engine::partitioner::{Partitioner, partition_for};
-use strata_engine::serde::{Utf8, json};
-use strata_engine::{App, AppConfig, OutRecord, RunningApp, TableOptions, Topology};
+use strata::kafka::client::KafkaConfig;
+use strata::kafka::output::OutputProducer;
+use strata::partitioner::{Partitioner, partition_for};
+use strata::serde::{Utf8, json};
+use strata::{App, AppConfig, OutRecord, RunningApp, TableOptions, Topology};
 use strata_proto::v1 as pb;
 use strata_proto::v1::query_client::QueryClient;
 use strata_testkit::Tansu;

@@ -19,6 +19,15 @@
 //! Sizes come from defaults, then `--quick`, then `STRATA_BENCH_*` variables,
 //! then command-line flags (`cargo bench --bench state -- --help`).
 
+// A benchmark: panics on a failed step, prints its figures, measures raw RocksDB as its baseline and exits with a usage error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::disallowed_types,
+    clippy::disallowed_methods
+)]
+
 #[path = "common/knobs.rs"]
 mod knobs;
 

@@ -11,6 +11,9 @@
 //! Ctrl-C, so that the `strata` CLI can query it from another terminal:
 //! `cargo run -p strata-cli -- get customer_totals customer-07`.
 
+// An example program: prints what it shows; a failed step panics with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

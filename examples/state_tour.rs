@@ -6,6 +6,9 @@
 //! Run it with `cargo run --example state_tour`. It needs no broker: the
 //! `state` crate knows nothing of Kafka.
 
+// An example program: prints what it shows; a failed step panics with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use strata_state::codec::{Bincode, OrderedKey, ValueCodec};

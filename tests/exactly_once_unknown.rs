@@ -14,6 +14,9 @@
 //!   offset to go back to, the reopened task starts where its first
 //!   incarnation did.
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -41,6 +41,9 @@
 //! docs/reliability.md lists the scenarios, the last full run's figures,
 //! and what is not covered yet.
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -103,7 +106,12 @@ fn fault_child() {
     let _failpoints = fail::FailScenario::setup();
     let running = App::new(c).unwrap().start(topology(&app)).unwrap();
     println!("CHILD STARTED");
-    args.run_until_stopped(running, Duration::from_millis(100), |_| {});
+    args.run_until_stopped(
+        running,
+        Duration::from_millis(100),
+        |_| {},
+        strata::RunningApp::shutdown,
+    );
 }
 
 struct Instance {

@@ -3,6 +3,9 @@
 //! codes), and, for `tail`, against an in-process fake Query server that
 //! streams canned change-feed messages.
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use strata_engine::{App, AppConfig, EmbeddedKafka, RunningApp};
+use strata::{App, AppConfig, EmbeddedKafka, RunningApp};
 use strata_proto::v1 as pb;
 use strata_test_support::grpc::{now_ms, sums_topology};
 use strata_test_support::produce::produce_numbers;

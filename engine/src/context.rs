@@ -41,18 +41,9 @@ pub struct RecordMeta {
     pub from_input: bool,
 }
 
-/// A record waiting to be produced at the next commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutRecord {
-    /// Logical topic name.
-    pub topic: Arc<str>,
-    /// Key bytes.
-    pub key: Option<Vec<u8>>,
-    /// Value bytes.
-    pub value: Option<Vec<u8>>,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
-}
+/// A record waiting to be produced at the next commit (the Kafka layer's
+/// record to produce).
+pub use strata_kafka::OutRecord;
 
 /// The task's tables, as operators use them.
 pub trait TableAccess {

@@ -432,13 +432,13 @@ impl Directory {
 
     /// A counter that moves whenever the view may have changed (an
     /// announcement applied, members expired).
-    pub(crate) fn changes(&self) -> u64 {
+    pub fn changes(&self) -> u64 {
         self.inner.changes.load(Ordering::Acquire)
     }
 
     /// Waits (polling, off any lock) until the view changed after `seen`
     /// or `timeout` passed; true when it changed.
-    pub(crate) async fn changed_since(&self, seen: u64, timeout: Duration) -> bool {
+    pub async fn changed_since(&self, seen: u64, timeout: Duration) -> bool {
         let until = tokio::time::Instant::now() + timeout;
         loop {
             if self.changes() != seen {

@@ -20,15 +20,9 @@ pub enum Error {
     #[error("invalid topology: {0}")]
     Topology(String),
 
-    /// Kafka failed.
-    #[error("kafka: {context}: {source}")]
-    Kafka {
-        /// What was being done.
-        context: String,
-        /// The client's error.
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
+    /// Kafka failed (the client or the cluster; see [`strata_kafka::Error`]).
+    #[error(transparent)]
+    Kafka(strata_kafka::Error),
 
     /// A write to Kafka timed out: the records may or may not have landed.
     #[error(
@@ -100,19 +94,45 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps a Kafka error with what was being done.
-    pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Error {
-        Error::Kafka {
-            context: context.into(),
-            source,
-        }
-    }
-
     /// A configuration error.
     pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::Config {
             key: key.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+/// The Kafka layer's errors, with the kinds the engine tells apart (a
+/// configuration error, an unknown outcome, a store error, a bad record,
+/// a topic layout) mapped to the engine's own variants.
+impl From<strata_kafka::Error> for Error {
+    fn from(e: strata_kafka::Error) -> Error {
+        use strata_kafka::Error as K;
+        match e {
+            K::Config { key, reason } => Error::Config { key, reason },
+            K::OutcomeUnknown {
+                context,
+                timeout_ms,
+            } => Error::OutcomeUnknown {
+                context,
+                timeout_ms,
+            },
+            K::State(e) => Error::State(e),
+            K::Topology(t) => Error::Topology(t),
+            K::Poison {
+                topic,
+                partition,
+                offset,
+                reason,
+            } => Error::Poison {
+                topic,
+                partition,
+                offset,
+                reason,
+            },
+            K::Stopped(s) => Error::Stopped(s),
+            e => Error::Kafka(e),
         }
     }
 }

@@ -11,10 +11,9 @@ pub mod config;
 pub mod context;
 pub mod directory;
 pub mod driver;
+pub mod embedded;
 mod error;
-pub mod kafka;
 pub mod partitioner;
-mod query;
 pub mod registry;
 pub mod replay;
 mod runtime;
@@ -26,10 +25,14 @@ pub use config::{AppConfig, Guarantee, QueryConfig, StartPosition};
 pub use context::{Ctx, OutRecord, RecordMeta};
 pub use directory::{Directory, DirectorySnapshot, Member, Owner};
 pub use driver::TestDriver;
+pub use embedded::EmbeddedKafka;
 pub use error::{Error, Result};
-pub use kafka::embedded::EmbeddedKafka;
 pub use registry::{PartitionState, Registry};
 pub use replay::{ReplayOutcome, ReplayProgress, ReplayState, TopicPosition};
-pub use runtime::{App, RunningApp};
+pub use runtime::keyroute;
+pub use runtime::{App, AppHandle, RunningApp, TableMeta, advertised_endpoint};
+/// The Kafka layer (re-exported: its configuration is part of
+/// [`AppConfig`], and tools produce input through it).
+pub use strata_kafka as kafka;
 pub use task::{ERROR_HEADER, TaskStats};
 pub use topology::{OnError, Stream, Table, TableId, TableOptions, Topology};

@@ -84,7 +84,7 @@ impl Registry {
     }
 
     /// Counts a point read that asked more than one partition for a key.
-    pub(crate) fn count_key_scatter(&self) {
+    pub fn count_key_scatter(&self) {
         self.scatters
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -152,7 +152,7 @@ impl Registry {
     /// The reader of a table partition owned here whatever its state (a
     /// restoring partition's reader sees what it has restored so far: a
     /// stale read).
-    pub(crate) fn any_reader(
+    pub fn any_reader(
         &self,
         table: &str,
         p: Partition,

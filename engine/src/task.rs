@@ -411,10 +411,10 @@ impl<S: KvStore> Task<S> {
 
     /// The first offset this task processed, per input topic: where a
     /// reopened task must start reading a topic nothing was committed for.
-    pub fn first_offsets(&self) -> Vec<(String, i64)> {
+    pub fn first_offsets(&self) -> Vec<(String, Offset)> {
         self.first
             .iter()
-            .map(|(t, o)| (t.to_string(), o.0 as i64))
+            .map(|(t, o)| (t.to_string(), *o))
             .collect()
     }
 

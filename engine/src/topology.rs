@@ -227,7 +227,8 @@ pub(crate) struct TableSpec {
 }
 
 /// Converts between JSON text and a table's key or value bytes.
-pub(crate) type JsonFn<I, O> = Arc<dyn Fn(&I) -> Result<O, String> + Send + Sync>;
+/// A type-erased conversion (JSON in or out).
+pub type JsonFn<I, O> = Arc<dyn Fn(&I) -> Result<O, String> + Send + Sync>;
 
 /// Encodes a stream key as its input topic's record key.
 pub(crate) type PartitionKeyFn<K> = Arc<dyn Fn(&K) -> Result<Vec<u8>, String> + Send + Sync>;
@@ -235,7 +236,7 @@ pub(crate) type PartitionKeyFn<K> = Arc<dyn Fn(&K) -> Result<Vec<u8>, String> + 
 /// A table's codecs with its Rust types erased: what the query service
 /// needs to take JSON keys and render JSON keys and values.
 #[derive(Clone)]
-pub(crate) struct TableCodecs {
+pub struct TableCodecs {
     /// JSON text of a key -> the key's table bytes (its `OrderedKey`
     /// encoding).
     pub key_from_json: JsonFn<str, Vec<u8>>,

@@ -3,6 +3,9 @@
 //! the changelog. The broker-level behaviour is tested against Tansu in
 //! `tansu_app.rs`.
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -5,6 +5,9 @@
 //! mid-stream, reopens the store and checks it is exactly at a checkpoint:
 //! no half-applied batch, nothing acknowledged lost (with the WAL on).
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

@@ -3,6 +3,9 @@
 //! reopen-after-crash, checked after every step against a plain in-memory
 //! model of versioned state, for every read form, on both stores.
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,6 +2,9 @@
 //! commit time, isolation, reads at every point, history, scans, diffs,
 //! rewinds, retention, crash-reopen and restore from a changelog.
 
+// Tests: a failed step panics with its message (workspace lints, clippy.toml).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 mod common;
 
 use common::{Harness, config, open};

@@ -13,6 +13,8 @@
 //! # Ok::<(), strata_testkit::Error>(())
 //! ```
 
+// Test support: a failed step panics with its message, as in the tests it serves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 #![warn(missing_docs)]
 
 mod error;

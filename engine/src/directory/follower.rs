@@ -1,28 +1,19 @@
-//! Follows the directory topic into a [`Directory`]: a plain assign-only
-//! consumer (no group, no commits) reads partition 0 from offset 0 and
-//! keeps polling for new records, with bounded waits so a stop is noticed
-//! within one poll.
-//!
-//! Broker notes: the first partition EOF marks the directory caught up
-//! (the fetch path's EOF is right on Tansu, whose ListOffsets is not, so
-//! no end offset is ever asked for); reading starts at offset 0 and falls
-//! back to the earliest offset if compaction or retention removed it.
-//! Records that cannot be decoded are logged and skipped: one bad record
-//! must not blind the router.
+//! Follows the directory topic into a [`Directory`]: the Kafka layer's
+//! [`DirectoryReader`] reads partition 0 from its start and keeps polling
+//! for new records, with bounded waits so a stop is noticed within one
+//! poll. Its first end marks the directory caught up. Records that cannot
+//! be decoded are logged and skipped: one bad record must not blind the
+//! router.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use strata_kafka::directory::{DirectoryRead, DirectoryReader};
 use strata_state::Timestamp;
 
 use super::{Announcement, Applied, Directory, stopped};
+use crate::Result;
 use crate::config::AppConfig;
-use crate::kafka::client::{TracingContext, create};
-use crate::{Error, Result};
 
 /// Longest wait for a record before checking the stop signal.
 const POLL: Duration = Duration::from_millis(100);
@@ -32,34 +23,17 @@ const PRUNE_EVERY: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF: Duration = Duration::from_millis(200);
 
 pub(super) struct Follower {
-    consumer: BaseConsumer<TracingContext>,
+    reader: DirectoryReader,
     topic: String,
     directory: Directory,
 }
 
 impl Follower {
     pub(super) fn new(config: &AppConfig, directory: Directory) -> Result<Follower> {
-        let prefix = &config.kafka.client_id_prefix;
-        let mut c = config.kafka.restore_consumer()?;
-        // A nominal group (librdkafka's assign needs one); never joined.
-        c.set("client.id", format!("{prefix}-directory"))
-            .set("group.id", format!("{prefix}-directory"))
-            .set("auto.offset.reset", "earliest")
-            // An idle follower's fetch returns within this, so changes
-            // arrive within about this long after they are produced.
-            .set("fetch.wait.max.ms", "250");
-        let consumer: BaseConsumer<TracingContext> =
-            create(&c, TracingContext, "owner directory reader")?;
         let topic = config.directory_topic();
-        let mut tpl = TopicPartitionList::new();
-        let context = || format!("assigning {topic}[0] to the owner directory reader");
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(0))
-            .map_err(|e| Error::kafka(context(), e))?;
-        consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka(context(), e))?;
+        let reader = DirectoryReader::new(&config.kafka, &topic)?;
         Ok(Follower {
-            consumer,
+            reader,
             topic,
             directory,
         })
@@ -70,15 +44,15 @@ impl Follower {
         let _g = span.enter();
         let (started, mut last_prune, mut records) = (Instant::now(), Instant::now(), 0u64);
         while !stopped(&stop, Duration::ZERO) {
-            match self.consumer.poll(POLL) {
+            match self.reader.poll(POLL) {
                 None => {}
-                Some(Ok(m)) => {
+                Some(Ok(DirectoryRead::Record { offset, key, value })) => {
                     records += 1;
-                    self.handle(&m);
+                    self.handle(offset, key.as_deref(), value.as_deref());
                 }
                 // Only the first end matters; later ones come after each
                 // new record.
-                Some(Err(KafkaError::PartitionEOF(_))) if self.directory.set_caught_up() => {
+                Some(Ok(DirectoryRead::End)) if self.directory.set_caught_up() => {
                     tracing::info!(
                         records,
                         members = self.directory.members().len(),
@@ -86,7 +60,7 @@ impl Follower {
                         "owner directory caught up"
                     );
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Ok(DirectoryRead::End)) => {}
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, topic = %self.topic, "reading the owner directory");
                     if stopped(&stop, ERROR_BACKOFF) {
@@ -105,14 +79,12 @@ impl Follower {
         tracing::debug!(records, "owner directory reader stopped");
     }
 
-    fn handle(&self, m: &BorrowedMessage<'_>) {
-        let offset = m.offset();
-        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+    fn handle(&self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
             tracing::warn!(topic = %self.topic, offset, "owner directory record without a UTF-8 key; skipped");
             return;
         };
-        let value = match m
-            .payload()
+        let value = match value
             .map(serde_json::from_slice::<Announcement>)
             .transpose()
         {

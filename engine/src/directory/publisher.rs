@@ -10,50 +10,19 @@
 //! member's records in order, so the tombstone is its last record.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientContext;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use strata_kafka::directory::DirectoryWriter;
 use strata_state::{Partition, Timestamp};
 
 use super::{Announcement, Claim, stopped};
 use crate::config::AppConfig;
-use crate::kafka::client::{create, log_to_tracing};
 use crate::registry::{PartitionState, Registry};
 use crate::{Error, Result};
 
-/// The producer's context: notes failed deliveries.
-struct PublishContext {
-    failed: AtomicBool,
-}
-
-impl ClientContext for PublishContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
-        log_to_tracing(level, fac, msg);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "owner directory producer error");
-    }
-}
-
-impl ProducerContext for PublishContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            self.failed.store(true, Ordering::Release);
-            tracing::warn!(%error, "an owner directory announcement was not delivered; publishing again");
-        }
-    }
-}
-
 pub(super) struct Publisher {
-    producer: BaseProducer<PublishContext>,
-    topic: String,
+    writer: DirectoryWriter,
     member: String,
     endpoint: String,
     registry: Registry,
@@ -70,21 +39,9 @@ impl Publisher {
         endpoint: String,
         ttl: Duration,
     ) -> Result<Publisher> {
-        let mut c = config.kafka.producer()?;
-        c.set(
-            "client.id",
-            format!("{}-directory", config.kafka.client_id_prefix),
-        );
-        let producer = create(
-            &c,
-            PublishContext {
-                failed: AtomicBool::new(false),
-            },
-            "owner directory producer",
-        )?;
+        let writer = DirectoryWriter::new(&config.kafka, &config.directory_topic(), &member)?;
         Ok(Publisher {
-            producer,
-            topic: config.directory_topic(),
+            writer,
             member,
             endpoint,
             registry,
@@ -135,7 +92,7 @@ impl Publisher {
                 last = Some(claims);
                 dirty = true;
             }
-            dirty |= self.producer.context().failed.swap(false, Ordering::AcqRel);
+            dirty |= self.writer.take_failed();
             if dirty || sent_at.is_none_or(|t| t.elapsed() >= self.heartbeat) {
                 let a = Announcement {
                     member: self.member.clone(),
@@ -155,7 +112,7 @@ impl Publisher {
                     }
                 }
             }
-            self.producer.poll(Duration::ZERO);
+            self.writer.poll();
             if stopped(&stop, self.interval) {
                 break;
             }
@@ -165,11 +122,9 @@ impl Publisher {
         if let Err(e) = self.send(None) {
             tracing::warn!(error = %e, "cannot withdraw from the owner directory; others ignore this member after the TTL");
         }
-        match self.producer.flush(self.flush_timeout) {
-            Ok(()) if !self.producer.context().failed.load(Ordering::Acquire) => {
-                tracing::info!("withdrew from the owner directory")
-            }
-            Ok(()) => tracing::warn!(
+        match self.writer.flush(self.flush_timeout) {
+            Ok(true) => tracing::info!("withdrew from the owner directory"),
+            Ok(false) => tracing::warn!(
                 "the owner directory withdrawal was not delivered; others ignore this member after the TTL"
             ),
             Err(e) => tracing::warn!(
@@ -188,15 +143,7 @@ impl Publisher {
                 context: "encoding an owner directory announcement".into(),
                 source: e.into(),
             })?;
-        let mut record = BaseRecord::<str, [u8]>::to(&self.topic)
-            .key(self.member.as_str())
-            .partition(0);
-        if let Some(p) = &payload {
-            record = record.payload(p.as_slice());
-        }
-        self.producer
-            .send(record)
-            .map_err(|(e, _)| Error::kafka(format!("producing to {}", self.topic), e))
+        Ok(self.writer.send(payload.as_deref())?)
     }
 }
 

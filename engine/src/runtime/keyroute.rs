@@ -19,7 +19,7 @@ use crate::partitioner::Partitioner;
 
 /// Where a key of a table is looked for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum KeyRoute {
+pub enum KeyRoute {
     /// In this partition only: the hash is trusted, and its answer (found
     /// or absent) is final.
     Hash(Partition),
@@ -35,7 +35,7 @@ impl KeyRoute {
     /// (a single-key Scan, Subscribe or Rewind) concerns: the trusted
     /// hash's partition, or all. Confirming a miss is for point reads,
     /// whose answer can be "absent"; these follow the trusted hash.
-    pub(crate) fn targets(self, partitions: u32) -> Vec<Partition> {
+    pub fn targets(self, partitions: u32) -> Vec<Partition> {
         match self {
             KeyRoute::Hash(p) | KeyRoute::Confirm(p) => vec![p],
             KeyRoute::Scatter => (0..partitions).map(Partition).collect(),
@@ -47,7 +47,7 @@ impl AppHandle {
     /// The partitioner that names the partitions of `meta`'s keys, if it
     /// can be trusted: declared as a function of the key, and no record
     /// contradicted it here or on another live instance.
-    pub(crate) fn trusted_partitioner<'a>(&self, meta: &'a TableMeta) -> Option<&'a Partitioner> {
+    pub fn trusted_partitioner<'a>(&self, meta: &'a TableMeta) -> Option<&'a Partitioner> {
         (meta.route.trusted() && !self.directory.misrouted(&meta.input_topic))
             .then(|| meta.route.declared())
     }
@@ -56,7 +56,7 @@ impl AppHandle {
     ///
     /// `Err` carries why the key could not be turned into its record key (a
     /// key that is not one of the table's).
-    pub(crate) fn route_key(&self, meta: &TableMeta, key: &[u8]) -> Result<KeyRoute, String> {
+    pub fn route_key(&self, meta: &TableMeta, key: &[u8]) -> Result<KeyRoute, String> {
         let Some(declared) = self.trusted_partitioner(meta) else {
             return Ok(KeyRoute::Scatter);
         };

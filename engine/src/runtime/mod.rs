@@ -1,7 +1,8 @@
 //! Running a topology against Kafka: startup checks and topic creation,
 //! the consumer-group thread, the worker threads, and graceful shutdown.
 
-pub(crate) mod keyroute;
+mod dispatch;
+pub mod keyroute;
 mod priority;
 pub(crate) mod worker;
 
@@ -12,22 +13,20 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
 use strata_state::store::{RocksEnv, RocksStore};
 use strata_state::{At, KeyRange, Partition, PartitionReader, RewindPlan, Version, Versioned};
 
 use crate::config::{AppConfig, StartPosition};
-use crate::kafka::admin::{KafkaAdmin, TopicSpec};
-use crate::kafka::changelog::ChangelogProducer;
-use crate::kafka::client::create;
-use crate::kafka::group::{GroupConsumer, GroupContext, run_poll_loop};
-use crate::kafka::output::OutputProducer;
 use crate::partitioner::RouteCheck;
 use crate::registry::{PartitionState, Registry};
 use crate::replay::{ReplayOutcome, ReplayProgress};
 use crate::task::{SourceMap, TaskSource};
 use crate::topology::Topology;
 use crate::{Error, Result};
+use strata_kafka::admin::{KafkaAdmin, TopicSpec};
+use strata_kafka::group::{Group, GroupOptions, PollEnd};
+use strata_kafka::output::OutputProducer;
+use strata_kafka::producer::AckedProducer;
 
 use worker::{Command, WorkerEnv};
 
@@ -56,9 +55,11 @@ impl App {
 
     /// Checks the topology against the cluster (input topics exist and are
     /// co-partitioned), creates changelog, output and dead-letter topics,
-    /// joins the consumer group and starts processing on background
-    /// threads.
-    pub fn start(&self, topology: Topology) -> Result<RunningApp> {
+    /// joins the consumer group, follows the owner directory and starts
+    /// processing on background threads. Announces nothing and serves no
+    /// queries: a composer (the `strata` facade) starts its query server
+    /// on [`RunningApp::handle`] and then calls [`RunningApp::announce`].
+    pub fn launch(&self, topology: Topology) -> Result<RunningApp> {
         topology.validate()?;
         let inputs = topology.source_topics();
         for (logical, declared) in &self.config.partitioners {
@@ -205,7 +206,7 @@ impl App {
             topic_map.insert(logical.clone(), config.physical(&logical));
         }
         let outputs = Arc::new(OutputProducer::new(&config.kafka, topic_map)?);
-        let changelog = ChangelogProducer::new(&config.kafka)?;
+        let changelog = AckedProducer::new(&config.kafka)?;
         let rocks = RocksEnv::new(config.rocks.clone())?;
         let registry = Registry::default();
         registry.set_route_checks(routes);
@@ -218,33 +219,23 @@ impl App {
             senders.push(tx);
             receivers.push(rx);
         }
-        let mut cc = config.kafka.group_consumer(&config.application_id, false)?;
-        cc.set(
-            "auto.offset.reset",
-            match config.start_position {
-                StartPosition::Earliest => "earliest",
-                StartPosition::Latest => "latest",
-            },
-        );
-        if topology.source_topics().len() > 1 {
-            // Co-partitioned topics must land on the same instance: the
-            // range assignor gives every member the same partition numbers
-            // of each topic.
-            cc.set("partition.assignment.strategy", "range");
-        }
-        if let Some(id) = &config.instance_id {
-            cc.set("group.instance.id", id);
-        }
-        // Lag comes from librdkafka's statistics.
-        cc.set("statistics.interval.ms", "1000");
-        let context = GroupContext::new(registry.clone(), senders.clone(), config.revoke_timeout);
-        let consumer: Arc<GroupConsumer> = Arc::new(create(&cc, context, "group consumer")?);
-        GroupContext::attach(&consumer);
+        let dispatch = Arc::new(dispatch::Dispatch {
+            registry: registry.clone(),
+            workers: senders.clone(),
+            revoke_timeout: config.revoke_timeout,
+        });
         let topics: Vec<String> = sources.keys().cloned().collect();
-        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topic_refs)
-            .map_err(|e| Error::kafka("subscribing to input topics", e))?;
+        let group = Group::join(
+            &config.kafka,
+            &GroupOptions {
+                group_id: config.application_id.clone(),
+                start_earliest: config.start_position == StartPosition::Earliest,
+                co_partitioned: topology.source_topics().len() > 1,
+                instance_id: config.instance_id.clone(),
+            },
+            &topics,
+            dispatch.clone(),
+        )?;
 
         let env = Arc::new(WorkerEnv {
             config: config.clone(),
@@ -253,7 +244,7 @@ impl App {
             rocks,
             changelog,
             outputs,
-            consumer: consumer.clone(),
+            group: group.clone(),
             registry: registry.clone(),
             dlq: Arc::from(config.dlq_topic().as_str()),
             timers,
@@ -292,10 +283,23 @@ impl App {
         drop(env);
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {
-            let (stop, senders) = (stop.clone(), senders.clone());
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("strata-consumer".into())
-                .spawn(move || run_poll_loop(consumer, senders, stop, failed))
+                .spawn(move || {
+                    match group.poll_until(&stop, || failed.load(Ordering::Acquire))? {
+                        PollEnd::Stopped => Ok(()),
+                        PollEnd::Halted => {
+                            // A worker died: stop the others so this
+                            // instance leaves the group and its partitions
+                            // move to healthy instances.
+                            dispatch.shutdown_workers();
+                            Err(Error::Stopped(
+                                "a worker failed; the instance left its group".into(),
+                            ))
+                        }
+                    }
+                })
                 .map_err(|e| Error::Io {
                     context: "spawning the consumer thread".into(),
                     source: e,
@@ -309,7 +313,7 @@ impl App {
             senders: senders.clone(),
             directory: directory.directory().clone(),
         };
-        let mut app = RunningApp {
+        let app = RunningApp {
             config: config.clone(),
             registry,
             partitions: n,
@@ -319,22 +323,31 @@ impl App {
             poller: Some(poller),
             stop,
             directory,
-            handle: handle.clone(),
-            grpc: None,
+            handle,
         };
-        if let Some(addr) = config.grpc_listen {
-            // On failure, dropping `app` stops the threads just started.
-            let server = crate::query::GrpcServer::start(addr, handle)?;
-            let endpoint = advertised_endpoint(&config, server.local_addr())?;
-            app.grpc = Some(server);
-            app.directory
-                .publish(&config, app.registry.clone(), endpoint)?;
-        } else if let Some(endpoint) = &config.advertised_endpoint {
-            // Served by the embedding application itself.
-            app.directory
-                .publish(&config, app.registry.clone(), endpoint.clone())?;
-        }
         tracing::info!(app = %config.application_id, partitions = n, tables = app.tables.len(), workers = config.worker_threads, "started");
+        Ok(app)
+    }
+
+    /// Starts the engine ([`App::launch`]) and, when `advertised_endpoint`
+    /// is set, announces it in the owner directory: the embedding
+    /// application serves queries there itself. The engine alone serves
+    /// no gRPC: a configuration with `grpc_listen` is refused here; start
+    /// it with `strata::App`, which runs the query server too.
+    pub fn start(&self, topology: Topology) -> Result<RunningApp> {
+        if let Some(addr) = self.config.grpc_listen {
+            return Err(Error::config(
+                "grpc_listen",
+                format!(
+                    "{addr}: strata_engine::App serves no gRPC; start the app with strata::App (the facade), \
+                     which runs the query server, or unset grpc_listen"
+                ),
+            ));
+        }
+        let mut app = self.launch(topology)?;
+        if let Some(endpoint) = &self.config.advertised_endpoint {
+            app.announce(endpoint.clone())?;
+        }
         Ok(app)
     }
 }
@@ -353,19 +366,21 @@ pub struct RunningApp {
     directory: crate::directory::DirectoryService,
     /// What the query service needs of the app.
     handle: AppHandle,
-    /// The gRPC server, when `grpc_listen` is set.
-    grpc: Option<crate::query::GrpcServer>,
 }
 
 /// A table as the query service sees it: settings, type-erased codecs and
 /// topics.
 #[derive(Clone)]
-pub(crate) struct TableMeta {
+pub struct TableMeta {
+    /// The table's name.
     pub name: String,
+    /// Its settings (retention, granularity).
     pub options: crate::topology::TableOptions,
+    /// Its codecs, types erased (JSON in and out).
     pub codecs: crate::topology::TableCodecs,
     /// The physical input topic the table is co-partitioned with.
     pub input_topic: String,
+    /// Its physical changelog topic.
     pub changelog_topic: String,
     /// The input topic's declared partitioner and what its records said
     /// of it (shared with the tasks, which record into it).
@@ -375,10 +390,14 @@ pub(crate) struct TableMeta {
 /// What the query service holds of a running app (not the app itself, so
 /// the app can stop while requests are in flight): cheap to clone.
 #[derive(Clone)]
-pub(crate) struct AppHandle {
+pub struct AppHandle {
+    /// The app's configuration.
     pub config: Arc<AppConfig>,
+    /// What this instance owns, and its counters.
     pub registry: Registry,
+    /// Partitions of the input topics (and of every table).
     pub partitions: u32,
+    /// The app's tables, in topology order.
     pub tables: Arc<[TableMeta]>,
     senders: Vec<mpsc::SyncSender<Command>>,
     /// Who owns which partition, for routing queries.
@@ -388,10 +407,7 @@ pub(crate) struct AppHandle {
 /// The endpoint this instance publishes to the owner directory: the
 /// configured one, or the address the gRPC server is bound to when that
 /// names a reachable interface.
-pub(crate) fn advertised_endpoint(
-    config: &AppConfig,
-    local: std::net::SocketAddr,
-) -> Result<String> {
+pub fn advertised_endpoint(config: &AppConfig, local: std::net::SocketAddr) -> Result<String> {
     if let Some(e) = &config.advertised_endpoint {
         return Ok(e.clone());
     }
@@ -510,10 +526,30 @@ impl AppHandle {
 }
 
 impl RunningApp {
-    /// Where the gRPC server listens (the bound address, with the actual
-    /// port when `grpc_listen` asked for port 0), if it runs.
-    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
-        self.grpc.as_ref().map(|g| g.local_addr())
+    /// What a query service needs of the app: cheap to clone, and usable
+    /// after the app stopped (calls then fail with [`Error::Stopped`]).
+    pub fn handle(&self) -> &AppHandle {
+        &self.handle
+    }
+
+    /// The configuration the app runs with.
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// Announces this instance in the owner directory as serving its
+    /// partitions at `endpoint` (until [`RunningApp::withdraw`] or
+    /// shutdown). Called once.
+    pub fn announce(&mut self, endpoint: String) -> Result<()> {
+        self.directory
+            .publish(&self.config, self.registry.clone(), endpoint)
+    }
+
+    /// Withdraws this instance from the owner directory (a tombstone), so
+    /// others stop routing here now rather than after its TTL; what is
+    /// owned here is still processed and readable. Shutdown does it too.
+    pub fn withdraw(&mut self) {
+        self.directory.stop_publisher();
     }
 
     /// What this instance owns, and its counters.
@@ -578,7 +614,9 @@ impl RunningApp {
         }
     }
 
-    fn check_threads(&self) -> Result<()> {
+    /// Fails when a worker or the consumer thread has stopped (on an
+    /// error: see the log).
+    pub fn check_threads(&self) -> Result<()> {
         if self.workers.iter().any(|w| w.is_finished())
             || self.poller.as_ref().is_some_and(|p| p.is_finished())
         {
@@ -696,16 +734,20 @@ impl RunningApp {
         self.stop_all()
     }
 
+    /// [`RunningApp::shutdown`] for a composer that holds the app: stops
+    /// it in place; later calls (and the drop) do nothing.
+    pub fn stop(&mut self) -> Result<()> {
+        if self.workers.is_empty() && self.poller.is_none() {
+            return Ok(());
+        }
+        self.stop_all()
+    }
+
     fn stop_all(&mut self) -> Result<()> {
         // Withdraw from the owner directory first (a tombstone), so others
         // stop routing here now rather than after its TTL, and keep
         // serving what is still owned here while they notice.
         self.directory.stop_publisher();
-        if let Some(g) = self.grpc.take() {
-            std::thread::sleep(self.config.directory_interval.min(Duration::from_secs(1)));
-            // Then queries: they must not wait on workers that are leaving.
-            g.shutdown();
-        }
         let mut first_err = None;
         for s in &self.senders {
             let (tx, rx) = mpsc::channel();

@@ -17,7 +17,9 @@ pub(crate) fn lower_this_thread(nice: u8) {
     imp::lower(nice);
 }
 
+// The libc calls are the one use of `unsafe` in the engine.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 mod imp {
     use crate::config::MAX_NICE;
 

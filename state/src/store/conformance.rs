@@ -3,6 +3,9 @@
 //!
 //! Each check takes a fresh store from the factory.
 
+// A conformance suite for implementers of the seam: a failed check panics with its message, like a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use super::{Cf, KvBatch, KvCursor, KvStore};
 
 /// Runs every conformance check against stores made by `make`.

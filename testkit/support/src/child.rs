@@ -11,8 +11,6 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_engine::RunningApp;
-
 /// What a child instance is told by its parent, through environment
 /// variables (`STRATA_CHILD_*`).
 #[derive(Clone, Debug)]
@@ -48,20 +46,22 @@ impl ChildArgs {
         })
     }
 
-    /// In the child: runs `running` until the stop file appears, calling
-    /// `tick` every `every` meanwhile, then shuts it down and prints
+    /// In the child: runs `running` (the engine's or the facade's app)
+    /// until the stop file appears, calling `tick` every `every`
+    /// meanwhile, then stops it with `shutdown` and prints
     /// `CHILD STOPPED`.
-    pub fn run_until_stopped(
+    pub fn run_until_stopped<R, E: std::fmt::Debug>(
         &self,
-        running: RunningApp,
+        running: R,
         every: Duration,
-        mut tick: impl FnMut(&RunningApp),
+        mut tick: impl FnMut(&R),
+        shutdown: impl FnOnce(R) -> Result<(), E>,
     ) {
         while !self.stop.exists() {
             std::thread::sleep(every);
             tick(&running);
         }
-        running.shutdown().unwrap();
+        shutdown(running).unwrap();
         println!("CHILD STOPPED");
     }
 }

@@ -14,6 +14,9 @@
 //! - [`grpc`]: the app config and clock of the gRPC tests on the embedded
 //!   cluster.
 
+// Test support: a failed step panics with its message, as in the tests it serves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
 pub mod child;
 pub mod committed;
 pub mod grpc;

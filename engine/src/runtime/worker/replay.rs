@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
 use strata_state::{At, Granularity, KeyRange, Offset, Partition, RewindPlan, Timestamp, Version};
 
 use super::{Io, Owned, WorkerEnv, commit_task};
@@ -181,7 +180,6 @@ pub(super) fn start(
         env,
         sync: true,
         txn: o.txn.as_mut(),
-        partition: o.task.partition,
     };
     o.task.commit(&mut io, Timestamp::now())?;
     env.registry.set_stats(p, o.task.stats.clone(), None);
@@ -224,7 +222,6 @@ pub(super) fn cancel(env: &WorkerEnv, o: &mut Owned, r: &mut Replay) -> Result<R
             env,
             sync: true,
             txn: o.txn.as_mut(),
-            partition: o.task.partition,
         };
         o.task.commit(&mut io, Timestamp::now())?;
         seek(env, p, &forward)?;
@@ -243,14 +240,7 @@ pub(super) fn cancel(env: &WorkerEnv, o: &mut Owned, r: &mut Replay) -> Result<R
 /// fetched before the seek (a version barrier on the partition).
 fn seek(env: &WorkerEnv, p: Partition, to: &BTreeMap<Arc<str>, Offset>) -> Result<()> {
     for (topic, o) in to {
-        env.consumer
-            .seek(
-                topic,
-                p.0 as i32,
-                rdkafka::Offset::Offset(o.0 as i64),
-                env.config.kafka.request_timeout,
-            )
-            .map_err(|e| Error::kafka(format!("seeking {topic}/{p} to {}", o.0), e))?;
+        env.group.seek(topic, p, *o)?;
     }
     Ok(())
 }
@@ -334,16 +324,13 @@ fn plan(env: &WorkerEnv, o: &Owned, table: usize, at: At) -> Result<Plan> {
         until.insert(t.clone(), now.max(found[t]));
     }
     for (t, o) in &found {
-        let (low, _) = env
-            .consumer
-            .fetch_watermarks(t, p.0 as i32, env.config.kafka.request_timeout)
-            .map_err(|e| Error::kafka(format!("reading the offsets {t}/{p} holds"), e))?;
-        if (o.0 as i64) < low {
+        let low = env.group.low_watermark(t, p)?.0;
+        if o.0 < low {
             return Err(Error::InputNotRetained {
                 topic: t.to_string(),
                 partition: p.0,
                 offset: o.0,
-                earliest: low as u64,
+                earliest: low,
             });
         }
     }
@@ -357,14 +344,9 @@ fn plan(env: &WorkerEnv, o: &Owned, table: usize, at: At) -> Result<Plan> {
 
 /// The group's committed offset of `topic`/`p`.
 fn committed(env: &WorkerEnv, topic: &str, p: Partition) -> Result<Offset> {
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(topic, p.0 as i32);
-    let got = env
-        .consumer
-        .committed_offsets(tpl, env.config.kafka.request_timeout)
-        .map_err(|e| Error::kafka(format!("reading the committed offset of {topic}/{p}"), e))?;
-    match got.find_partition(topic, p.0 as i32).map(|e| e.offset()) {
-        Some(rdkafka::Offset::Offset(o)) if o >= 0 => Ok(Offset(o as u64)),
+    let got = env.group.committed(&[topic.to_string()], p)?;
+    match got.into_iter().find(|(t, _)| t == topic).map(|(_, o)| o) {
+        Some(o) => Ok(o),
         _ => Err(Error::Precondition(format!(
             "partition {p} has no position in {topic:?} yet (nothing processed or committed); retry once it has \
              processed a record"
