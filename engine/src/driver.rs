@@ -21,8 +21,8 @@ use strata_state::{
 
 use crate::context::OutRecord;
 use crate::partitioner::{Partitioner, partition_for};
-use crate::task::{CommitIo, RawRecord, SourceMap, Task, TaskSource};
-use crate::topology::Topology;
+use crate::task::{CommitIo, RawRecord, Task};
+use crate::topology::{Compiled, Topology};
 use crate::{Error, Result};
 
 /// Most rounds of commit-then-feed-repartitioned-records per `commit`.
@@ -38,7 +38,8 @@ struct Stored {
 
 /// Drives a topology deterministically, in memory.
 pub struct TestDriver {
-    topology: Topology,
+    /// The topology as it runs (topic names are logical here).
+    compiled: Compiled,
     partitions: u32,
     app: String,
     now: Timestamp,
@@ -90,18 +91,18 @@ impl TestDriver {
     /// A driver for `topology` whose input topics have `partitions`
     /// partitions, starting at time `start`.
     pub fn new(topology: Topology, partitions: u32, start: Timestamp) -> Result<TestDriver> {
-        topology.validate()?;
+        let compiled = topology.compile(str::to_string)?;
         if partitions == 0 {
             return Err(Error::config("partitions", "must be at least 1"));
         }
-        let tables = topology.table_names().len();
+        let tables = compiled.tables.len();
         let mut d = TestDriver {
             inputs: topology
                 .source_topics()
                 .into_iter()
                 .map(|t| (t, vec![Vec::new(); partitions as usize]))
                 .collect(),
-            topology,
+            compiled,
             partitions,
             app: "test-driver".into(),
             now: start,
@@ -124,27 +125,12 @@ impl TestDriver {
     }
 
     fn start_tasks(&mut self) -> Result<()> {
-        let graph = self.topology.take_graph();
-        let g = graph
-            .lock()
-            .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
-        let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
-        for s in &g.sources {
-            sources
-                .entry(s.topic.clone())
-                .or_default()
-                .push(TaskSource {
-                    run: s.run.clone(),
-                    on_error: s.on_error.clone(),
-                    route: None,
-                });
-        }
-        let sources: SourceMap = Arc::new(sources);
+        let sources = self.compiled.task_sources(|_| None);
         let dlq: Arc<str> = Arc::from(format!("{}-dlq", self.app));
         self.tasks.clear();
         for p in 0..self.partitions {
             let mut tables = Vec::new();
-            for (i, spec) in g.tables.iter().enumerate() {
+            for (i, spec) in self.compiled.tables.iter().enumerate() {
                 let cfg = spec
                     .options
                     .table_config(TableName::new(spec.name.clone())?, Partition(p));
@@ -155,7 +141,7 @@ impl TestDriver {
                 tables.push(t);
             }
             let mut task = Task::new(Partition(p), sources.clone(), tables, dlq.clone());
-            task.set_timers(&g.timers, self.now);
+            task.set_timers(&self.compiled.timers, self.now);
             self.tasks.push(task);
         }
         Ok(())
@@ -313,7 +299,8 @@ impl TestDriver {
                 task.commit(&mut io, now)?;
             }
             let mut fed_any = false;
-            for topic in self.topology.internal_topics() {
+            let internal: Vec<String> = self.compiled.internal.iter().cloned().collect();
+            for topic in internal {
                 let from = self.fed.get(&topic).copied().unwrap_or(0);
                 let records: Vec<OutRecord> =
                     self.output(&topic).get(from..).unwrap_or(&[]).to_vec();
@@ -361,18 +348,9 @@ impl TestDriver {
         range: &strata_state::KeyRange,
     ) -> Result<strata_state::RewindPlan> {
         let i = self
-            .topology
-            .table_names()
-            .iter()
-            .position(|t| t == table)
+            .table_index(table)
             .ok_or_else(|| Error::Topology(format!("no table named {table:?}")))?;
-        let emit = {
-            let graph = self.topology.take_graph();
-            let g = graph
-                .lock()
-                .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
-            g.tables[i].emit_change.clone()
-        };
+        let emit = self.compiled.tables[i].emit_change.clone();
         self.commit()?;
         let task = self
             .tasks
@@ -391,10 +369,7 @@ impl TestDriver {
     /// A reader of one partition of a table.
     pub fn table(&self, name: &str, partition: Partition) -> Result<PartitionReader<MemoryStore>> {
         let i = self
-            .topology
-            .table_names()
-            .iter()
-            .position(|t| t == name)
+            .table_index(name)
             .ok_or_else(|| Error::Topology(format!("no table named {name:?}")))?;
         let task = self
             .tasks
@@ -412,8 +387,8 @@ impl TestDriver {
         partition_key: &[u8],
     ) -> Result<PartitionReader<MemoryStore>> {
         let topic = self
-            .topology
-            .table_topic(name)
+            .table_index(name)
+            .map(|i| self.compiled.tables[i].topic.clone())
             .ok_or_else(|| Error::Topology(format!("no table named {name:?}")))?;
         let p = self.placed(&topic, partition_key)?;
         self.table(name, p)
@@ -421,10 +396,11 @@ impl TestDriver {
 
     /// The number of changelog records of a table partition.
     pub fn changelog_len(&self, name: &str, partition: Partition) -> usize {
-        self.topology
-            .table_names()
-            .iter()
-            .position(|t| t == name)
+        self.table_index(name)
             .map_or(0, |i| self.stores[i][partition.0 as usize].1.len())
+    }
+
+    fn table_index(&self, name: &str) -> Option<usize> {
+        self.compiled.tables.iter().position(|t| t.name == name)
     }
 }

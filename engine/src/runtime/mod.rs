@@ -20,7 +20,7 @@ use crate::config::{AppConfig, StartPosition};
 use crate::partitioner::RouteCheck;
 use crate::registry::{PartitionState, Registry};
 use crate::replay::{ReplayOutcome, ReplayProgress};
-use crate::task::{SourceMap, TaskSource};
+
 use crate::topology::Topology;
 use crate::{Error, Result};
 use strata_kafka::admin::{KafkaAdmin, TopicSpec};
@@ -141,61 +141,40 @@ impl App {
 
         crate::directory::ensure_topic(&admin, &config)?;
 
-        let graph = topology.take_graph();
-        let g = graph
-            .lock()
-            .map_err(|_| Error::Topology("topology lock poisoned".into()))?;
+        let compiled = topology.compile(|t| config.physical(t))?;
         let mut routes: BTreeMap<String, Arc<RouteCheck>> = BTreeMap::new();
-        let mut sources: BTreeMap<String, Vec<TaskSource>> = BTreeMap::new();
-        for s in &g.sources {
-            let physical = config.physical(&s.topic);
-            let route = routes
-                .entry(physical.clone())
-                .or_insert_with(|| {
-                    Arc::new(RouteCheck::new(
-                        physical.clone(),
-                        config.partitioner(&s.topic),
-                        n,
-                    ))
-                })
-                .clone();
-            sources.entry(physical).or_default().push(TaskSource {
-                run: s.run.clone(),
-                on_error: s.on_error.clone(),
-                route: Some(route),
-            });
+        let route_of = |physical: &str, logical: &str| {
+            Arc::new(RouteCheck::new(
+                physical.to_string(),
+                config.partitioner(logical),
+                n,
+            ))
+        };
+        for logical in topology.source_topics() {
+            let physical = config.physical(&logical);
+            let check = route_of(&physical, &logical);
+            routes.entry(physical).or_insert(check);
         }
-        let tables: Vec<(String, crate::topology::TableOptions)> = g
+        let sources = compiled.task_sources(|topic| routes.get(topic).cloned());
+        let tables = compiled.table_options();
+        let table_meta: Vec<TableMeta> = compiled
             .tables
             .iter()
-            .map(|t| (t.name.clone(), t.options.clone()))
-            .collect();
-        let table_meta: Vec<TableMeta> = g
-            .tables
-            .iter()
-            .map(|t| {
-                let input_topic = config.physical(&t.topic);
+            .map(|t| TableMeta {
+                name: t.name.clone(),
+                options: t.options.clone(),
+                codecs: t.codecs.clone(),
+                input_topic: t.input_topic.clone(),
+                changelog_topic: config.changelog_topic(&t.name),
                 // Every table follows a source topic, which has a check.
-                let route = routes.get(&input_topic).cloned().unwrap_or_else(|| {
-                    Arc::new(RouteCheck::new(
-                        input_topic.clone(),
-                        config.partitioner(&t.topic),
-                        n,
-                    ))
-                });
-                TableMeta {
-                    name: t.name.clone(),
-                    options: t.options.clone(),
-                    codecs: t.codecs.clone(),
-                    input_topic,
-                    changelog_topic: config.changelog_topic(&t.name),
-                    route,
-                }
+                route: routes
+                    .get(&t.input_topic)
+                    .cloned()
+                    .unwrap_or_else(|| route_of(&t.input_topic, &t.topic)),
             })
             .collect();
-        let timers = g.timers.clone();
-        let emitters = g.tables.iter().map(|t| t.emit_change.clone()).collect();
-        drop(g);
+        let timers = compiled.timers.clone();
+        let emitters = compiled.emitters();
 
         let mut topic_map = config.topics.clone();
         for logical in topology
@@ -224,7 +203,7 @@ impl App {
             workers: senders.clone(),
             revoke_timeout: config.revoke_timeout,
         });
-        let topics: Vec<String> = sources.keys().cloned().collect();
+        let topics: Vec<String> = compiled.sources.keys().cloned().collect();
         let group = Group::join(
             &config.kafka,
             &GroupOptions {
@@ -239,7 +218,7 @@ impl App {
 
         let env = Arc::new(WorkerEnv {
             config: config.clone(),
-            sources: SourceMap::new(sources),
+            sources,
             tables: tables.clone(),
             rocks,
             changelog,
@@ -249,7 +228,7 @@ impl App {
             dlq: Arc::from(config.dlq_topic().as_str()),
             timers,
             emitters,
-            repartition: internal.iter().map(|t| config.physical(t)).collect(),
+            repartition: compiled.internal.clone(),
             // Under at-least-once, changelogs written under exactly-once
             // before a switch still need their last transactions resolved
             // by the committed markers, if the app ever ran exactly-once.
