@@ -9,8 +9,6 @@ use std::sync::Arc;
 
 use strata_state::{Lineage, Offset, Partition};
 
-use crate::topology::TableId;
-
 /// Header naming the operators a record went through, comma-separated.
 pub const TRACE_HEADER: &str = "strata-trace";
 /// Header naming the input record an output came from: `topic/partition@offset`.
@@ -44,6 +42,10 @@ pub struct RecordMeta {
 /// A record waiting to be produced at the next commit (the Kafka layer's
 /// record to produce).
 pub use strata_kafka::OutRecord;
+
+/// A handle on a table within a task: its index in the topology.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableId(pub(crate) usize);
 
 /// The task's tables, as operators use them.
 pub trait TableAccess {

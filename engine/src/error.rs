@@ -136,3 +136,9 @@ impl From<strata_kafka::Error> for Error {
         }
     }
 }
+
+impl From<strata_state::InvalidTableName> for Error {
+    fn from(e: strata_state::InvalidTableName) -> Error {
+        Error::State(e.into())
+    }
+}

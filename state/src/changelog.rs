@@ -14,8 +14,6 @@
 //! them for tests.
 
 use crate::layout::{Entry, EntryKind};
-use crate::store::KvStore;
-use crate::table::TablePartition;
 use crate::types::{Lineage, Offset, Timestamp, Version, VersionFlags};
 use crate::{Error, Result};
 
@@ -209,27 +207,4 @@ pub struct RestoreProgress {
     pub end_estimate: Option<Offset>,
     /// Estimated time left at the current rate, if the end is estimated.
     pub eta: Option<std::time::Duration>,
-}
-
-impl<S: KvStore> TablePartition<S> {
-    /// Prepares, replicates and applies everything staged: the at-least-once
-    /// commit. On a changelog failure the prepared commit is abandoned with
-    /// an unknown outcome and the error returned: the owner must restore
-    /// from the changelog ([`TablePartition::restore_from`]) and reprocess
-    /// its input from the checkpoint before committing again.
-    pub fn commit_to(
-        &mut self,
-        log: &mut dyn ChangelogWriter,
-        now: Timestamp,
-        inputs: &[crate::types::InputOffset],
-    ) -> Result<crate::table::CommitSummary> {
-        let prepared = self.prepare(now)?;
-        match log.append_encoded(prepared.records(), prepared.payloads()) {
-            Ok(offsets) => self.apply(prepared, &offsets, inputs),
-            Err(e) => {
-                self.abandon_unknown(prepared);
-                Err(e)
-            }
-        }
-    }
 }

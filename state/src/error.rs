@@ -164,3 +164,12 @@ impl Error {
         matches!(self, Error::Corrupt { .. })
     }
 }
+
+impl From<crate::types::InvalidTableName> for Error {
+    fn from(e: crate::types::InvalidTableName) -> Error {
+        Error::InvalidConfig {
+            key: "table.name".into(),
+            reason: e.to_string(),
+        }
+    }
+}

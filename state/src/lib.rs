@@ -63,6 +63,6 @@ pub use table::{
 };
 pub use typed::{Table, TableReader, TypedVersioned};
 pub use types::{
-    ChangelogPosition, InputOffset, Lineage, Offset, Partition, Rfc3339, TableName, Timestamp,
-    Version, VersionFlags,
+    ChangelogPosition, InputOffset, InvalidTableName, Lineage, Offset, Partition, Rfc3339,
+    TableName, Timestamp, Version, VersionFlags,
 };

@@ -128,7 +128,7 @@ pub struct TableName(String);
 
 impl TableName {
     /// Validates and wraps a table name.
-    pub fn new(name: impl Into<String>) -> crate::Result<TableName> {
+    pub fn new(name: impl Into<String>) -> Result<TableName, InvalidTableName> {
         let name = name.into();
         let ok = !name.is_empty()
             && name.len() <= 200
@@ -138,12 +138,7 @@ impl TableName {
         if ok {
             Ok(TableName(name))
         } else {
-            Err(crate::Error::InvalidConfig {
-                key: "table.name".into(),
-                reason: format!(
-                    "{name:?} is not a valid table name: use 1-200 characters of [A-Za-z0-9._-]"
-                ),
-            })
+            Err(InvalidTableName(name))
         }
     }
 
@@ -152,6 +147,23 @@ impl TableName {
         &self.0
     }
 }
+
+/// A string that is not a valid [`TableName`] (converts into
+/// [`crate::Error::InvalidConfig`] naming `table.name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidTableName(pub String);
+
+impl fmt::Display for InvalidTableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a valid table name: use 1-200 characters of [A-Za-z0-9._-]",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidTableName {}
 
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

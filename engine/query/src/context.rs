@@ -22,7 +22,7 @@ pub(crate) struct QueryContext {
     pub instance: pb::Instance,
     pub limits: QueryConfig,
     /// Clients of the other instances, for forwarding.
-    pub(crate) peers: super::route::Peers,
+    pub(crate) peers: crate::peers::Peers,
 }
 
 impl QueryContext {

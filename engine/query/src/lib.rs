@@ -36,6 +36,7 @@ mod diff;
 mod error;
 mod gather;
 mod page;
+mod peers;
 mod read;
 mod route;
 mod scan;

@@ -27,9 +27,7 @@
 //!   (code, message and detail trailer), so the error contract holds
 //!   across hops.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use strata_proto::v1 as pb;
@@ -38,7 +36,7 @@ use strata_proto::v1::query_client::QueryClient;
 use strata_state::store::RocksStore;
 use strata_state::{Partition, PartitionReader, Version};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::context::QueryContext;
@@ -251,44 +249,6 @@ pub(crate) enum Route {
     There(Remote),
 }
 
-/// Clients of other instances, one channel per endpoint (tonic channels
-/// multiplex calls and reconnect on their own).
-#[derive(Default)]
-pub(crate) struct Peers {
-    channels: Mutex<HashMap<String, Channel>>,
-}
-
-impl Peers {
-    fn channel(&self, ctx: &QueryContext, endpoint: &str) -> Result<Channel, QueryError> {
-        let mut g = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = g.get(endpoint) {
-            return Ok(c.clone());
-        }
-        let e = peer_endpoint(ctx, endpoint)?;
-        let c = e.connect_lazy();
-        g.insert(endpoint.to_string(), c.clone());
-        Ok(c)
-    }
-
-    /// Drops the channel of an endpoint that failed, so the next call
-    /// connects afresh.
-    fn forget(&self, endpoint: &str) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(endpoint);
-    }
-}
-
-/// How this instance reaches another one: TLS for `https://` endpoints
-/// with `grpc_security.client_tls` (see `security::client_endpoint`).
-fn peer_endpoint(ctx: &QueryContext, url: &str) -> Result<Endpoint, QueryError> {
-    let e = super::security::client_endpoint(url, &ctx.app.config.grpc_security).map_err(|e| {
-        QueryError::Unavailable(format!("cannot reach the partition's owner at {url}: {e}"))
-    })?;
-    Ok(e.connect_timeout(ctx.limits.connect_timeout))
-}
-
 impl QueryContext {
     /// Where partition `p` of `table` is served for `call`.
     pub(crate) fn route(
@@ -366,7 +326,11 @@ impl QueryContext {
                 owner.member, owner.endpoint, call.hops, call.max_hops
             )));
         }
-        let channel = self.peers.channel(self, &owner.endpoint)?;
+        let channel = self.peers.channel(
+            &self.app.config.grpc_security,
+            self.limits.connect_timeout,
+            &owner.endpoint,
+        )?;
         let max = self.limits.max_message_bytes;
         Ok(Route::There(Remote {
             query: QueryClient::new(channel.clone())

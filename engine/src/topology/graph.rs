@@ -5,10 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::{PartitionKeyFn, Stream, TableSpec, TimerSpec};
+use super::{TableSpec, TimerSpec};
 use crate::Result;
 use crate::context::Ctx;
-use crate::serde::Serde;
 
 /// What to do with a record that cannot be decoded or whose processing
 /// fails.
@@ -101,10 +100,6 @@ pub(crate) struct SourceSpec {
 /// is `<application id>-<name>-repartition`.
 pub const REPARTITION_PREFIX: &str = "__repartition-";
 
-/// A handle on a table within a task: its index in the topology.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TableId(pub(crate) usize);
-
 #[derive(Default)]
 pub(crate) struct Graph {
     pub sources: Vec<SourceSpec>,
@@ -116,51 +111,4 @@ pub(crate) struct Graph {
 
 pub(crate) fn lock(g: &Mutex<Graph>) -> std::sync::MutexGuard<'_, Graph> {
     g.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub(crate) fn add_source<K, V>(
-    graph: &Arc<Mutex<Graph>>,
-    topic: &str,
-    key: impl Serde<K>,
-    value: impl Serde<V>,
-    internal: bool,
-) -> Stream<K, V>
-where
-    K: Clone + Send + 'static,
-    V: Clone + Send + 'static,
-{
-    let sinks = Sinks::new();
-    let downstream = sinks.clone();
-    let key = Arc::new(key);
-    let pkey: PartitionKeyFn<K> = {
-        let key = key.clone();
-        Arc::new(move |k: &K| key.encode(k))
-    };
-    let run: SourceFn = Arc::new(move |ctx, k, v| {
-        let k = key
-            .decode(k.unwrap_or(&[]))
-            .map_err(|e| RecordError::Decode(format!("key: {e}")))?;
-        let v = match v {
-            Some(v) => value
-                .decode(v)
-                .map_err(|e| RecordError::Decode(format!("value: {e}")))?,
-            None => return Err(RecordError::Decode("value: null payload".into())),
-        };
-        downstream.emit(ctx, k, v).map_err(RecordError::Operator)
-    });
-    let mut g = lock(graph);
-    g.sources.push(SourceSpec {
-        topic: topic.to_string(),
-        on_error: OnError::default(),
-        run,
-        internal,
-    });
-    let source = g.sources.len() - 1;
-    Stream {
-        graph: graph.clone(),
-        sinks,
-        source: Some(source),
-        topic: topic.to_string(),
-        partition_key: Some(pkey),
-    }
 }

@@ -29,11 +29,13 @@ use crate::context::Ctx;
 use crate::serde::Serde;
 use crate::{Error, Result};
 
+pub use crate::context::TableId;
 pub(crate) use compiled::Compiled;
-pub(crate) use graph::{Graph, RecordError, Sinks, SourceFn, add_source, lock};
-pub use graph::{OnError, REPARTITION_PREFIX, TableId};
+pub(crate) use graph::{Graph, RecordError, SourceFn, lock};
+pub use graph::{OnError, REPARTITION_PREFIX};
 pub use schedule::Schedule;
 pub(crate) use schedule::TimerSpec;
+pub(crate) use stream::add_source;
 pub use stream::{Stream, Table};
 pub(crate) use table::{ChangeFn, PartitionKeyFn, TableSpec};
 pub use table::{JsonFn, TableCodecs, TableOptions};

@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use strata_state::codec::{Bincode as TableBincode, OrderedKey, ValueCodec};
 
+use super::graph::{Graph, RecordError, Sinks, SourceFn, SourceSpec, lock};
 use super::{
-    ChangeFn, Graph, OnError, PartitionKeyFn, REPARTITION_PREFIX, Sinks, TableCodecs, TableId,
-    TableOptions, TableSpec, add_source, lock,
+    ChangeFn, OnError, PartitionKeyFn, REPARTITION_PREFIX, TableCodecs, TableId, TableOptions,
+    TableSpec,
 };
 use crate::Result;
 use crate::context::Ctx;
@@ -335,5 +336,52 @@ where
     /// The table's id within its task.
     pub fn id(&self) -> TableId {
         self.id
+    }
+}
+
+pub(crate) fn add_source<K, V>(
+    graph: &Arc<Mutex<Graph>>,
+    topic: &str,
+    key: impl Serde<K>,
+    value: impl Serde<V>,
+    internal: bool,
+) -> Stream<K, V>
+where
+    K: Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    let sinks = Sinks::new();
+    let downstream = sinks.clone();
+    let key = Arc::new(key);
+    let pkey: PartitionKeyFn<K> = {
+        let key = key.clone();
+        Arc::new(move |k: &K| key.encode(k))
+    };
+    let run: SourceFn = Arc::new(move |ctx, k, v| {
+        let k = key
+            .decode(k.unwrap_or(&[]))
+            .map_err(|e| RecordError::Decode(format!("key: {e}")))?;
+        let v = match v {
+            Some(v) => value
+                .decode(v)
+                .map_err(|e| RecordError::Decode(format!("value: {e}")))?,
+            None => return Err(RecordError::Decode("value: null payload".into())),
+        };
+        downstream.emit(ctx, k, v).map_err(RecordError::Operator)
+    });
+    let mut g = lock(graph);
+    g.sources.push(SourceSpec {
+        topic: topic.to_string(),
+        on_error: OnError::default(),
+        run,
+        internal,
+    });
+    let source = g.sources.len() - 1;
+    Stream {
+        graph: graph.clone(),
+        sinks,
+        source: Some(source),
+        topic: topic.to_string(),
+        partition_key: Some(pkey),
     }
 }

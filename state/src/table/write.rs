@@ -437,3 +437,26 @@ impl<S: KvStore> TablePartition<S> {
         self.checkpoint = checkpoint;
     }
 }
+
+impl<S: KvStore> TablePartition<S> {
+    /// Prepares, replicates and applies everything staged: the at-least-once
+    /// commit. On a changelog failure the prepared commit is abandoned with
+    /// an unknown outcome and the error returned: the owner must restore
+    /// from the changelog ([`TablePartition::restore_from`]) and reprocess
+    /// its input from the checkpoint before committing again.
+    pub fn commit_to(
+        &mut self,
+        log: &mut dyn crate::changelog::ChangelogWriter,
+        now: Timestamp,
+        inputs: &[crate::types::InputOffset],
+    ) -> Result<crate::table::CommitSummary> {
+        let prepared = self.prepare(now)?;
+        match log.append_encoded(prepared.records(), prepared.payloads()) {
+            Ok(offsets) => self.apply(prepared, &offsets, inputs),
+            Err(e) => {
+                self.abandon_unknown(prepared);
+                Err(e)
+            }
+        }
+    }
+}

@@ -8,8 +8,7 @@ use strata_kafka::changelog::KafkaChangelogWriter;
 use strata_kafka::transactions::TaskTxn;
 use strata_state::Timestamp;
 
-use super::lifecycle::Owned;
-use super::{Worker, WorkerEnv};
+use super::env::{Owned, Worker, WorkerEnv};
 use crate::Result;
 use crate::context::OutRecord;
 use crate::task::CommitIo;

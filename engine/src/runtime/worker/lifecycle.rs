@@ -18,19 +18,11 @@ use strata_state::store::RocksStore;
 use strata_state::{Location, Offset, Partition, TableName, TablePartition, Timestamp};
 
 use super::commit::commit_for_release;
-use super::{Worker, WorkerEnv, process_owned};
+use super::env::{Opening, Owned, Worker, WorkerEnv, process_owned};
 use crate::config::Guarantee;
 use crate::registry::PartitionState;
 use crate::task::Task;
 use crate::{Error, Result};
-
-/// A task being opened on a thread of its own.
-pub(super) struct Opening {
-    pub(super) cancel: Arc<AtomicBool>,
-    pub(super) thread: JoinHandle<Result<Owned>>,
-    /// Queues assigned while it opens.
-    pub(super) queues: Vec<(Arc<str>, Box<InputQueue>)>,
-}
 
 /// Reads a changelog until told to stop (between two batches).
 pub(super) struct Cancellable<R> {
@@ -58,17 +50,6 @@ impl<R: strata_state::ChangelogReader> strata_state::ChangelogReader for Cancell
     fn end_estimate(&mut self) -> Option<Offset> {
         self.inner.end_estimate()
     }
-}
-
-pub(super) struct Owned {
-    pub(super) task: Task<RocksStore>,
-    pub(super) queues: Vec<(Arc<str>, Box<InputQueue>)>,
-    pub(super) writers: Vec<KafkaChangelogWriter>,
-    /// Exactly-once: the task's producer and transactions.
-    pub(super) txn: Option<TaskTxn>,
-    /// Exactly-once: where each input topic's queue must start (the
-    /// committed offsets, read after fencing the previous owner).
-    pub(super) seek: Vec<(String, Offset)>,
 }
 
 impl Worker {

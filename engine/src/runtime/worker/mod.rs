@@ -24,101 +24,22 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use strata_kafka::group::{Group, InputQueue, InputRecord};
-use strata_kafka::output::OutputProducer;
-use strata_kafka::producer::AckedProducer;
-use strata_state::store::{RocksEnv, RocksStore};
-use strata_state::{At, KeyRange, Offset, Partition, RewindPlan, Timestamp};
+use strata_state::{At, Partition, Timestamp};
 
-use crate::config::AppConfig;
-use crate::registry::Registry;
-use crate::task::{RawRecord, SourceMap, Task};
-use crate::topology::TableOptions;
+use crate::task::RawRecord;
 use crate::{Error, Result};
 
 mod commit;
+mod env;
 mod lifecycle;
 mod replay;
 mod rewind;
 
-use commit::{Io, broken, commit_for_release, commit_task};
-use lifecycle::{Opening, Owned, close_task};
+use commit::{broken, commit_for_release, commit_task};
+pub(crate) use env::{Command, WorkerEnv};
+use env::{Flow, MAX_STRAYS, Worker, process_owned};
+use lifecycle::close_task;
 use rewind::{check_latest, rewind};
-
-/// A task's input queues, by physical topic.
-type Queues = Vec<(Arc<str>, Box<InputQueue>)>;
-
-/// Most records buffered for partitions whose task does not exist yet.
-const MAX_STRAYS: usize = 100_000;
-
-/// What a worker is asked to do.
-pub(crate) enum Command {
-    /// Start reading `topic`'s partition from this queue.
-    Assign {
-        topic: Arc<str>,
-        partition: Partition,
-        queue: Box<InputQueue>,
-    },
-    /// Commit and release these partitions, then acknowledge.
-    Revoke {
-        parts: Vec<(String, Partition)>,
-        ack: mpsc::Sender<()>,
-    },
-    /// A record that reached the consumer's main queue.
-    Stray(Box<InputRecord>),
-    /// Rewind a table partition (or plan it, with `dry_run`); with
-    /// `expect`, only if its latest version (after committing pending work)
-    /// is that one.
-    Rewind {
-        table: usize,
-        partition: Partition,
-        at: At,
-        range: KeyRange,
-        dry_run: bool,
-        expect: Option<strata_state::Version>,
-        reply: mpsc::Sender<Result<RewindPlan>>,
-    },
-    /// Rewind every table of a partition's task to the commit time of
-    /// `at` in `table` and replay its inputs from there (or plan it, with
-    /// `dry_run`); with `expect`, only if `table`'s latest version (after
-    /// committing pending work) is that one.
-    Replay {
-        table: usize,
-        partition: Partition,
-        at: At,
-        dry_run: bool,
-        expect: Option<strata_state::Version>,
-        reply: mpsc::Sender<Result<crate::replay::ReplayOutcome>>,
-    },
-    /// Cancel the partition's running replay; `None` when none runs.
-    CancelReplay {
-        partition: Partition,
-        reply: mpsc::Sender<Result<Option<crate::replay::ReplayProgress>>>,
-    },
-    /// Commit everything and stop.
-    Shutdown { ack: mpsc::Sender<()> },
-}
-
-/// What every worker shares.
-pub(crate) struct WorkerEnv {
-    pub config: Arc<AppConfig>,
-    pub sources: SourceMap,
-    pub tables: Vec<(String, TableOptions)>,
-    pub rocks: RocksEnv,
-    pub changelog: Arc<AckedProducer>,
-    pub outputs: Arc<OutputProducer>,
-    pub group: Group,
-    pub registry: Registry,
-    pub dlq: Arc<str>,
-    pub timers: Vec<crate::topology::TimerSpec>,
-    /// Per table: how to send a change made by a rewind downstream.
-    pub emitters: Vec<crate::topology::ChangeFn>,
-    /// The physical repartition topics (a task reading one cannot replay).
-    pub repartition: std::collections::BTreeSet<String>,
-    /// Whether tasks read their committed transaction marker on opening
-    /// (exactly-once, or a transactions topic left by it).
-    pub read_markers: bool,
-}
 
 /// Runs one worker until shutdown or a fatal error.
 pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -> Result<()> {
@@ -180,31 +101,6 @@ pub(crate) fn run(id: usize, env: Arc<WorkerEnv>, rx: mpsc::Receiver<Command>) -
             }
         }
     }
-}
-
-#[derive(PartialEq, Eq)]
-enum Flow {
-    Go,
-    Stop,
-}
-
-struct Worker {
-    env: Arc<WorkerEnv>,
-    tasks: BTreeMap<u32, Owned>,
-    /// Tasks restoring on threads of their own.
-    opening: BTreeMap<u32, Opening>,
-    /// Records that arrived before their partition's task existed.
-    strays: BTreeMap<u32, Vec<InputRecord>>,
-    /// Exactly-once: tasks whose producer another owner fenced, with their
-    /// queues and when that happened. Reopened after a session timeout if
-    /// the group has not revoked them meanwhile.
-    parked: BTreeMap<u32, (Instant, Queues)>,
-    /// Exactly-once: where a reopened task must start reading the topics
-    /// nothing was committed for yet (the first offsets its previous
-    /// incarnation processed).
-    restart_at: BTreeMap<u32, Vec<(String, Offset)>>,
-    /// Replays of tasks owned here (running, or the last one ended).
-    replays: BTreeMap<u32, replay::Replay>,
 }
 
 impl Worker {
@@ -433,17 +329,4 @@ impl Worker {
         }
         Ok(outcome)
     }
-}
-
-fn process_owned(task: &mut Task<RocksStore>, m: &InputRecord) -> Result<()> {
-    let topic: Arc<str> = Arc::from(m.topic());
-    let raw = RawRecord {
-        topic: &topic,
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp: m.timestamp(),
-        key: m.key(),
-        value: m.value(),
-    };
-    task.process(&raw)
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use strata_state::{At, Granularity, KeyRange, Offset, Partition, RewindPlan, Timestamp, Version};
 
-use super::{Io, Owned, WorkerEnv, commit_task};
+use super::commit::{Io, commit_task};
+use super::env::{Owned, Replay, WorkerEnv};
 use crate::replay::{ReplayOutcome, ReplayProgress, ReplayState, TopicPosition};
 use crate::{Error, Result};
 
@@ -28,16 +29,6 @@ use crate::{Error, Result};
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// How often a running replay logs its progress.
 const LOG_EVERY: Duration = Duration::from_secs(2);
-
-/// A replay in progress on one task.
-pub(super) struct Replay {
-    progress: ReplayProgress,
-    /// Records of a topic below its bound are replayed.
-    until: BTreeMap<Arc<str>, Offset>,
-    started: Instant,
-    last_publish: Instant,
-    last_log: Instant,
-}
 
 /// A planned replay: the rewinds and the positions.
 struct Plan {

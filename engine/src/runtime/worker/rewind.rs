@@ -7,9 +7,8 @@ use std::time::Instant;
 use strata_state::store::RocksStore;
 use strata_state::{At, KeyRange, Location, Partition, RewindPlan, TablePartition, Timestamp};
 
-use super::WorkerEnv;
 use super::commit::{Io, commit_task};
-use super::lifecycle::Owned;
+use super::env::{Owned, WorkerEnv};
 use crate::{Error, Result};
 
 /// Fails unless table partition `t`'s latest version is `expect` (when
