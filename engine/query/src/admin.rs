@@ -23,9 +23,10 @@ use strata_state::{Partition, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::{QueryError, to_status};
+use super::error::QueryError;
 use super::route::{Call, routed};
 use super::scan::{check_single, targets};
+use crate::forward::forward;
 
 /// Rewind: plans or applies a rewind in every partition concerned.
 pub(crate) async fn rewind(
@@ -102,19 +103,9 @@ pub(crate) async fn rewind(
                             .await?;
                     Ok(result(ctx, &render, p, plan, dry_run, listed))
                 },
-                |mut remote| {
-                    let r = call.request(pb::RewindRequest {
-                        options: Some(call.forwarded_options(sub.options)),
-                        ..sub.clone()
-                    });
-                    async move {
-                        let resp = remote
-                            .admin
-                            .rewind(r.map_err(|e| to_status(&e))?)
-                            .await?
-                            .into_inner();
-                        owner_entry(resp.partitions, p, "rewind", |r| r.partition)
-                    }
+                |remote| {
+                    let reply = forward(call, &sub, p)(remote);
+                    async move { owner_entry(reply.await?.partitions, p, "rewind", |r| r.partition) }
                 },
             )
             .await
@@ -229,19 +220,9 @@ pub(crate) async fn cancel_replay(
                         error: None,
                     })
                 },
-                |mut remote| {
-                    let r = call.request(pb::CancelReplayRequest {
-                        options: Some(call.forwarded_options(sub.options)),
-                        ..sub.clone()
-                    });
-                    async move {
-                        let resp = remote
-                            .admin
-                            .cancel_replay(r.map_err(|e| to_status(&e))?)
-                            .await?
-                            .into_inner();
-                        owner_entry(resp.partitions, p, "cancel", |r| r.partition)
-                    }
+                |remote| {
+                    let reply = forward(call, &sub, p)(remote);
+                    async move { owner_entry(reply.await?.partitions, p, "cancel", |r| r.partition) }
                 },
             )
             .await

@@ -19,12 +19,14 @@ use strata_state::{At, KeyRange, Partition, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::{QueryError, to_status};
+use super::error::QueryError;
 use super::gather::{self, Sub, SubPage};
 use super::page;
 use super::route::{Call, Local, routed};
 use super::scan::{check_single, targets};
 use super::token::{self, Kind};
+use crate::forward::forward;
+use strata_engine::TableMeta;
 
 #[derive(Serialize, Deserialize)]
 struct DiffPart {
@@ -80,7 +82,7 @@ pub(crate) async fn diff(
             partition: Some(p.0),
             ..req
         };
-        return diff_one(&ctx, &call, p, req).await;
+        return diff_one(&ctx, &call, meta, p, req).await;
     }
     check_single(from, &targets, "a diff from")?;
     check_single(convert::at(req.to), &targets, "a diff to")?;
@@ -118,7 +120,7 @@ pub(crate) async fn diff(
         };
         let (ctx, call) = (&ctx, &part_call);
         async move {
-            let r = diff_one(ctx, call, p, one).await?;
+            let r = diff_one(ctx, call, meta, p, one).await?;
             let missing = || {
                 QueryError::Internal(format!(
                     "partition {p} answered a diff without its versions"
@@ -186,6 +188,7 @@ pub(crate) async fn diff(
 async fn diff_one(
     ctx: &Arc<QueryContext>,
     call: &Call,
+    meta: &TableMeta,
     p: Partition,
     req: pb::DiffRequest,
 ) -> Result<pb::DiffResponse, QueryError> {
@@ -194,20 +197,8 @@ async fn diff_one(
         call,
         &req.table,
         p,
-        |local| diff_here(ctx.clone(), req.clone(), local),
-        |mut remote| {
-            let r = call.request(pb::DiffRequest {
-                options: Some(call.forwarded_options(req.options)),
-                ..req.clone()
-            });
-            async move {
-                Ok(remote
-                    .query
-                    .diff(r.map_err(|e| to_status(&e))?)
-                    .await?
-                    .into_inner())
-            }
-        },
+        |local| diff_here(ctx.clone(), req.clone(), meta, local),
+        forward(call, &req, p),
     )
     .await
 }
@@ -216,9 +207,9 @@ async fn diff_one(
 async fn diff_here(
     ctx: Arc<QueryContext>,
     req: pb::DiffRequest,
+    meta: &TableMeta,
     local: Local,
 ) -> Result<pb::DiffResponse, QueryError> {
-    let meta = ctx.table(&req.table)?;
     let render = Render {
         meta,
         repr: Repr::of(req.options.as_ref()),

@@ -34,6 +34,7 @@ mod context;
 mod convert;
 mod diff;
 mod error;
+mod forward;
 mod gather;
 mod page;
 mod peers;

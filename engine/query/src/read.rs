@@ -14,10 +14,13 @@ use strata_state::{At, HistoryQuery, Order, Partition, Point, Version};
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::{QueryError, to_status};
+use super::error::QueryError;
 use super::route::{Call, Local, routed};
 use super::token::{self, Kind};
+use strata_engine::TableMeta;
 use strata_engine::keyroute::KeyRoute;
+
+use crate::forward::forward;
 
 /// Get: the value of one key at one point, read here or on the key's
 /// partition's owner; when the key's partition cannot be vouched for, from
@@ -33,7 +36,7 @@ pub(crate) async fn get(
     looked_up(
         &ctx,
         route,
-        |p| get_in(&ctx, &call, &req, &key, p),
+        |p| get_in(&ctx, &call, &req, meta, &key, p),
         |r| matches!(r.outcome, Some(pb::get_response::Outcome::Found(_))),
     )
     .await
@@ -96,30 +99,17 @@ async fn get_in(
     ctx: &Arc<QueryContext>,
     call: &Call,
     req: &pb::GetRequest,
+    meta: &TableMeta,
     key: &[u8],
     p: Partition,
 ) -> Result<pb::GetResponse, QueryError> {
-    let meta = ctx.table(&req.table)?;
     routed(
         ctx,
         call,
         &meta.name,
         p,
-        |local| std::future::ready(get_here(ctx, req, key.to_vec(), local)),
-        |mut remote| {
-            let r = call.request(pb::GetRequest {
-                options: Some(call.forwarded_options(req.options)),
-                partition: Some(p.0),
-                ..req.clone()
-            });
-            async move {
-                Ok(remote
-                    .query
-                    .get(r.map_err(|e| to_status(&e))?)
-                    .await?
-                    .into_inner())
-            }
-        },
+        |local| std::future::ready(get_here(ctx, req, meta, key.to_vec(), local)),
+        forward(call, req, p),
     )
     .await
 }
@@ -127,10 +117,10 @@ async fn get_in(
 fn get_here(
     ctx: &QueryContext,
     req: &pb::GetRequest,
+    meta: &TableMeta,
     key: Vec<u8>,
     local: Local,
 ) -> Result<pb::GetResponse, QueryError> {
-    let meta = ctx.table(&req.table)?;
     let render = Render {
         meta,
         repr: Repr::of(req.options.as_ref()),
@@ -203,7 +193,7 @@ pub(crate) async fn history(
     looked_up(
         &ctx,
         route,
-        |p| history_in(&ctx, &call, &req, &key, p),
+        |p| history_in(&ctx, &call, &req, meta, &key, p),
         |r| !r.entries.is_empty() || r.truncated_by_retention,
     )
     .await
@@ -214,30 +204,17 @@ async fn history_in(
     ctx: &Arc<QueryContext>,
     call: &Call,
     req: &pb::HistoryRequest,
+    meta: &TableMeta,
     key: &[u8],
     p: Partition,
 ) -> Result<pb::HistoryResponse, QueryError> {
-    let meta = ctx.table(&req.table)?;
     routed(
         ctx,
         call,
         &meta.name,
         p,
-        |local| history_here(ctx.clone(), req.clone(), key.to_vec(), local),
-        |mut remote| {
-            let r = call.request(pb::HistoryRequest {
-                options: Some(call.forwarded_options(req.options)),
-                partition: Some(p.0),
-                ..req.clone()
-            });
-            async move {
-                Ok(remote
-                    .query
-                    .history(r.map_err(|e| to_status(&e))?)
-                    .await?
-                    .into_inner())
-            }
-        },
+        |local| history_here(ctx.clone(), req.clone(), meta, key.to_vec(), local),
+        forward(call, req, p),
     )
     .await
 }
@@ -245,10 +222,10 @@ async fn history_in(
 async fn history_here(
     ctx: Arc<QueryContext>,
     req: pb::HistoryRequest,
+    meta: &TableMeta,
     key: Vec<u8>,
     local: Local,
 ) -> Result<pb::HistoryResponse, QueryError> {
-    let meta = ctx.table(&req.table)?;
     let render = Render {
         meta,
         repr: Repr::of(req.options.as_ref()),

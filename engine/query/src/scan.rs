@@ -18,11 +18,12 @@ use strata_state::{At, KeyRange, Partition, ScanRequest, ScanToken, Version, Ver
 
 use super::context::{QueryContext, blocking};
 use super::convert::{self, Render, Repr};
-use super::error::{QueryError, to_status};
+use super::error::QueryError;
 use super::gather::{self, Start, Sub, SubPage};
 use super::page;
 use super::route::{Call, Local, routed};
 use super::token::{self, Kind};
+use crate::forward::forward;
 use strata_engine::TableMeta;
 
 /// Where one partition's scan resumes.
@@ -107,7 +108,7 @@ pub(crate) async fn scan(
             partition: Some(p.0),
             ..req
         };
-        return scan_one(&ctx, &call, p, req).await;
+        return scan_one(&ctx, &call, meta, p, req).await;
     }
     check_single(convert::at(req.at), &targets, "a scan")?;
     let page_size = ctx.page_size(req.page_size);
@@ -140,7 +141,7 @@ pub(crate) async fn scan(
         };
         let (ctx, call) = (&ctx, &part_call);
         async move {
-            let r = scan_one(ctx, call, p, one).await?;
+            let r = scan_one(ctx, call, meta, p, one).await?;
             let read = r.served.first().map(|s| s.read_version).ok_or_else(|| {
                 QueryError::Internal(format!(
                     "partition {p} answered a scan without saying what it read"
@@ -190,6 +191,7 @@ pub(crate) async fn scan(
 async fn scan_one(
     ctx: &Arc<QueryContext>,
     call: &Call,
+    meta: &TableMeta,
     p: Partition,
     req: pb::ScanRequest,
 ) -> Result<pb::ScanResponse, QueryError> {
@@ -198,20 +200,8 @@ async fn scan_one(
         call,
         &req.table,
         p,
-        |local| scan_here(ctx.clone(), req.clone(), local),
-        |mut remote| {
-            let r = call.request(pb::ScanRequest {
-                options: Some(call.forwarded_options(req.options)),
-                ..req.clone()
-            });
-            async move {
-                Ok(remote
-                    .query
-                    .scan(r.map_err(|e| to_status(&e))?)
-                    .await?
-                    .into_inner())
-            }
-        },
+        |local| scan_here(ctx.clone(), req.clone(), meta, local),
+        forward(call, &req, p),
     )
     .await
 }
@@ -220,9 +210,9 @@ async fn scan_one(
 async fn scan_here(
     ctx: Arc<QueryContext>,
     req: pb::ScanRequest,
+    meta: &TableMeta,
     local: Local,
 ) -> Result<pb::ScanResponse, QueryError> {
-    let meta = ctx.table(&req.table)?;
     let render = Render {
         meta,
         repr: Repr::of(req.options.as_ref()),

@@ -61,8 +61,8 @@ pub(crate) async fn describe(
     // Off the tokio workers: describing reads RocksDB (the oldest readable
     // version is found by bisection).
     let mut partitions = {
-        let (c, name) = (ctx.clone(), meta.name.clone());
-        blocking(move || Ok(describe_here(&c, c.table(&name)?))).await?
+        let (c, m) = (ctx.clone(), meta.clone());
+        blocking(move || Ok(describe_here(&c, &m))).await?
     };
     // A forwarded call answers for this instance's partitions only.
     let forwarded = call.hops > 0;
