@@ -110,13 +110,13 @@ impl Compression {
 ///
 /// ```
 /// use std::time::Duration;
-/// use strata_engine::kafka::client::KafkaConfig;
+/// use strata_kafka::client::KafkaConfig;
 ///
 /// let mut config = KafkaConfig::new("127.0.0.1:9092");
 /// config.session_timeout = Duration::from_secs(6);
 /// config.overrides.insert("socket.keepalive.enable".into(), "true".into());
 /// config.validate()?;
-/// # Ok::<(), strata_engine::Error>(())
+/// # Ok::<(), strata_kafka::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaConfig {
